@@ -1,0 +1,37 @@
+"""xlstm: one LSTM written against the Python array API standard.
+
+The same functions run on NumPy, CuPy, PyTorch, JAX and array-api-strict
+arrays; the backend is inferred from the arguments.  The public API follows the
+seed notebook (``lstm_cell_forward``, ``lstm_forward``, ``lstm_cell_backward``,
+``lstm_backward``) with correct backpropagation through time.  Conventions are
+stated once in :mod:`xlstm._layout`.
+"""
+
+from ._backend import BACKENDS, get_namespace, to_backend
+from ._engine import SequenceCache
+from ._layout import GATE_ORDER, GATE_PARAMETERS, PARAMETER_KEYS
+from .activations import sigmoid, softmax
+from .cell import CellCache, lstm_cell_backward, lstm_cell_forward
+from .parameters import init_parameters
+from .sequence import lstm_backward, lstm_forward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "GATE_ORDER",
+    "GATE_PARAMETERS",
+    "PARAMETER_KEYS",
+    "CellCache",
+    "SequenceCache",
+    "get_namespace",
+    "init_parameters",
+    "lstm_backward",
+    "lstm_cell_backward",
+    "lstm_cell_forward",
+    "lstm_forward",
+    "sigmoid",
+    "softmax",
+    "to_backend",
+    "__version__",
+]

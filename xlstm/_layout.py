@@ -1,0 +1,62 @@
+"""Shape legend, gate order and parameter layout: stated once, used everywhere.
+
+Shape legend (the seed notebook's names)::
+
+    n_x  input features          x       (n_x, m, T_x)
+    n_a  hidden units            a, c    (n_a, m) per step, (n_a, m, T_x) per sequence
+    n_y  output classes          y       (n_y, m, T_x)
+    m    batch size              W*      (n_a, n_a + n_x), acting on [a_prev; x_t]
+    T_x  time steps              b*      (n_a, 1);  Wy (n_y, n_a);  by (n_y, 1)
+
+Gate order.  The engine stacks the four gate weights once into one matrix
+``W = concat([Wi, Wf, Wo, Wc])`` of shape ``(4 n_a, n_a + n_x)`` and one bias
+``b`` of shape ``(4 n_a,)``, in the order of :data:`GATE_ORDER` = (i, f, o, g).
+The three sigmoid gates (input, forget, output) come first so that one call
+activates all three; the candidate ``g`` (the seed's ``cct``, weight ``Wc``)
+comes last and goes through ``tanh``.  PyTorch, cuDNN and Keras use i, f, g, o:
+converters reorder explicitly.  The columns of ``W`` are ``[recurrent | input]``,
+the seed's ``[a_prev; x_t]``.
+
+Engine layout.  Inside the sequence engine arrays are time-major with the batch
+in rows (what row-major BLAS likes): ``h`` and ``c`` are ``(T_x + 1, m, n_a)``
+with the initial state at index 0, gates are ``(T_x, m, 4 n_a)``.
+"""
+
+GATE_ORDER = ("i", "f", "o", "g")
+"""Order of the gate blocks in the stacked weights: input, forget, output, candidate."""
+
+GATE_PARAMETERS = {"i": ("Wi", "bi"), "f": ("Wf", "bf"), "o": ("Wo", "bo"), "g": ("Wc", "bc")}
+"""Seed parameter keys (weight, bias) of each gate."""
+
+N_SIGMOID_GATES = 3
+"""The first three gate blocks (i, f, o) are sigmoids, the last (g) is tanh."""
+
+PARAMETER_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
+"""Keys of the seed's parameter dict."""
+
+CELL_GRADIENT_KEYS = (
+    "dxt",
+    "da_prev",
+    "dc_prev",
+    "dWf",
+    "dbf",
+    "dWi",
+    "dbi",
+    "dWc",
+    "dbc",
+    "dWo",
+    "dbo",
+)
+SEQUENCE_GRADIENT_KEYS = (
+    "dx",
+    "da0",
+    "dc0",
+    "dWf",
+    "dbf",
+    "dWi",
+    "dbi",
+    "dWc",
+    "dbc",
+    "dWo",
+    "dbo",
+)

@@ -1,0 +1,1 @@
+"""NumPy fast path: the generic engine's algorithm with preallocated buffers."""

@@ -1,0 +1,216 @@
+"""NumPy fast path of the sequence engine.
+
+Same algorithm, layout and :class:`~xlstm._engine.SequenceCache` as the generic
+engine (:mod:`xlstm._engine`), but every array is preallocated once per call
+and every element-wise operation writes with ``out=`` into it.  Why: the
+generic path allocates a dozen temporaries per step, and at the sizes people
+run on a CPU the allocator and the extra passes over memory cost as much as
+the recurrent matrix product itself.  The generic engine stays the reference;
+tests check that both give the same numbers.
+
+Two folds save passes over the gates:
+
+* the sigmoid is ``0.5 tanh(z / 2) + 0.5``; the ``1/2`` inside is folded into a
+  scaled copy of the weights and bias of the three sigmoid gates, so the
+  pre-activations come out of the products already halved;
+* the input projection of a whole segment of steps is one product written
+  straight into the gate buffer, which the recurrent product then adds to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._engine import SequenceCache, segment_length
+from .._layout import N_SIGMOID_GATES
+
+
+def unsupported_reason(xp: Any, dtype: Any) -> str | None:
+    """NumPy's fast path accepts every real floating dtype."""
+    return None
+
+
+def _time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """``x[:, :, start:stop]`` as contiguous rows ``(k * m, n_x)``, time-major."""
+    n_x, m, _ = x.shape
+    return np.ascontiguousarray(x[:, :, start:stop].transpose(2, 1, 0)).reshape(-1, n_x)
+
+
+def _halved_sigmoid_rows(W: np.ndarray, b: np.ndarray, n_a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``W``, ``b`` with the sigmoid gates' rows multiplied by 1/2."""
+    split = N_SIGMOID_GATES * n_a
+    scaled_W = W.copy()
+    scaled_W[:split] *= 0.5
+    scaled_b = b.copy()
+    scaled_b[:split] *= 0.5
+    return scaled_W, scaled_b
+
+
+def _activate_halved(z: np.ndarray, n_a: int) -> None:
+    """In place: ``z`` holds ``[z_ifo / 2, z_g]`` and becomes the activations."""
+    split = N_SIGMOID_GATES * n_a
+    sigmoid_block = z[..., :split]
+    np.tanh(sigmoid_block, out=sigmoid_block)
+    sigmoid_block *= 0.5
+    sigmoid_block += 0.5
+    candidate = z[..., split:]
+    np.tanh(candidate, out=candidate)
+
+
+def _project_segment(
+    x: np.ndarray,
+    h: np.ndarray,
+    scaled_W: np.ndarray,
+    scaled_b: np.ndarray,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+    *,
+    with_recurrent: bool,
+) -> None:
+    """Write the (halved) pre-activations of steps ``start:stop`` into ``out``.
+
+    ``with_recurrent`` adds ``h_{t-1} W_h^T`` for every step at once (used when
+    recomputing, where all ``h_{t-1}`` are known).
+    """
+    n_a = h.shape[2]
+    k, m = stop - start, h.shape[1]
+    rows = out[:k].reshape(k * m, 4 * n_a)
+    np.matmul(_time_major_rows(x, start, stop), scaled_W[:, n_a:].T, out=rows)
+    if with_recurrent:
+        rows += h[start:stop].reshape(k * m, n_a) @ scaled_W[:, :n_a].T
+    rows += scaled_b
+
+
+def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCache:
+    """Run the sequence (see :func:`xlstm._engine.forward`)."""
+    n_x, m, t_x = x.shape
+    n_a = h0.shape[1]
+    dtype = x.dtype
+    scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
+    recurrent_T = scaled_W[:, :n_a].T
+
+    h = np.empty((t_x + 1, m, n_a), dtype)
+    c = np.empty((t_x + 1, m, n_a), dtype)
+    h[0] = h0
+    c[0] = c0
+    step = segment_length(t_x, m, n_a)
+    if recompute:
+        gates = np.empty((step, m, 4 * n_a), dtype)
+        tanh_c = np.empty((1, m, n_a), dtype)
+    else:
+        gates = np.empty((t_x, m, 4 * n_a), dtype)
+        tanh_c = np.empty((t_x, m, n_a), dtype)
+    recurrent = np.empty((m, 4 * n_a), dtype)
+    product = np.empty((m, n_a), dtype)
+
+    for start in range(0, t_x, step):
+        stop = min(t_x, start + step)
+        offset = start if recompute else 0
+        _project_segment(
+            x, h, scaled_W, scaled_b, start, stop, gates[start - offset :], with_recurrent=False
+        )
+        for t in range(start, stop):
+            z = gates[t - offset]
+            np.matmul(h[t], recurrent_T, out=recurrent)
+            z += recurrent
+            _activate_halved(z, n_a)
+            i, f, o, g = (z[:, k * n_a : (k + 1) * n_a] for k in range(4))
+            c_t = c[t + 1]
+            np.multiply(f, c[t], out=c_t)
+            np.multiply(i, g, out=product)
+            c_t += product
+            tanh_t = tanh_c[0] if recompute else tanh_c[t]
+            np.tanh(c_t, out=tanh_t)
+            np.multiply(o, tanh_t, out=h[t + 1])
+    if recompute:
+        return SequenceCache(h, c, None, None, W, b)
+    return SequenceCache(h, c, gates, tanh_c, W, b)
+
+
+def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
+    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+    n_x, m, t_x = x.shape
+    h, c, W = cache.h, cache.c, cache.W
+    n_a = h.shape[2]
+    dtype = x.dtype
+    w_h, w_x = W[:, :n_a], W[:, n_a:]
+    step = segment_length(t_x, m, n_a)
+
+    dx = np.empty((n_x, m, t_x), dtype)
+    dx_tm = dx.transpose(2, 1, 0)
+    d_recurrent = np.zeros((4 * n_a, n_a), dtype)
+    d_input = np.zeros((4 * n_a, n_x), dtype)
+    d_bias = np.zeros(4 * n_a, dtype)
+    dz_segment = np.empty((step, m, 4 * n_a), dtype)
+    dh_next = np.zeros((m, n_a), dtype)
+    dc_next = np.zeros((m, n_a), dtype)
+    dh = np.empty((m, n_a), dtype)
+    dc = np.empty((m, n_a), dtype)
+    scratch = np.empty((m, n_a), dtype)
+    if cache.recompute:
+        scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
+        gate_segment = np.empty((step, m, 4 * n_a), dtype)
+        tanh_segment = np.empty((step, m, n_a), dtype)
+
+    for stop in range(t_x, 0, -step):
+        start = max(0, stop - step)
+        k = stop - start
+        if cache.recompute:
+            _project_segment(
+                x, h, scaled_W, scaled_b, start, stop, gate_segment, with_recurrent=True
+            )
+            _activate_halved(gate_segment[:k], n_a)
+            np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
+            gates, tanh_c = gate_segment, tanh_segment
+        else:
+            gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
+        # One transposing copy per segment gives unit-stride reads in the loop.
+        da_segment = np.ascontiguousarray(da_tm[start:stop])
+        dc_segment = None if dc_tm is None else np.ascontiguousarray(dc_tm[start:stop])
+        for t in range(stop - 1, start - 1, -1):
+            local = t - start
+            i, f, o, g = (gates[local, :, j * n_a : (j + 1) * n_a] for j in range(4))
+            tanh_t = tanh_c[local]
+            dz = dz_segment[local]
+            dz_i, dz_f, dz_o, dz_g = (dz[:, j * n_a : (j + 1) * n_a] for j in range(4))
+            np.add(da_segment[local], dh_next, out=dh)
+            # dc = dc_next (+ dc_t) + dh * o * (1 - tanh_c^2)
+            np.multiply(tanh_t, tanh_t, out=scratch)
+            np.subtract(1, scratch, out=scratch)
+            scratch *= o
+            scratch *= dh
+            np.add(dc_next, scratch, out=dc)
+            if dc_segment is not None:
+                dc += dc_segment[local]
+            # dz_o = dh * tanh_c * o (1 - o)
+            np.subtract(1, o, out=scratch)
+            scratch *= o
+            scratch *= tanh_t
+            np.multiply(dh, scratch, out=dz_o)
+            # dz_i = dc * g * i (1 - i)
+            np.subtract(1, i, out=scratch)
+            scratch *= i
+            scratch *= g
+            np.multiply(dc, scratch, out=dz_i)
+            # dz_f = dc * c_{t-1} * f (1 - f)
+            np.subtract(1, f, out=scratch)
+            scratch *= f
+            scratch *= c[t]
+            np.multiply(dc, scratch, out=dz_f)
+            # dz_g = dc * i * (1 - g^2)
+            np.multiply(g, g, out=scratch)
+            np.subtract(1, scratch, out=scratch)
+            scratch *= i
+            np.multiply(dc, scratch, out=dz_g)
+            np.multiply(dc, f, out=dc_next)
+            np.matmul(dz, w_h, out=dh_next)
+        dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
+        d_recurrent += dz_rows.T @ h[start:stop].reshape(k * m, n_a)
+        d_input += dz_rows.T @ _time_major_rows(x, start, stop)
+        d_bias += dz_rows.sum(axis=0)
+        dx_tm[start:stop] = (dz_rows @ w_x).reshape(k, m, n_x)
+    d_weights = np.concatenate([d_recurrent, d_input], axis=1)
+    return dx, dh_next, dc_next, d_weights, d_bias
