@@ -24,6 +24,7 @@ __all__ = [
     "PARAMETER_KEYS",
     "CellCache",
     "SequenceCache",
+    "__version__",
     "get_namespace",
     "init_parameters",
     "lstm_backward",
@@ -33,5 +34,4 @@ __all__ = [
     "sigmoid",
     "softmax",
     "to_backend",
-    "__version__",
 ]
