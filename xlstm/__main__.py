@@ -15,11 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: python -m xlstm {bench,train} [options]", ""]
         lines += [f"  {name:6} {summary}" for name, (_, summary) in COMMANDS.items()]
-        print(
-            "\n".join(lines),
-            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
-        )
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
+        print("\n".join(lines), file=sys.stdout if asked_for_help else sys.stderr)
+        return 0 if asked_for_help else 2
     import importlib
 
     module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -124,7 +124,10 @@ def namespace_of(arrays: Mapping[str, Any], *, xp: Any = None) -> ModuleType:
             )
             raise TypeError(msg)
         if not namespace.isdtype(array.dtype, "real floating"):
-            msg = f"`{name}` has dtype {array.dtype}; expected a real floating dtype (float32 or float64)"
+            msg = (
+                f"`{name}` has dtype {array.dtype}; "
+                "expected a real floating dtype (float32 or float64)"
+            )
             raise TypeError(msg)
         if array.dtype != first.dtype:
             msg = (

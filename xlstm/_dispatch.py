@@ -43,6 +43,9 @@ def select_engine(xp: Any, dtype: Any, fused: Any) -> ModuleType:
     if reason is None:
         return fast
     if fused is True:
-        msg = f"`fused=True` but the {name} fast path cannot run: {reason}; pass fused='auto' or False"
+        msg = (
+            f"`fused=True` but the {name} fast path cannot run: {reason}; "
+            "pass fused='auto' or False"
+        )
         raise ValueError(msg)
     return _engine

@@ -113,7 +113,10 @@ def step_batch(xt: Any, sizes: Sizes) -> int:
         raise ValueError(msg)
     n_x, m = _shape(xt)
     if n_x != sizes.n_x:
-        msg = f"`xt` has shape {_shape(xt)} with n_x = {n_x}, but the weights expect n_x = {sizes.n_x}"
+        msg = (
+            f"`xt` has shape {_shape(xt)} with n_x = {n_x}, "
+            f"but the weights expect n_x = {sizes.n_x}"
+        )
         raise ValueError(msg)
     _check_nonempty("xt", xt, m, 1)
     return m

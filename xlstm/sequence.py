@@ -166,7 +166,7 @@ def lstm_backward(
     if dc is not None:
         arrays["dc"] = dc
     xp = namespace_of(arrays, xp=xp)
-    n_x, m, t_x = (int(s) for s in x.shape)
+    _, m, t_x = (int(s) for s in x.shape)
     n_a = int(cache.h.shape[2])
     _validation.check_shape("da", da, (n_a, m, t_x), "(n_a, m, T_x)")
     if dc is not None:

@@ -34,7 +34,7 @@ def unsupported_reason(xp: Any, dtype: Any) -> str | None:
 
 def _time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     """``x[:, :, start:stop]`` as contiguous rows ``(k * m, n_x)``, time-major."""
-    n_x, m, _ = x.shape
+    n_x = x.shape[0]
     return np.ascontiguousarray(x[:, :, start:stop].transpose(2, 1, 0)).reshape(-1, n_x)
 
 
@@ -86,7 +86,7 @@ def _project_segment(
 
 def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCache:
     """Run the sequence (see :func:`xlstm._engine.forward`)."""
-    n_x, m, t_x = x.shape
+    _, m, t_x = x.shape
     n_a = h0.shape[1]
     dtype = x.dtype
     scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
