@@ -18,7 +18,19 @@ import numpy as np
 PARAM_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
 GATE_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo")
 SEQ_GRAD_KEYS = ("dx", "da0", "dc0", "dWf", "dbf", "dWi", "dbi", "dWc", "dbc", "dWo", "dbo")
-CELL_GRAD_KEYS = ("dxt", "da_prev", "dc_prev", "dWf", "dbf", "dWi", "dbi", "dWc", "dbc", "dWo", "dbo")
+CELL_GRAD_KEYS = (
+    "dxt",
+    "da_prev",
+    "dc_prev",
+    "dWf",
+    "dbf",
+    "dWi",
+    "dbi",
+    "dWc",
+    "dbc",
+    "dWo",
+    "dbo",
+)
 # gradient key -> the input it differentiates
 SEQ_GRAD_OF = {"dx": "x", "da0": "a0", "dc0": "c0", **{f"d{k}": k for k in GATE_KEYS}}
 CELL_GRAD_OF = {"dxt": "xt", "da_prev": "a_prev", "dc_prev": "c_prev"}
@@ -101,7 +113,10 @@ def random_parameters(rng: np.random.Generator, n_x: int, n_a: int, n_y: int, sc
 
 @dataclass
 class Problem:
-    """A random LSTM problem in NumPy float64 plus loss weights Ga, Gc for L = sum(a Ga) + sum(c Gc)."""
+    """A random LSTM problem in NumPy float64.
+
+    Ga, Gc weight the loss L = sum(a Ga) + sum(c Gc), so that da = Ga and dc = Gc.
+    """
 
     n_x: int
     m: int
@@ -184,7 +199,7 @@ def ref_cell_forward(xt, a_prev, c_prev, p):
 def ref_cell_backward(da_next, dc_next, xt, a_prev, c_prev, p):
     """The seed's lstm_cell_backward equations in NumPy (they are correct for one cell)."""
     n_a = a_prev.shape[0]
-    a_next, c_next, _, (ft, it, cct, ot) = ref_cell_forward(xt, a_prev, c_prev, p)
+    _, c_next, _, (ft, it, cct, ot) = ref_cell_forward(xt, a_prev, c_prev, p)
     tc = np.tanh(c_next)
     dc = dc_next + da_next * ot * (1 - tc**2)
     dot = da_next * tc * ot * (1 - ot)

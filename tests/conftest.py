@@ -14,10 +14,10 @@ import os
 # JAX: CPU only, and float64 must be switched on before any jax array is created.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import array_api_compat  # noqa: E402
-import pytest  # noqa: E402
-from _helpers import WORST  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import array_api_compat
+import pytest
+from _helpers import WORST
+from hypothesis import settings
 
 settings.register_profile("xlstm", deadline=None)
 settings.load_profile("xlstm")

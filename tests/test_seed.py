@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from _helpers import (
     PARAM_KEYS,
     assert_rel_close,
@@ -17,7 +16,15 @@ from _helpers import (
 import xlstm
 
 # What the notebook printed for caches[1][1][1] (i.e. x[1][1]), to its 8 printed decimals.
-PRINTED_X_1_1 = [0.82797464, 0.23009474, 0.76201118, -0.22232814, -0.20075807, 0.18656139, 0.41005165]
+PRINTED_X_1_1 = [
+    0.82797464,
+    0.23009474,
+    0.76201118,
+    -0.22232814,
+    -0.20075807,
+    0.18656139,
+    0.41005165,
+]
 
 
 def seed_example():
@@ -26,7 +33,7 @@ def seed_example():
     ``RandomState(1)`` produces the same stream as ``np.random.seed(1)`` followed by
     ``np.random.randn`` calls, without touching NumPy's global state.
     """
-    rs = np.random.RandomState(1)  # noqa: NPY002 -- the seed's legacy stream, on purpose
+    rs = np.random.RandomState(1)
     x = rs.randn(3, 10, 7)
     a0 = rs.randn(5, 10)
     draws = {}

@@ -92,9 +92,7 @@ def test_backward_equals_cell_loop(xp, shape, with_dc):
 def _run(prob, dtype, with_dc, **options):
     cast = {k: v.astype(dtype) for k, v in prob.arrays.items()}
     params = {k: cast[k] for k in prob.params}
-    a, y, c, caches = xlstm.lstm_forward(
-        cast["x"], cast["a0"], params, cast["c0"], **options
-    )
+    a, y, c, caches = xlstm.lstm_forward(cast["x"], cast["a0"], params, cast["c0"], **options)
     backward_options = {k: v for k, v in options.items() if k == "fused"}
     dc = prob.Gc.astype(dtype) if with_dc else None
     grads = xlstm.lstm_backward(prob.Ga.astype(dtype), caches, dc, **backward_options)
