@@ -50,15 +50,22 @@ def named_parameters(parameters: Mapping[str, Any], keys=PARAMETER_KEYS) -> dict
 
 def parameter_sizes(parameters: Mapping[str, Any], *, need_output: bool = True) -> Sizes:
     """Read ``n_x, n_a, n_y`` from the weights and check every parameter's shape."""
-    wf = parameters["Wf"]
-    if wf.ndim != 2:
-        msg = f"`parameters['Wf']` must be 2-D (n_a, n_a + n_x), got shape {_shape(wf)}"
-        raise ValueError(msg)
-    n_a, n_concat = _shape(wf)
+    gate_weights = ("Wf", "Wi", "Wc", "Wo")
+    for key in gate_weights:
+        if parameters[key].ndim != 2:
+            msg = (
+                f"`parameters[{key!r}]` must be 2-D (n_a, n_a + n_x), "
+                f"got shape {_shape(parameters[key])}"
+            )
+            raise ValueError(msg)
+    # The sizes are the shape most of the four gate weights agree on, so that
+    # one badly shaped weight is the one named in the error.
+    shapes = [_shape(parameters[key]) for key in gate_weights]
+    n_a, n_concat = max(shapes, key=shapes.count)
     n_x = n_concat - n_a
     if n_a < 1 or n_x < 1:
         msg = (
-            f"`parameters['Wf']` has shape {_shape(wf)}; expected (n_a, n_a + n_x) "
+            f"the gate weights have shape {(n_a, n_concat)}; expected (n_a, n_a + n_x) "
             "with n_a >= 1 and n_x >= 1"
         )
         raise ValueError(msg)
@@ -99,7 +106,8 @@ def sequence_sizes(x: Any, sizes: Sizes) -> tuple[int, int]:
     if n_x != sizes.n_x:
         msg = (
             f"`x` has shape {_shape(x)} with n_x = {n_x}, but the weights expect "
-            f"n_x = {sizes.n_x} (Wf is (n_a, n_a + n_x) = ({sizes.n_a}, {sizes.n_a + sizes.n_x}))"
+            f"n_x = {sizes.n_x} (the gate weights are (n_a, n_a + n_x) = "
+            f"({sizes.n_a}, {sizes.n_a + sizes.n_x}))"
         )
         raise ValueError(msg)
     _check_nonempty("x", x, m, t_x)

@@ -49,14 +49,15 @@ def _halved_sigmoid_rows(W: np.ndarray, b: np.ndarray, n_a: int) -> tuple[np.nda
 
 
 def _activate_halved(z: np.ndarray, n_a: int) -> None:
-    """In place: ``z`` holds ``[z_ifo / 2, z_g]`` and becomes the activations."""
-    split = N_SIGMOID_GATES * n_a
-    sigmoid_block = z[..., :split]
-    np.tanh(sigmoid_block, out=sigmoid_block)
+    """In place: ``z`` holds ``[z_ifo / 2, z_g]`` and becomes the activations.
+
+    One ``tanh`` over all four blocks (the sigmoid gates' halving is already in
+    the weights), then ``0.5 t + 0.5`` on the sigmoid blocks.
+    """
+    np.tanh(z, out=z)
+    sigmoid_block = z[..., : N_SIGMOID_GATES * n_a]
     sigmoid_block *= 0.5
     sigmoid_block += 0.5
-    candidate = z[..., split:]
-    np.tanh(candidate, out=candidate)
 
 
 def _project_segment(
@@ -130,8 +131,45 @@ def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCach
     return SequenceCache(h, c, gates, tanh_c, W, b)
 
 
+def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
+    """Per-step factors of the backward pass that need no recurrent gradient.
+
+    For a whole segment at once (few large calls instead of many small ones
+    per step), write into ``dz`` the factors that turn the recurrent gradients
+    into pre-activation gradients, and into ``dc_from_dh`` the factor from
+    ``dh`` to ``dc``::
+
+        dz_i = dc * [g i (1 - i)]        dz_f = dc * [c_prev f (1 - f)]
+        dz_o = dh * [tanh_c o (1 - o)]   dz_g = dc * [i (1 - g^2)]
+        dc  += dh * [o (1 - tanh_c^2)]
+    """
+    i, f, o, g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
+    dz_i, dz_f, dz_o, dz_g = (dz[..., k * n_a : (k + 1) * n_a] for k in range(4))
+    np.subtract(1, i, out=dz_i)
+    dz_i *= i
+    dz_i *= g
+    np.subtract(1, f, out=dz_f)
+    dz_f *= f
+    dz_f *= c_prev
+    np.subtract(1, o, out=dz_o)
+    dz_o *= o
+    dz_o *= tanh_c
+    np.multiply(g, g, out=dz_g)
+    np.subtract(1, dz_g, out=dz_g)
+    dz_g *= i
+    np.multiply(tanh_c, tanh_c, out=dc_from_dh)
+    np.subtract(1, dc_from_dh, out=dc_from_dh)
+    dc_from_dh *= o
+
+
 def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
-    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+    """Backpropagation through time (see :func:`xlstm._engine.backward`).
+
+    Each segment of steps is done in two phases: the local derivative factors
+    of all its steps at once (:func:`_local_derivatives`), then the recurrence
+    proper, which per step is only a handful of multiplications by ``dh`` and
+    ``dc`` and the product ``dz W_h``.
+    """
     n_x, m, t_x = x.shape
     h, c, W = cache.h, cache.c, cache.W
     n_a = h.shape[2]
@@ -145,11 +183,11 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
     d_input = np.zeros((4 * n_a, n_x), dtype)
     d_bias = np.zeros(4 * n_a, dtype)
     dz_segment = np.empty((step, m, 4 * n_a), dtype)
+    dc_from_dh = np.empty((step, m, n_a), dtype)
     dh_next = np.zeros((m, n_a), dtype)
     dc_next = np.zeros((m, n_a), dtype)
     dh = np.empty((m, n_a), dtype)
     dc = np.empty((m, n_a), dtype)
-    scratch = np.empty((m, n_a), dtype)
     if cache.recompute:
         scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
@@ -164,48 +202,27 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
             )
             _activate_halved(gate_segment[:k], n_a)
             np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
-            gates, tanh_c = gate_segment, tanh_segment
+            gates, tanh_c = gate_segment[:k], tanh_segment[:k]
         else:
             gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
+        _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:k], dc_from_dh[:k], n_a)
         # One transposing copy per segment gives unit-stride reads in the loop.
         da_segment = np.ascontiguousarray(da_tm[start:stop])
         dc_segment = None if dc_tm is None else np.ascontiguousarray(dc_tm[start:stop])
         for t in range(stop - 1, start - 1, -1):
             local = t - start
-            i, f, o, g = (gates[local, :, j * n_a : (j + 1) * n_a] for j in range(4))
-            tanh_t = tanh_c[local]
             dz = dz_segment[local]
-            dz_i, dz_f, dz_o, dz_g = (dz[:, j * n_a : (j + 1) * n_a] for j in range(4))
             np.add(da_segment[local], dh_next, out=dh)
-            # dc = dc_next (+ dc_t) + dh * o * (1 - tanh_c^2)
-            np.multiply(tanh_t, tanh_t, out=scratch)
-            np.subtract(1, scratch, out=scratch)
-            scratch *= o
-            scratch *= dh
-            np.add(dc_next, scratch, out=dc)
+            np.multiply(dh, dc_from_dh[local], out=dc)
+            dc += dc_next
             if dc_segment is not None:
                 dc += dc_segment[local]
-            # dz_o = dh * tanh_c * o (1 - o)
-            np.subtract(1, o, out=scratch)
-            scratch *= o
-            scratch *= tanh_t
-            np.multiply(dh, scratch, out=dz_o)
-            # dz_i = dc * g * i (1 - i)
-            np.subtract(1, i, out=scratch)
-            scratch *= i
-            scratch *= g
-            np.multiply(dc, scratch, out=dz_i)
-            # dz_f = dc * c_{t-1} * f (1 - f)
-            np.subtract(1, f, out=scratch)
-            scratch *= f
-            scratch *= c[t]
-            np.multiply(dc, scratch, out=dz_f)
-            # dz_g = dc * i * (1 - g^2)
-            np.multiply(g, g, out=scratch)
-            np.subtract(1, scratch, out=scratch)
-            scratch *= i
-            np.multiply(dc, scratch, out=dz_g)
-            np.multiply(dc, f, out=dc_next)
+            # dz_i and dz_f are adjacent: one broadcast multiply by dc.
+            input_forget = dz[:, : 2 * n_a].reshape(m, 2, n_a)
+            np.multiply(input_forget, dc[:, None, :], out=input_forget)
+            dz[:, 3 * n_a :] *= dc
+            dz[:, 2 * n_a : 3 * n_a] *= dh
+            np.multiply(dc, gates[local, :, n_a : 2 * n_a], out=dc_next)
             np.matmul(dz, w_h, out=dh_next)
         dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
         d_recurrent += dz_rows.T @ h[start:stop].reshape(k * m, n_a)
