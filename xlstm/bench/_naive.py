@@ -62,7 +62,7 @@ def naive_cell_forward(xt, a_prev, c_prev, parameters, *, xp):
 
 def naive_forward(x, a0, parameters, c0=None, *, xp):
     """Seed-style sequence forward. Returns ``(a, y, c, caches)``; a, c (n_a, m, T)."""
-    n_x, m, T = x.shape
+    T = x.shape[2]
     a_next = a0
     c_next = xp.zeros_like(a0) if c0 is None else c0
     a_steps, y_steps, c_steps, caches = [], [], [], []
@@ -136,7 +136,7 @@ def naive_backward(da, caches, dc=None, *, xp):
     ``da``, ``dc`` (n_a, m, T): gradients reaching each a_t / c_t from outside the
     recurrence (``dc=None`` means zero).
     """
-    step_caches, x = caches
+    step_caches, _ = caches
     T = da.shape[2]
     da_prevt = xp.zeros_like(da[:, :, 0])
     dc_prevt = xp.zeros_like(da[:, :, 0])

@@ -53,7 +53,7 @@ class TorchLSTMPeer:
         import torch
 
         self.torch = torch
-        n_x, m, T = x.shape
+        n_x, m, _ = x.shape
         n_a = a0.shape[0]
         tdtype = getattr(torch, dtype)
 

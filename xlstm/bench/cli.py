@@ -1,0 +1,534 @@
+"""``python -m xlstm bench``: time xlstm against torch.nn.LSTM, a naive loop and a GEMM floor.
+
+Shape legend: (n_x, n_a, m, T) = (input size, hidden size, batch, time steps).
+
+For every shape the contestants are warmed up once, checked against each other
+(xlstm and the naive loop must give torch's outputs and gradients), then timed
+``--repeat`` times each, interleaved round-robin, for forward and for
+forward+backward. The table reports the median and the range, throughput in
+sample-steps per second (m * T / time), GFLOP/s of the matrix products, and
+speed-ups of xlstm over torch.nn.LSTM and over the naive loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from . import _harness as H
+
+DEFAULT_SIZES = ",".join(H.SHAPES)
+
+EPILOG = f"""\
+named sizes (n_x, n_a, m, T): {", ".join(f"{k}={v}" for k, v in H.SHAPES.items())}
+--sizes takes names ("S1,S3") or explicit shapes ("8,32,16,100;64,128,32,100"), or both.
+
+FLOPs count the LSTM's matrix products: forward 2*T*m*4n_a*(n_x+n_a), backward
+twice that. The output layer softmax(Wy a + by) that xlstm and the naive loop also
+compute (n_y = --n-y) is not counted; torch.nn.LSTM has none. "GEMM floor" is the
+same FLOPs done as one (forward) or three (forward+backward) large products on the
+same BLAS; "/floor" is time / floor time.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m xlstm bench",
+        description="Time xlstm forward and forward+backward against torch.nn.LSTM, "
+        "a seed-style naive loop and a pure-GEMM floor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--backend",
+        choices=("numpy", "cupy", "torch", "jax"),
+        default="numpy",
+        help="array library xlstm runs on (default: numpy)",
+    )
+    add("--device", default=None, help="torch device for --backend torch, e.g. cuda (default: cpu)")
+    add(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="floating dtype (default: float32)",
+    )
+    add("--sizes", default=DEFAULT_SIZES, help=f"shapes to run (default: {DEFAULT_SIZES})")
+    add(
+        "--repeat",
+        type=_positive_int,
+        default=5,
+        help="timed calls per contestant and pass; reports the median (default: 5)",
+    )
+    add(
+        "--threads",
+        type=_positive_int,
+        default=2,
+        help="CPU threads for every contestant: NumPy's BLAS and torch (default: 2)",
+    )
+    add(
+        "--n-y",
+        type=_positive_int,
+        default=2,
+        dest="n_y",
+        help="output-layer size for xlstm and the naive loop (default: 2)",
+    )
+    add(
+        "--generic",
+        action="store_true",
+        help="also time xlstm's generic array-API path (fused=False)",
+    )
+    add("--no-torch", action="store_true", help="leave torch.nn.LSTM out")
+    add("--no-naive", action="store_true", help="leave the naive loop out")
+    add(
+        "--no-check",
+        action="store_true",
+        help="skip the cross-check of outputs and gradients before timing",
+    )
+    add(
+        "--memory",
+        action="store_true",
+        help="also measure the memory of forward and forward+backward "
+        "(NumPy via tracemalloc; torch CUDA via its allocator)",
+    )
+    add(
+        "--pause",
+        type=float,
+        default=0.2,
+        help="seconds to sleep when switching between CPU libraries (default: 0.2)",
+    )
+    add("--json", metavar="FILE", default=None, help="also write all results to FILE")
+    add("--quiet", action="store_true", help="no progress display on stderr")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be >= 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def parse_sizes(text: str) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """``"S1,S3"``, ``"8,32,16,100;64,128,32,100"`` or a mix -> [(label, shape)]."""
+    sizes = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        tokens = [t.strip() for t in part.split(",")]
+        if all(t.upper() in H.SHAPES for t in tokens):
+            sizes += [(t.upper(), H.SHAPES[t.upper()]) for t in tokens]
+            continue
+        try:
+            shape = tuple(int(t) for t in tokens)
+        except ValueError:
+            shape = ()
+        if len(shape) != 4 or min(shape) < 1:
+            msg = (
+                f"`--sizes` part {part!r} is neither names from {sorted(H.SHAPES)} "
+                "nor four positive integers n_x,n_a,m,T"
+            )
+            raise ValueError(msg)
+        sizes.append(("x".join(map(str, shape)), shape))
+    if not sizes:
+        msg = "`--sizes` is empty"
+        raise ValueError(msg)
+    return sizes
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@contextlib.contextmanager
+def thread_limits(threads: int, use_torch: bool):
+    """Limit NumPy's BLAS (threadpoolctl) and torch (set_num_threads) to ``threads``.
+
+    Yields a description of what was limited, for the report.
+    """
+    notes: dict[str, Any] = {"threads": threads, "libraries": []}
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_info, threadpool_limits
+        except ImportError:
+            notes["libraries"].append("NumPy BLAS: NOT limited (install threadpoolctl)")
+        else:
+            stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+            for lib in threadpool_info():
+                if lib.get("user_api") == "blas":
+                    notes["libraries"].append(
+                        f"{lib['internal_api']} {lib.get('version')}: {lib['num_threads']}"
+                    )
+        if use_torch:
+            import torch
+
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            stack.callback(torch.set_num_threads, previous)
+            notes["libraries"].append(
+                f"torch {torch.__version__} intra-op: {torch.get_num_threads()}"
+            )
+        yield notes
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """One status line on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total = total
+        self.done = 0
+        self.quiet = quiet
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def show(self, text: str, *, advance: int = 0) -> None:
+        self.done += advance
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self.start
+        line = f"bench [{self.done}/{self.total}] {elapsed:5.1f}s  {text}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.quiet and self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def torch_peer_device(args, backend: H.Backend) -> str | None:
+    """Where torch.nn.LSTM runs: the device xlstm runs on (None: not available)."""
+    if args.no_torch or importlib.util.find_spec("torch") is None:
+        return None
+    if backend.name == "torch":
+        return str(backend.device)
+    if backend.name == "cupy":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    return "cpu"
+
+
+def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, Any]:
+    problem = H.make_problem(label, shape, args.dtype, args.n_y)
+    contestants = [H.xlstm_contestant(problem, backend, generic=False)]
+    if args.generic:
+        contestants.append(H.xlstm_contestant(problem, backend, generic=True))
+    if peer_device is not None:
+        contestants.append(H.torch_contestant(problem, peer_device))
+    if not args.no_naive:
+        contestants.append(H.naive_contestant(problem, backend))
+    contestants.append(H.floor_contestant(problem, backend))
+
+    progress.show(f"{label} {shape}: warm-up")
+    outputs = H.warm_up(contestants)
+    checks = [] if args.no_check else cross_check(outputs, args.dtype)
+    H.run_rounds(
+        contestants,
+        args.repeat,
+        args.pause,
+        lambda r: progress.show(f"{label} {shape}: round {r}/{args.repeat}", advance=1),
+    )
+    progress.show(f"{label} {shape}: done", advance=1)
+    memory = []
+    if args.memory:
+        for contestant in contestants:
+            if contestant.memory is not None:
+                memory.append(
+                    {"shape": label, "contestant": contestant.name, **contestant.memory()}
+                )
+    return {
+        "problem": problem,
+        "contestants": contestants,
+        "checks": checks,
+        "memory": memory,
+    }
+
+
+def cross_check(outputs, dtype: str) -> list[dict[str, Any]]:
+    """Compare each checked contestant with torch.nn.LSTM (else with the naive loop)."""
+    reference = "torch.nn.LSTM" if "torch.nn.LSTM" in outputs else "naive (seed-style)"
+    if reference not in outputs:
+        return []
+    checks = []
+    for name, by_mode in outputs.items():
+        if name == reference:
+            continue
+        for mode, result in by_mode.items():
+            diff = H.relative_difference(result, outputs[reference][mode])
+            checks.append(
+                {
+                    "contestant": name,
+                    "reference": reference,
+                    "mode": mode,
+                    "max_relative_difference": diff,
+                    "ok": diff <= H.CHECK_TOLERANCE[dtype],
+                }
+            )
+    return checks
+
+
+def result_rows(label: str, shape, contestants: list[H.Contestant]) -> list[dict[str, Any]]:
+    """One row per (pass, contestant) with times, throughput and ratios."""
+    n_x, n_a, m, T = shape
+    rows = []
+    for mode in H.MODES:
+        medians = {c.name: H.summary(c.times[mode])["median_s"] for c in contestants}
+        for contestant in contestants:
+            stats = H.summary(contestant.times[mode])
+            median = stats["median_s"]
+            flops = H.pass_flops(shape, mode)
+            row = {
+                "shape": label,
+                "n_x": n_x,
+                "n_a": n_a,
+                "m": m,
+                "T": T,
+                "mode": mode,
+                "contestant": contestant.name,
+                "times_s": contestant.times[mode],
+                **stats,
+                "sample_steps_per_s": m * T / median,
+                "flops": flops,
+                "gflops_per_s": flops / median / 1e9,
+                "speedup_vs_torch": None,
+                "speedup_vs_naive": None,
+                "time_over_floor": None,
+            }
+            if contestant.name.startswith("xlstm"):
+                for key, other in (
+                    ("speedup_vs_torch", "torch.nn.LSTM"),
+                    ("speedup_vs_naive", "naive (seed-style)"),
+                ):
+                    if other in medians:
+                        row[key] = medians[other] / median
+            if contestant.name != "GEMM floor":
+                row["time_over_floor"] = median / medians["GEMM floor"]
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    return f"{ms:.2f}"
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+PASS_NAMES = {"forward": "fwd", "forward_backward": "fwd+bwd"}
+COLUMNS = (
+    ("pass", "<", 8),
+    ("contestant", "<", 19),
+    ("median ms", ">", 10),
+    ("min-max ms", ">", 15),
+    ("sample-steps/s", ">", 15),
+    ("GFLOP/s", ">", 8),
+    ("vs torch", ">", 9),
+    ("vs naive", ">", 9),
+    ("/floor", ">", 7),
+)
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    def line(cells) -> str:
+        return "  ".join(
+            f"{cell:{align}{width}}" for cell, (_, align, width) in zip(cells, COLUMNS, strict=True)
+        )
+
+    header = line([name for name, _, _ in COLUMNS]).rstrip()
+    lines = []
+    shape = None
+    for row in rows:
+        if row["shape"] != shape:
+            shape = row["shape"]
+            flops = H.forward_flops(row["n_x"], row["n_a"], row["m"], row["T"])
+            lines += [
+                "",
+                f"{shape}  (n_x, n_a, m, T) = ({row['n_x']}, {row['n_a']}, {row['m']}, {row['T']})"
+                f"   forward {flops / 1e9:.3g} GFLOP, forward+backward {3 * flops / 1e9:.3g} GFLOP",
+                header,
+            ]
+        cells = [
+            PASS_NAMES[row["mode"]],
+            row["contestant"],
+            _ms(row["median_s"]),
+            f"{_ms(row['min_s'])}-{_ms(row['max_s'])}",
+            _si(row["sample_steps_per_s"]),
+            f"{row['gflops_per_s']:.1f}",
+            _ratio(row["speedup_vs_torch"]),
+            _ratio(row["speedup_vs_naive"]),
+            "" if row["time_over_floor"] is None else f"{row['time_over_floor']:.2f}",
+        ]
+        lines.append(line(cells).rstrip())
+    return lines
+
+
+def format_memory(memory: list[dict[str, Any]], input_bytes: dict[str, int]) -> list[str]:
+    if not memory:
+        return []
+    lines = [
+        "",
+        "memory (MiB; NumPy buffers seen by tracemalloc, or torch's CUDA allocator): inputs =",
+        "x, a0, parameters and upstream gradients; forward keeps = outputs + cache held",
+        "after lstm_forward; fwd+bwd peak = the most allocated during forward+backward,",
+        "above the inputs",
+        f"{'shape':<8}{'contestant':<21}{'inputs':>9}{'forward keeps':>15}{'fwd+bwd peak':>14}",
+    ]
+    for entry in memory:
+        mib = 1 / 2**20
+        lines.append(
+            f"{entry['shape']:<8}{entry['contestant']:<21}"
+            f"{input_bytes[entry['shape']] * mib:>9.2f}"
+            f"{entry['forward_kept'] * mib:>15.2f}{entry['forward_backward_peak'] * mib:>14.2f}"
+        )
+    return lines
+
+
+def format_checks(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return []
+    failed = [c for c in checks if not c["ok"]]
+    worst = max(checks, key=lambda c: c["max_relative_difference"])
+    lines = [
+        "",
+        f"check: outputs and gradients vs {worst['reference']}, largest max|diff|/max|ref| = "
+        f"{worst['max_relative_difference']:.1e} ({worst['contestant']}, {worst['shape']} "
+        f"{PASS_NAMES[worst['mode']]}): {'FAILED' if failed else 'ok'}",
+    ]
+    for c in failed:
+        lines.append(
+            f"  MISMATCH {c['shape']} {PASS_NAMES[c['mode']]} {c['contestant']}: "
+            f"{c['max_relative_difference']:.2e} > {H.CHECK_TOLERANCE[c['dtype']]:.0e}"
+        )
+    return lines
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for text in cpuinfo:
+                if text.startswith("model name"):
+                    return text.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions(backend: str, use_torch: bool) -> dict[str, str]:
+    import xlstm
+
+    versions = {"xlstm": getattr(xlstm, "__version__", "?"), "numpy": np.__version__}
+    for name in {backend, "torch" if use_torch else None} - {None, "numpy"}:
+        versions[name] = importlib.import_module(name).__version__
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m xlstm bench``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed
+        return int(exit_.code or 0)
+    try:
+        sizes = parse_sizes(args.sizes)
+    except ValueError as error:
+        parser.print_usage(sys.stderr)
+        print(f"python -m xlstm bench: error: {error}", file=sys.stderr)
+        return 2
+
+    try:
+        backend = H.make_backend(args.backend, args.device, args.dtype)
+    except H.BackendUnavailable as error:
+        print(f"python -m xlstm bench: error: {error}", file=sys.stderr)
+        return 2
+    peer_device = torch_peer_device(args, backend)
+    use_torch = peer_device is not None or backend.name == "torch"
+
+    progress = Progress(total=len(sizes) * (args.repeat + 1), quiet=args.quiet)
+    rows, checks, memory, input_bytes = [], [], [], {}
+    with thread_limits(args.threads, use_torch) as threads:
+        for label, shape in sizes:
+            outcome = run_shape(label, shape, args, backend, peer_device, progress)
+            rows += result_rows(label, shape, outcome["contestants"])
+            checks += [{**c, "shape": label, "dtype": args.dtype} for c in outcome["checks"]]
+            memory += outcome["memory"]
+            input_bytes[label] = outcome["problem"].input_bytes
+    progress.close()
+
+    versions = _versions(args.backend, use_torch)
+    device = backend.device if backend.device is not None else "default"
+    head = [
+        f"xlstm bench: backend={args.backend} (device {device}) dtype={args.dtype} "
+        f"repeat={args.repeat} (median of {args.repeat}, contestants interleaved)",
+        f"threads: {args.threads} for every contestant ({'; '.join(threads['libraries'])})",
+        f"machine: {_cpu_model()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"torch.nn.LSTM: {peer_device or 'not run'}; output layer n_y={args.n_y} "
+        "(xlstm and naive compute it, FLOPs exclude it); vs = their time / xlstm time; "
+        "/floor = time / GEMM floor",
+    ]
+    lines = head + format_table(rows) + format_checks(checks) + format_memory(memory, input_bytes)
+    if args.memory and not memory:
+        lines += ["", f"memory: not measured on {args.backend} ({device}); see --help"]
+    print("\n".join(lines))
+
+    if args.json is not None:
+        report = {
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "backend": args.backend,
+            "device": str(device),
+            "dtype": args.dtype,
+            "repeat": args.repeat,
+            "pause_s": args.pause,
+            "n_y": args.n_y,
+            "threads": threads,
+            "torch_peer_device": peer_device,
+            "machine": _cpu_model(),
+            "versions": versions,
+            "flops": "matrix products only: forward 2*T*m*4n_a*(n_x+n_a), forward_backward 3x",
+            "results": rows,
+            "checks": checks,
+            "memory": [{**entry, "input_bytes": input_bytes[entry["shape"]]} for entry in memory],
+        }
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=1)
+    return 1 if any(not c["ok"] for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
