@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from array_api_compat import device as _device
+
 from . import _validation
 from ._backend import namespace_of
 from ._dispatch import select_engine
-from ._engine import SequenceCache, time_major
+from ._engine import SequenceCache, final_state, sequence_states, step_masks, time_major
 from ._layout import SEQUENCE_GRADIENT_KEYS
+from ._lengths import check_lengths, choose_engine, engine_of
 from .activations import _softmax
 from .parameters import pack, unpack_gradients
 
@@ -23,6 +26,7 @@ def lstm_forward(
     xp: Any = None,
     fused: Any = "auto",
     recompute: bool = False,
+    lengths: Any = None,
 ) -> tuple[Any, Any, Any, tuple[SequenceCache, Any]]:
     r"""Run an LSTM over a batch of sequences.
 
@@ -61,6 +65,14 @@ def lstm_forward(
         Memory-saving mode: keep only the states in the cache and recompute
         the gates in :func:`lstm_backward` (about 3.5x smaller cache, one more
         large matrix product in backward).
+    lengths : sequence of int or integer array, shape (m,), optional
+        Variable-length batch, padded on the right: sequence ``j`` has
+        ``lengths[j]`` real steps, ``1 <= lengths[j] <= T_x``.  Past its end the
+        state stops changing (``a_t = a_{t-1}``, ``c_t = c_{t-1}``), the returned
+        ``a``, ``y`` and ``c`` are zero, and :func:`lstm_backward` ignores
+        gradients there (and returns ``dx = 0`` there).  The state at each
+        sequence's own last step is :func:`final_states` ``(caches)``.
+        Default: every sequence has ``T_x`` steps.
 
     Returns
     -------
@@ -73,15 +85,15 @@ def lstm_forward(
     caches : tuple
         ``(SequenceCache, x)`` for :func:`lstm_backward`.  ``a`` and ``c``
         may share memory with the cache: do not modify them in place before
-        calling backward.
+        calling backward.  :func:`final_states` reads the final states from it.
 
     Raises
     ------
     TypeError
         ``None`` or non-array arguments, mixed libraries/devices/dtypes,
-        non-floating dtypes.
+        non-floating dtypes; ``lengths`` not integers.
     ValueError
-        Wrong shapes, ``m = 0`` or ``T_x = 0``.
+        Wrong shapes, ``m = 0`` or ``T_x = 0``; a length outside ``[1, T_x]``.
     KeyError
         A parameter is missing (the error is also a ``ValueError``).
     """
@@ -97,25 +109,67 @@ def lstm_forward(
         _validation.check_shape("c0", c0, (sizes.n_a, m), "(n_a, m)")
     if not isinstance(recompute, bool):
         raise TypeError(f"`recompute` must be a bool, got {type(recompute).__name__}")
-    engine = select_engine(xp, x.dtype, fused)
+    lengths = check_lengths(lengths, m, t_x)
+    engine = choose_engine(xp, x.dtype, fused, needs_lengths=lengths is not None)
 
     W, b = pack(parameters, xp)
     h0 = a0.T
     c0_rows = xp.zeros_like(h0) if c0 is None else c0.T
-    cache = engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute)
+    if lengths is None:
+        cache = engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute)
+    else:
+        cache = engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute, lengths=lengths)
 
-    states = cache.h[1:, ...]
+    states, cells = sequence_states(cache, xp)
     hidden_rows = xp.reshape(states, (t_x * m, sizes.n_a))
     logits = hidden_rows @ parameters["Wy"].T + parameters["by"].T
     probabilities = xp.reshape(_softmax(logits, 1, xp), (t_x, m, sizes.n_y))
+    if lengths is not None:
+        inside = step_masks(lengths, t_x, xp, _device(x))
+        probabilities = xp.where(inside, probabilities, xp.zeros_like(probabilities))
     a = time_major(states, xp)
     y = time_major(probabilities, xp)
-    c = time_major(cache.c[1:, ...], xp)
+    c = time_major(cells, xp)
     return a, y, c, (cache, x)
 
 
+def final_states(caches: Any, *, xp: Any = None) -> tuple[Any, Any]:
+    """The state at each sequence's own last step: ``(a_n, c_n)``, each ``(n_a, m)``.
+
+    Without ``lengths`` these are ``a[..., -1]`` and ``c[..., -1]``; with
+    ``lengths`` sequence ``j``'s are ``a[:, j, lengths[j] - 1]`` and
+    ``c[:, j, lengths[j] - 1]``.  Their gradients go into :func:`lstm_backward`
+    as ``da_n`` and ``dc_n``.
+
+    Parameters
+    ----------
+    caches : tuple
+        The ``caches`` returned by :func:`lstm_forward`.
+    """
+    cache, _ = _check_caches(caches)
+    xp = namespace_of({"cache.h": cache.h}, xp=xp)
+    h_n, c_n = final_state(cache, xp)
+    return h_n.T, c_n.T
+
+
+def _check_caches(caches: Any) -> tuple[SequenceCache, Any]:
+    if not (
+        isinstance(caches, tuple) and len(caches) == 2 and isinstance(caches[0], SequenceCache)
+    ):
+        msg = "`caches` must be the (SequenceCache, x) tuple returned by lstm_forward"
+        raise TypeError(msg)
+    return caches
+
+
 def lstm_backward(
-    da: Any, caches: Any, dc: Any = None, *, xp: Any = None, fused: Any = "auto"
+    da: Any,
+    caches: Any,
+    dc: Any = None,
+    *,
+    xp: Any = None,
+    fused: Any = "auto",
+    da_n: Any = None,
+    dc_n: Any = None,
 ) -> dict[str, Any]:
     r"""Backpropagation through time for :func:`lstm_forward`.
 
@@ -147,6 +201,13 @@ def lstm_backward(
         The same for the cell states.  Default: none (zeros).
     xp, fused
         As in :func:`lstm_forward`.
+    da_n, dc_n : array, shape (n_a, m), optional
+        Gradients reaching the final states (:func:`final_states`), like
+        ``torch.nn.LSTM``'s ``h_n``, ``c_n``.  Without ``lengths`` this is the
+        same as adding them to ``da[..., -1]``, ``dc[..., -1]``.
+
+    With ``lengths`` (see :func:`lstm_forward`) the entries of ``da`` and
+    ``dc`` past each sequence's end are ignored and ``dx`` is zero there.
 
     Returns
     -------
@@ -156,28 +217,39 @@ def lstm_backward(
         The output layer (``Wy``, ``by``) is not part of the recurrence: its
         gradient is the caller's (see ``xlstm.training``).
     """
-    if not (
-        isinstance(caches, tuple) and len(caches) == 2 and isinstance(caches[0], SequenceCache)
-    ):
-        msg = "`caches` must be the (SequenceCache, x) tuple returned by lstm_forward"
-        raise TypeError(msg)
-    cache, x = caches
+    cache, x = _check_caches(caches)
     arrays = {"da": da, "caches[1] (x)": x, "cache.h": cache.h, "cache.W": cache.W}
-    if dc is not None:
-        arrays["dc"] = dc
+    for name, value in (("dc", dc), ("da_n", da_n), ("dc_n", dc_n)):
+        if value is not None:
+            arrays[name] = value
     xp = namespace_of(arrays, xp=xp)
     _, m, t_x = (int(s) for s in x.shape)
     n_a = int(cache.h.shape[2])
     _validation.check_shape("da", da, (n_a, m, t_x), "(n_a, m, T_x)")
     if dc is not None:
         _validation.check_shape("dc", dc, (n_a, m, t_x), "(n_a, m, T_x)")
-    engine = select_engine(xp, x.dtype, fused)
+    for name, value in (("da_n", da_n), ("dc_n", dc_n)):
+        if value is not None:
+            _validation.check_shape(name, value, (n_a, m), "(n_a, m)")
+    final = da_n is not None or dc_n is not None
+    if final or cache.lengths is not None:
+        engine = engine_of(cache, choose_engine(xp, x.dtype, fused, needs_lengths=True))
+    else:
+        engine = select_engine(xp, x.dtype, fused)
 
     dc_tm = None if dc is None else time_major(dc, xp)
-    dx, dh0, dc0, d_weights, d_bias = engine.backward(cache, x, time_major(da, xp), dc_tm, xp=xp)
+    da_tm = time_major(da, xp)
+    if final:
+        dh_n = None if da_n is None else da_n.T
+        dc_n_rows = None if dc_n is None else dc_n.T
+        dx, dh0, dc0, d_weights, d_bias = engine.backward(
+            cache, x, da_tm, dc_tm, xp=xp, dh_n=dh_n, dc_n=dc_n_rows
+        )
+    else:
+        dx, dh0, dc0, d_weights, d_bias = engine.backward(cache, x, da_tm, dc_tm, xp=xp)
     gradients = {"dx": dx, "da0": dh0.T, "dc0": dc0.T}
     gradients.update(unpack_gradients(d_weights, d_bias, n_a, xp))
     return {key: gradients[key] for key in SEQUENCE_GRADIENT_KEYS}
 
 
-__all__ = ["SequenceCache", "lstm_backward", "lstm_forward"]
+__all__ = ["SequenceCache", "final_states", "lstm_backward", "lstm_forward"]

@@ -85,8 +85,18 @@ def _project_segment(
     rows += scaled_b
 
 
-def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCache:
+#: ``forward`` takes ``lengths``, ``backward`` takes ``dh_n``/``dc_n`` (see :mod:`xlstm._engine`).
+SUPPORTS_LENGTHS = True
+
+
+def forward(
+    x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None
+) -> SequenceCache:
     """Run the sequence (see :func:`xlstm._engine.forward`)."""
+    if lengths is not None:
+        from . import masked  # variable lengths: sorted rows, shrinking batch
+
+        return masked.forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths)
     _, m, t_x = x.shape
     n_a = h0.shape[1]
     dtype = x.dtype
@@ -162,7 +172,7 @@ def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     dc_from_dh *= o
 
 
-def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
+def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None, dc_n=None):
     """Backpropagation through time (see :func:`xlstm._engine.backward`).
 
     Each segment of steps is done in two phases: the local derivative factors
@@ -170,6 +180,10 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
     proper, which per step is only a handful of multiplications by ``dh`` and
     ``dc`` and the product ``dz W_h``.
     """
+    if cache.lengths is not None:
+        from . import masked
+
+        return masked.backward(cache, x, da_tm, dc_tm, dh_n=dh_n, dc_n=dc_n)
     n_x, m, t_x = x.shape
     h, c, W = cache.h, cache.c, cache.W
     n_a = h.shape[2]
@@ -184,8 +198,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
     d_bias = np.zeros(4 * n_a, dtype)
     dz_segment = np.empty((step, m, 4 * n_a), dtype)
     dc_from_dh = np.empty((step, m, n_a), dtype)
-    dh_next = np.zeros((m, n_a), dtype)
-    dc_next = np.zeros((m, n_a), dtype)
+    # Gradients reaching the final state (if any) start the recurrence.
+    dh_next = np.zeros((m, n_a), dtype) if dh_n is None else np.array(dh_n, dtype, copy=True)
+    dc_next = np.zeros((m, n_a), dtype) if dc_n is None else np.array(dc_n, dtype, copy=True)
     dh = np.empty((m, n_a), dtype)
     dc = np.empty((m, n_a), dtype)
     if cache.recompute:

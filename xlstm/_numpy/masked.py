@@ -1,0 +1,206 @@
+"""NumPy fast path for variable-length batches: rows sorted by length, a shrinking batch.
+
+Same recurrence and :class:`~xlstm._engine.SequenceCache` as :mod:`xlstm._numpy.engine`,
+for ``lengths`` given (``1 <= lengths[j] <= T``).  Why a separate loop: the rows of
+the batch are stored sorted by decreasing length (``SequenceCache.order``), so at step
+``t`` the sequences still running are a *prefix* of ``k_t`` rows.  Every operation of
+the step then works on contiguous ``[:k_t]`` slices (as PyTorch's packed sequences do):
+finished sequences cost nothing but a copy of their carried state, and a batch of
+varied lengths costs about ``sum(lengths) / (m T)`` of the padded recurrence.  Steps
+past the longest sequence are not computed at all.
+
+Semantics (those of the generic engine, :mod:`xlstm._engine`): past a sequence's end
+the step is the identity (``h_t = h_{t-1}``, ``c_t = c_{t-1}``); the gates and
+``tanh(c)`` stored for padded steps are zeros; backward ignores external gradients at
+padded steps and passes the recurrent gradients straight through them, so ``dx`` is
+zero there.
+"""
+
+from __future__ import annotations
+
+import array_api_compat.numpy as compat_numpy
+import numpy as np
+
+from .. import _engine
+from .._engine import SequenceCache, inverse_order, segment_length
+from .engine import _activate_halved, _halved_sigmoid_rows, _local_derivatives
+
+
+def _plan(lengths: np.ndarray, t_x: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(order, sorted_lengths, active)``: storage order (``None`` if the batch is
+    already sorted), the lengths in that order, and ``active[t]`` = rows running at ``t``."""
+    order = np.argsort(-lengths, kind="stable")
+    if np.array_equal(order, np.arange(order.shape[0])):
+        order = None
+    sorted_lengths = lengths if order is None else lengths[order]
+    return order, sorted_lengths, _active_rows(sorted_lengths, t_x)
+
+
+def _active_rows(sorted_lengths: np.ndarray, t_x: int) -> np.ndarray:
+    """Number of sequences with ``length > t`` for each step ``t`` (lengths sorted down)."""
+    return np.count_nonzero(sorted_lengths[None, :] > np.arange(t_x)[:, None], axis=1)
+
+
+def _is_sorted_down(lengths: np.ndarray) -> bool:
+    return bool(np.all(lengths[:-1] >= lengths[1:]))
+
+
+def _rows(array: np.ndarray, order: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """``array[:, :, start:stop]`` (seed layout) as time-major rows in storage order."""
+    segment = array[:, :, start:stop].transpose(2, 1, 0)
+    if order is not None:
+        segment = np.take(segment, order, axis=1)  # a new C-contiguous array
+    return np.ascontiguousarray(segment).reshape(-1, array.shape[0])
+
+
+def _time_rows(array_tm: np.ndarray, order: np.ndarray | None, start: int, stop: int):
+    """``array_tm[start:stop]`` (time-major) contiguous, in storage order."""
+    if order is None:
+        return np.ascontiguousarray(array_tm[start:stop])
+    return np.take(array_tm[start:stop], order, axis=1)
+
+
+def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> SequenceCache:
+    """Run the sequence (see :func:`xlstm._engine.forward`)."""
+    _, m, t_x = x.shape
+    n_a = h0.shape[1]
+    dtype = x.dtype
+    order, sorted_lengths, active = _plan(lengths, t_x)
+    t_end = int(sorted_lengths[0])
+    scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
+    # Contiguous W_h^T: OpenBLAS's small per-step product is faster on it.
+    input_T, recurrent_T = scaled_W[:, n_a:].T, np.ascontiguousarray(scaled_W[:, :n_a].T)
+
+    h = np.empty((t_x + 1, m, n_a), dtype)
+    c = np.empty((t_x + 1, m, n_a), dtype)
+    h[0] = h0 if order is None else h0[order]
+    c[0] = c0 if order is None else c0[order]
+    step = segment_length(t_x, m, n_a)
+    if recompute:
+        gates = np.empty((step, m, 4 * n_a), dtype)
+        tanh_c = np.empty((1, m, n_a), dtype)
+    else:
+        gates = np.empty((t_x, m, 4 * n_a), dtype)
+        tanh_c = np.empty((t_x, m, n_a), dtype)
+    recurrent = np.empty((m, 4 * n_a), dtype)
+    product = np.empty((m, n_a), dtype)
+
+    for start in range(0, t_end, step):
+        stop = min(t_end, start + step)
+        offset = start if recompute else 0
+        projected = gates[start - offset : stop - offset].reshape(-1, 4 * n_a)
+        np.matmul(_rows(x, order, start, stop), input_T, out=projected)
+        projected += scaled_b
+        for t in range(start, stop):
+            k = int(active[t])
+            z = gates[t - offset, :k]
+            np.matmul(h[t, :k], recurrent_T, out=recurrent[:k])
+            z += recurrent[:k]
+            _activate_halved(z, n_a)
+            i, f, o, g = (z[:, j * n_a : (j + 1) * n_a] for j in range(4))
+            c_t = c[t + 1, :k]
+            np.multiply(f, c[t, :k], out=c_t)
+            np.multiply(i, g, out=product[:k])
+            c_t += product[:k]
+            tanh_t = (tanh_c[0] if recompute else tanh_c[t])[:k]
+            np.tanh(c_t, out=tanh_t)
+            np.multiply(o, tanh_t, out=h[t + 1, :k])
+            if k < m:
+                # Finished sequences: carry the state; store zeros as their gates.
+                h[t + 1, k:] = h[t, k:]
+                c[t + 1, k:] = c[t, k:]
+                if not recompute:
+                    gates[t, k:] = 0
+                    tanh_c[t, k:] = 0
+    if t_end < t_x:
+        h[t_end + 1 :] = h[t_end]
+        c[t_end + 1 :] = c[t_end]
+        if not recompute:
+            gates[t_end:] = 0
+            tanh_c[t_end:] = 0
+    if recompute:
+        return SequenceCache(h, c, None, None, W, b, sorted_lengths, order)
+    return SequenceCache(h, c, gates, tanh_c, W, b, sorted_lengths, order)
+
+
+def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
+    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+    if not _is_sorted_down(cache.lengths):
+        # A cache whose rows are not sorted by length (made by the generic engine):
+        # the prefix trick does not apply; the generic engine reads any cache.
+        return _engine.backward(cache, x, da_tm, dc_tm, xp=compat_numpy, dh_n=dh_n, dc_n=dc_n)
+    n_x, m, t_x = x.shape
+    h, c, W, order = cache.h, cache.c, cache.W, cache.order
+    n_a = h.shape[2]
+    dtype = x.dtype
+    active = _active_rows(cache.lengths, t_x)
+    t_end = int(cache.lengths[0])
+    w_h, w_x = np.ascontiguousarray(W[:, :n_a]), W[:, n_a:]
+    step = segment_length(t_x, m, n_a)
+
+    def storage(state):
+        if state is None:
+            return np.zeros((m, n_a), dtype)
+        return np.array(state if order is None else state[order], dtype=dtype, copy=True)
+
+    dx_tm = np.zeros((t_x, m, n_x), dtype)  # storage order; zero past t_end
+    d_recurrent = np.zeros((4 * n_a, n_a), dtype)
+    d_input = np.zeros((4 * n_a, n_x), dtype)
+    d_bias = np.zeros(4 * n_a, dtype)
+    dz_segment = np.empty((step, m, 4 * n_a), dtype)
+    dc_from_dh = np.empty((step, m, n_a), dtype)
+    dh_next, dc_next = storage(dh_n), storage(dc_n)
+    dh = np.empty((m, n_a), dtype)
+    dc = np.empty((m, n_a), dtype)
+    if cache.recompute:
+        scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
+        gate_segment = np.empty((step, m, 4 * n_a), dtype)
+        tanh_segment = np.empty((step, m, n_a), dtype)
+
+    for stop in range(t_end, 0, -step):
+        start = max(0, stop - step)
+        span = stop - start
+        x_rows = _rows(x, order, start, stop)
+        if cache.recompute:
+            rows = gate_segment[:span].reshape(span * m, 4 * n_a)
+            np.matmul(x_rows, scaled_W[:, n_a:].T, out=rows)
+            rows += h[start:stop].reshape(span * m, n_a) @ scaled_W[:, :n_a].T
+            rows += scaled_b
+            _activate_halved(gate_segment[:span], n_a)
+            np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:span])
+            gates, tanh_c = gate_segment[:span], tanh_segment[:span]
+        else:
+            gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
+        _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:span], dc_from_dh[:span], n_a)
+        da_segment = _time_rows(da_tm, order, start, stop)
+        dc_segment = None if dc_tm is None else _time_rows(dc_tm, order, start, stop)
+        for t in range(stop - 1, start - 1, -1):
+            local = t - start
+            k = int(active[t])
+            dz = dz_segment[local]
+            dh_k, dc_k = dh[:k], dc[:k]
+            np.add(da_segment[local, :k], dh_next[:k], out=dh_k)
+            np.multiply(dh_k, dc_from_dh[local, :k], out=dc_k)
+            dc_k += dc_next[:k]
+            if dc_segment is not None:
+                dc_k += dc_segment[local, :k]
+            input_forget = dz[:k, : 2 * n_a].reshape(k, 2, n_a)
+            np.multiply(input_forget, dc_k[:, None, :], out=input_forget)
+            dz[:k, 3 * n_a :] *= dc_k
+            dz[:k, 2 * n_a : 3 * n_a] *= dh_k
+            np.multiply(dc_k, gates[local, :k, n_a : 2 * n_a], out=dc_next[:k])
+            np.matmul(dz[:k], w_h, out=dh_next[:k])
+            if k < m:
+                # Padded rows: no gradient from this step; dh_next, dc_next pass through.
+                dz[k:] = 0
+        dz_rows = dz_segment[:span].reshape(span * m, 4 * n_a)
+        d_recurrent += dz_rows.T @ h[start:stop].reshape(span * m, n_a)
+        d_input += dz_rows.T @ x_rows
+        d_bias += dz_rows.sum(axis=0)
+        np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(span * m, n_x))
+    d_weights = np.concatenate([d_recurrent, d_input], axis=1)
+    if order is not None:
+        inverse = inverse_order(order)
+        dx_tm = np.take(dx_tm, inverse, axis=1)
+        dh_next, dc_next = dh_next[inverse], dc_next[inverse]
+    return dx_tm.transpose(2, 1, 0), dh_next, dc_next, d_weights, d_bias
