@@ -147,7 +147,8 @@ def test_cross_check_flags_a_mismatch():
 
 def test_run_numpy_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    code = cli.main(["--sizes", TINY, "--json", str(path), "--memory", "--generic", *FAST])
+    options = ["--memory", "--generic", "--recompute"]
+    code = cli.main(["--sizes", TINY, "--json", str(path), *options, *FAST])
     assert code == 0
     out = capsys.readouterr().out
     for text in ("threads: 2", "sample-steps/s", "GEMM floor", "naive (seed-style)", "check:"):
@@ -155,7 +156,7 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert report["threads"]["threads"] == 2
     names = {(r["contestant"], r["mode"]) for r in report["results"]}
-    for name in ("xlstm", "xlstm generic", "naive (seed-style)", "GEMM floor"):
+    for name in ("xlstm", "xlstm generic", "xlstm recompute", "naive (seed-style)", "GEMM floor"):
         assert (name, "forward") in names
         assert (name, "forward_backward") in names
     row = next(
@@ -168,6 +169,7 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     memory = {m["contestant"]: m for m in report["memory"]}
     assert memory["xlstm"]["forward_kept"] > 0
     assert memory["xlstm"]["forward_backward_peak"] > 0
+    assert memory["xlstm recompute"]["forward_kept"] > 0
 
 
 def test_run_without_torch_and_naive(tmp_path, capsys):

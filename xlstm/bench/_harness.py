@@ -227,25 +227,32 @@ def _seed_outputs(mode: str, result: Any) -> dict[str, np.ndarray]:
     return _stack_gradients(result)
 
 
-def xlstm_contestant(problem: Problem, backend: Backend, *, generic: bool) -> Contestant:
-    """xlstm's ``lstm_forward`` / ``lstm_backward`` on ``backend``."""
+def xlstm_contestant(
+    problem: Problem, backend: Backend, *, generic: bool = False, recompute: bool = False
+) -> Contestant:
+    """xlstm's ``lstm_forward`` / ``lstm_backward`` on ``backend``.
+
+    ``generic``: force the generic array-API path (``fused=False``); ``recompute``:
+    the memory-saving mode (gates recomputed in backward).
+    """
     from xlstm import lstm_backward, lstm_forward, to_backend
 
     params = to_backend(problem.parameters, backend.xp, device=backend.device)
     x, a0, da, dc = (backend.asarray(a) for a in (problem.x, problem.a0, problem.da, problem.dc))
     options = {"fused": False} if generic else {}
+    forward_options = {**options, "recompute": True} if recompute else options
 
     def forward():
-        return lstm_forward(x, a0, params, **options)
+        return lstm_forward(x, a0, params, **forward_options)
 
     def forward_backward():
-        _, _, _, caches = lstm_forward(x, a0, params, **options)
+        _, _, _, caches = lstm_forward(x, a0, params, **forward_options)
         return lstm_backward(da, caches, dc, **options)
 
     memory = _numpy_memory(forward, forward_backward) if backend.name == "numpy" else None
     if memory is None and backend.family == "torch-cuda":
         memory = _torch_cuda_memory(forward, forward_backward)
-    name = "xlstm generic" if generic else "xlstm"
+    name = " ".join(["xlstm"] + ["generic"] * generic + ["recompute"] * recompute)
     calls = {"forward": forward, "forward_backward": forward_backward}
     return Contestant(name, backend.family, backend.sync, calls, _seed_outputs, memory)
 

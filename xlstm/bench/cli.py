@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time xlstm's generic array-API path (fused=False)",
     )
+    add(
+        "--recompute",
+        action="store_true",
+        help="also time xlstm's memory-saving mode (recompute=True)",
+    )
     add("--no-torch", action="store_true", help="leave torch.nn.LSTM out")
     add("--no-naive", action="store_true", help="leave the naive loop out")
     add(
@@ -229,20 +234,27 @@ def torch_peer_device(args, backend: H.Backend) -> str | None:
 
 def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, Any]:
     problem = H.make_problem(label, shape, args.dtype, args.n_y)
-    contestants = [H.xlstm_contestant(problem, backend, generic=False)]
+    contestants = [H.xlstm_contestant(problem, backend)]
     if args.generic:
         contestants.append(H.xlstm_contestant(problem, backend, generic=True))
+    if args.recompute:
+        contestants.append(H.xlstm_contestant(problem, backend, recompute=True))
     if peer_device is not None:
         contestants.append(H.torch_contestant(problem, peer_device))
     if not args.no_naive:
         contestants.append(H.naive_contestant(problem, backend))
     contestants.append(H.floor_contestant(problem, backend))
 
+    # Run the contestants on xlstm's library first and the others (torch) last: the
+    # round-robin order reverses every round, so the library switches once a round.
+    run_order = [c for c in contestants if c.family == backend.family]
+    run_order += [c for c in contestants if c.family != backend.family]
+
     progress.show(f"{label} {shape}: warm-up")
-    outputs = H.warm_up(contestants)
+    outputs = H.warm_up(run_order)
     checks = [] if args.no_check else cross_check(outputs, args.dtype)
     H.run_rounds(
-        contestants,
+        run_order,
         args.repeat,
         args.pause,
         lambda r: progress.show(f"{label} {shape}: round {r}/{args.repeat}", advance=1),
@@ -406,12 +418,14 @@ def format_memory(memory: list[dict[str, Any]], input_bytes: dict[str, int]) -> 
         "x, a0, parameters and upstream gradients; forward keeps = outputs + cache held",
         "after lstm_forward; fwd+bwd peak = the most allocated during forward+backward,",
         "above the inputs",
-        f"{'shape':<8}{'contestant':<21}{'inputs':>9}{'forward keeps':>15}{'fwd+bwd peak':>14}",
     ]
+    width = max(len("shape"), *(len(entry["shape"]) for entry in memory)) + 2
+    heads = f"{'inputs':>9}{'forward keeps':>15}{'fwd+bwd peak':>14}"
+    lines.append(f"{'shape':<{width}}{'contestant':<21}{heads}")
+    mib = 1 / 2**20
     for entry in memory:
-        mib = 1 / 2**20
         lines.append(
-            f"{entry['shape']:<8}{entry['contestant']:<21}"
+            f"{entry['shape']:<{width}}{entry['contestant']:<21}"
             f"{input_bytes[entry['shape']] * mib:>9.2f}"
             f"{entry['forward_kept'] * mib:>15.2f}{entry['forward_backward_peak'] * mib:>14.2f}"
         )
