@@ -1,0 +1,679 @@
+"""CuPy fast path of the sequence engine: fused step kernels, optional graph replay.
+
+Same algorithm, layout and :class:`~xlstm._engine.SequenceCache` as the generic
+engine (:mod:`xlstm._engine`), so caches move freely between engines; tests
+check that both give the same numbers.  Why it exists: on CuPy the generic path
+launches a dozen small kernels per step and is bound by launch overhead.  Here
+each step is two launches:
+
+* forward: ``h_{t-1} W_h^T`` (cuBLAS, ``cupy.matmul``), then one fused kernel
+  that adds the precomputed input projection and the bias, activates the four
+  gates and writes ``c_t``, ``tanh(c_t)`` and ``h_t``;
+* backward: one fused kernel that writes the four gate gradients ``dz_t``
+  (stacked, ``GATE_ORDER`` = i, f, o, g) and ``dc_{t-1}``, then
+  ``dh_{t-1} = dz_t W_h`` (cuBLAS).
+
+The input projection of a segment of steps is one product before its loop;
+the weight, bias and input gradients are a few large products after it
+(``dW = dZ^T [H_prev | X]``, ``db = 1^T dZ``, ``dX = dZ W_x``), per segment of
+:func:`~xlstm._engine.segment_length` steps, as in the NumPy fast path.  Why
+the kernel, not ``cupy.matmul``, adds the input projection: ``cupy.matmul``
+always overwrites its output (cuBLAS beta = 0), so the recurrent product goes
+to its own buffer and the kernel sums the two parts while it reads them anyway.
+
+Graph replay (off by default; :func:`set_graph_replay`, or the environment
+variable ``XLSTM_CUPY_GRAPHS=1``).  The forward time loop and the backward time
+loop are each captured once as a CUDA graph (``cupy.cuda.Stream.begin_capture``)
+per (shapes, dtype, device, recompute) and replayed with one launch.  A graph
+reads and writes fixed addresses, so each shape gets a *plan* owning static
+buffers: inputs are copied in before a launch and results copied out after it
+(one device-to-device copy of the states, one of the gradients), so nothing
+returned to the caller is ever overwritten by a later replay.  A backward call
+on the cache that the latest forward replay of the same plan returned reads the
+plan's own copy of the states and skips copying them in.  Plans are kept in a
+small LRU cache (:data:`MAX_GRAPH_PLANS`; :func:`clear_graph_cache` frees them).
+The captured region allocates nothing: every array it touches is preallocated
+and every product writes into a contiguous ``out=`` (``cupy.matmul`` makes no
+temporary then).
+
+Variable-length batches (``lengths``) and final-state gradients are not
+implemented here (no ``SUPPORTS_LENGTHS``): ``fused="auto"`` gives such calls to
+the generic engine, ``fused=True`` refuses them with a ValueError.
+
+The engine reaches CuPy only through :func:`_runtime`, one small object, so that
+its bookkeeping (segments, buffers, capture, copy-in and copy-out) can also be
+exercised on a CPU with a NumPy stand-in (``tests/test_cupy_cpu.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _engine
+from .._engine import SequenceCache
+from . import _kernels
+
+GRAPH_ENV = "XLSTM_CUPY_GRAPHS"
+"""Environment variable: ``1`` turns graph replay on, ``0`` off (read per call)."""
+
+GRAPH_DEFAULT = False
+"""Graph replay when neither :func:`set_graph_replay` nor :data:`GRAPH_ENV` says otherwise."""
+
+MAX_GRAPH_PLANS = 4
+"""At most this many shapes keep captured graphs and their static buffers."""
+
+_ALIGN = 64  # elements: every buffer carved from a slab starts 256-byte aligned or better
+
+_graph_override: bool | None = None
+
+
+# --------------------------------------------------------------------------- switches
+
+
+def unsupported_reason(xp: Any, dtype: Any) -> str | None:
+    """Why the fused kernels cannot run for ``dtype`` (``None``: they can).
+
+    float32 and float64 are supported.  float16 is not: the kernels would need
+    float32 arithmetic on float16 storage and the products a float32
+    accumulator, and no device check has shown that path accurate yet.
+    """
+    name = np.dtype(dtype).name
+    if name not in _kernels.C_TYPES:
+        return f"dtype {name} is not supported by the fused CUDA kernels (float32 and float64 are)"
+    return None
+
+
+def set_graph_replay(enabled: bool | None) -> None:
+    """Turn CUDA-graph replay on (``True``) or off (``False``) for this process.
+
+    ``None`` returns to the default: :data:`GRAPH_ENV` if set, else
+    :data:`GRAPH_DEFAULT`.
+    """
+    global _graph_override
+    if enabled is not None and not isinstance(enabled, bool):
+        msg = f"`enabled` must be True, False or None, got {enabled!r}"
+        raise TypeError(msg)
+    _graph_override = enabled
+
+
+def graph_replay_enabled() -> bool:
+    """Whether the next call replays CUDA graphs (see :func:`set_graph_replay`)."""
+    if _graph_override is not None:
+        return _graph_override
+    value = os.environ.get(GRAPH_ENV, "").strip()
+    if value == "":
+        return GRAPH_DEFAULT
+    if value not in ("0", "1"):
+        msg = f"{GRAPH_ENV}={value!r}; expected 0 or 1"
+        raise ValueError(msg)
+    return value == "1"
+
+
+@contextlib.contextmanager
+def graph_replay(enabled: bool | None) -> Iterator[None]:
+    """Context manager form of :func:`set_graph_replay` (restores the old setting)."""
+    previous = _graph_override
+    set_graph_replay(enabled)
+    try:
+        yield
+    finally:
+        set_graph_replay(previous)
+
+
+# --------------------------------------------------------------------------- CuPy services
+
+
+class _CupyRuntime:
+    """The few CuPy services the engine uses: arrays, kernels, devices, graphs."""
+
+    def __init__(self) -> None:
+        self.xp = _kernels.import_cupy()
+        self._capture_streams: dict[int, Any] = {}
+
+    def kernels(self, dtype: Any, device_id: int) -> _kernels.StepKernels:
+        return _kernels.step_kernels(np.dtype(dtype).name, device_id)
+
+    def device(self, array: Any) -> Any:
+        """Context manager making ``array``'s device current."""
+        return array.device
+
+    def device_id(self, array: Any) -> int:
+        return int(array.device.id)
+
+    def record(self) -> Any:
+        """An event recorded on the current stream."""
+        return self.xp.cuda.get_current_stream().record()
+
+    def wait(self, event: Any) -> None:
+        """Make the current stream wait for ``event``."""
+        self.xp.cuda.get_current_stream().wait_event(event)
+
+    def capture(self, program: Callable[[], None], device_id: int) -> Any:
+        """Run ``program`` once for real, then capture it as a CUDA graph.
+
+        Both happen on a private non-blocking stream (capture cannot use the
+        legacy default stream), ordered after the current stream's work and
+        before its later work.  The real run loads the kernels and lets cuBLAS
+        set up its workspace for that stream outside the capture; its results
+        are the results of this call.
+        """
+        cuda = self.xp.cuda
+        stream = self._capture_streams.get(device_id)
+        if stream is None:
+            stream = self._capture_streams[device_id] = cuda.Stream(non_blocking=True)
+        current = cuda.get_current_stream()
+        stream.wait_event(current.record())
+        with stream:
+            program()
+            stream.begin_capture()
+            try:
+                program()
+            except BaseException:
+                # Leave capture mode; the capture is invalid anyway, and the
+                # error that made it so is the one to report.
+                with contextlib.suppress(cuda.runtime.CUDARuntimeError):
+                    stream.end_capture()
+                raise
+            graph = stream.end_capture()
+        current.wait_event(stream.record())
+        return graph
+
+    def launch(self, graph: Any) -> None:
+        graph.launch(stream=self.xp.cuda.get_current_stream())
+
+
+@functools.cache
+def _runtime() -> _CupyRuntime:
+    return _CupyRuntime()
+
+
+# --------------------------------------------------------------------------- shapes, buffers
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """Sizes of one call: inputs n_x, batch m, steps t_x, units n_a, segment length."""
+
+    n_x: int
+    m: int
+    t_x: int
+    n_a: int
+    step: int
+
+    @classmethod
+    def of(cls, x: Any, n_a: int, recompute: bool) -> _Dims:
+        n_x, m, t_x = (int(s) for s in x.shape)
+        step = _engine.segment_length(t_x, m, int(n_a), recompute)
+        return cls(n_x, m, t_x, int(n_a), step)
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each segment, in time order."""
+        return [(s, min(self.t_x, s + self.step)) for s in range(0, self.t_x, self.step)]
+
+
+@dataclass
+class _Slab:
+    """Named C-contiguous buffers carved from one allocation (one copy moves them all)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtype: Any
+    offsets: dict[str, int] = field(init=False)
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets, total = {}, 0
+        for name, shape in self.shapes.items():
+            self.offsets[name] = total
+            total += -(-int(np.prod(shape)) // _ALIGN) * _ALIGN
+        self.size = max(total, 1)
+
+    def allocate(self, xp: Any) -> tuple[Any, dict[str, Any]]:
+        flat = xp.empty(self.size, dtype=self.dtype)
+        return flat, self.views(flat)
+
+    def views(self, flat: Any) -> dict[str, Any]:
+        views = {}
+        for name, shape in self.shapes.items():
+            start = self.offsets[name]
+            views[name] = flat[start : start + int(np.prod(shape))].reshape(shape)
+        return views
+
+
+def _input_shapes(d: _Dims) -> dict[str, tuple[int, ...]]:
+    """Time-major input rows and the weights, split into contiguous blocks."""
+    return {
+        "x_rows": (d.t_x * d.m, d.n_x),
+        "w_x": (4 * d.n_a, d.n_x),
+        "w_h": (4 * d.n_a, d.n_a),
+        "b": (4 * d.n_a,),
+    }
+
+
+def _state_shapes(d: _Dims, recompute: bool) -> dict[str, tuple[int, ...]]:
+    """What the forward returns (the SequenceCache arrays)."""
+    shapes = {"h": (d.t_x + 1, d.m, d.n_a), "c": (d.t_x + 1, d.m, d.n_a)}
+    if not recompute:
+        shapes["gates"] = (d.t_x, d.m, 4 * d.n_a)
+        shapes["tanh_c"] = (d.t_x, d.m, d.n_a)
+    return shapes
+
+
+def _forward_work_shapes(d: _Dims, recompute: bool) -> dict[str, tuple[int, ...]]:
+    shapes = {"recurrent": (d.m, 4 * d.n_a)}
+    if recompute:  # one segment of gates, one step of tanh(c); not kept
+        shapes["gates"] = (d.step, d.m, 4 * d.n_a)
+        shapes["tanh_c"] = (1, d.m, d.n_a)
+    return shapes
+
+
+def _backward_work_shapes(d: _Dims, recompute: bool) -> dict[str, tuple[int, ...]]:
+    shapes = {
+        "dz": (d.step, d.m, 4 * d.n_a),
+        "ones": (d.step * d.m,),
+        "d_recurrent": (4 * d.n_a, d.n_a),
+        "d_input": (4 * d.n_a, d.n_x),
+    }
+    if d.step < d.t_x:  # several segments: their products are summed
+        shapes["sum_recurrent"] = (4 * d.n_a, d.n_a)
+        shapes["sum_input"] = (4 * d.n_a, d.n_x)
+        shapes["sum_bias"] = (4 * d.n_a,)
+    if recompute:
+        shapes["gates"] = (d.step, d.m, 4 * d.n_a)
+        shapes["recurrent"] = (d.step * d.m, 4 * d.n_a)
+        shapes["tanh_c"] = (d.step, d.m, d.n_a)
+    return shapes
+
+
+def _gradient_shapes(d: _Dims) -> dict[str, tuple[int, ...]]:
+    """What the backward returns; ``dh``/``dc`` run through the loop and end as dh0/dc0."""
+    return {
+        "dx_tm": (d.t_x, d.m, d.n_x),
+        "dh": (d.m, d.n_a),
+        "dc": (d.m, d.n_a),
+        "d_weights": (4 * d.n_a, d.n_a + d.n_x),
+        "d_bias": (4 * d.n_a,),
+    }
+
+
+# --------------------------------------------------------------------------- the two programs
+#
+# Each issues every device operation of one pass on the current stream, reading
+# and writing only the arrays it is given (no allocation, no host sync), so it
+# can run eagerly or be captured as a graph.
+
+
+def _forward_program(xp, kernels, d: _Dims, inputs: dict, states: dict, work: dict) -> None:
+    """The forward time loop.  ``states['h'][0]``, ``states['c'][0]`` hold h0, c0."""
+    m, n_a = d.m, d.n_a
+    h, c = states["h"], states["c"]
+    recompute = "gates" in work
+    gates = work["gates"] if recompute else states["gates"]
+    tanh_c = work["tanh_c"] if recompute else states["tanh_c"]
+    w_x_t, w_h_t = inputs["w_x"].T, inputs["w_h"].T  # F-contiguous: cuBLAS transposes
+    for start, stop in d.segments():
+        k = stop - start
+        segment = gates[:k] if recompute else gates[start:stop]
+        xp.matmul(
+            inputs["x_rows"][start * m : stop * m],
+            w_x_t,
+            out=segment.reshape(k * m, 4 * n_a),
+        )
+        for t in range(start, stop):
+            xp.matmul(h[t], w_h_t, out=work["recurrent"])
+            kernels.forward_step(
+                segment[t - start],
+                work["recurrent"],
+                inputs["b"],
+                c[t],
+                c[t + 1],
+                tanh_c[0] if recompute else tanh_c[t],
+                h[t + 1],
+            )
+
+
+def _backward_program(
+    xp, kernels, d: _Dims, inputs: dict, states: dict, external: dict, work: dict, grads: dict
+) -> None:
+    """Backpropagation through time, last segment first.
+
+    ``external`` holds ``da`` and optionally ``dc`` (time-major, contiguous).
+    Writes every array in ``grads``.
+    """
+    m, n_a = d.m, d.n_a
+    h, c = states["h"], states["c"]
+    recompute = "gates" not in states
+    w_x, w_h = inputs["w_x"], inputs["w_h"]
+    w_x_t, w_h_t = w_x.T, w_h.T
+    da, dc_external = external["da"], external.get("dc")
+    dh, dc = grads["dh"], grads["dc"]
+    xp.copyto(dh, 0.0)
+    xp.copyto(dc, 0.0)
+    xp.copyto(work["ones"], 1.0)
+    several = "sum_recurrent" in work
+    for index, (start, stop) in enumerate(reversed(d.segments())):
+        k = stop - start
+        rows = k * m
+        if recompute:
+            gates, tanh_c = work["gates"][:k], work["tanh_c"][:k]
+            xp.matmul(
+                inputs["x_rows"][start * m : stop * m],
+                w_x_t,
+                out=gates.reshape(rows, 4 * n_a),
+            )
+            xp.matmul(h[start:stop].reshape(rows, n_a), w_h_t, out=work["recurrent"][:rows])
+            kernels.gates(
+                gates.reshape(rows, 4 * n_a),
+                work["recurrent"][:rows],
+                inputs["b"],
+                c[start + 1 : stop + 1].reshape(rows, n_a),
+                tanh_c.reshape(rows, n_a),
+            )
+        else:
+            gates, tanh_c = states["gates"][start:stop], states["tanh_c"][start:stop]
+        dz = work["dz"]
+        for t in range(stop - 1, start - 1, -1):
+            local = t - start
+            kernels.backward_step(
+                da[t],
+                dh,
+                None if dc_external is None else dc_external[t],
+                dc,
+                gates[local],
+                c[t],
+                tanh_c[local],
+                dz[local],
+            )
+            xp.matmul(dz[local], w_h, out=dh)
+        dz_rows = dz[:k].reshape(rows, 4 * n_a)
+        dz_rows_t = dz_rows.T
+        first = index == 0
+        targets = (
+            (work["d_recurrent"], work["d_input"], grads["d_bias"])
+            if first
+            else (work["sum_recurrent"], work["sum_input"], work["sum_bias"])
+        )
+        xp.matmul(dz_rows_t, h[start:stop].reshape(rows, n_a), out=targets[0])
+        xp.matmul(dz_rows_t, inputs["x_rows"][start * m : stop * m], out=targets[1])
+        xp.matmul(work["ones"][:rows], dz_rows, out=targets[2])
+        if several and not first:
+            xp.add(work["d_recurrent"], targets[0], out=work["d_recurrent"])
+            xp.add(work["d_input"], targets[1], out=work["d_input"])
+            xp.add(grads["d_bias"], targets[2], out=grads["d_bias"])
+        xp.matmul(dz_rows, w_x, out=grads["dx_tm"][start:stop].reshape(rows, d.n_x))
+    xp.copyto(grads["d_weights"][:, :n_a], work["d_recurrent"])
+    xp.copyto(grads["d_weights"][:, n_a:], work["d_input"])
+
+
+def _fill_inputs(xp, inputs: dict, x: Any, W: Any, b: Any, n_a: int) -> None:
+    n_x, m, t_x = x.shape
+    xp.copyto(inputs["x_rows"].reshape(t_x, m, n_x), x.transpose(2, 1, 0))
+    xp.copyto(inputs["w_h"], W[:, :n_a])
+    xp.copyto(inputs["w_x"], W[:, n_a:])
+    xp.copyto(inputs["b"], b)
+
+
+def _results(grads: dict) -> tuple:
+    return (
+        grads["dx_tm"].transpose(2, 1, 0),
+        grads["dh"],
+        grads["dc"],
+        grads["d_weights"],
+        grads["d_bias"],
+    )
+
+
+# --------------------------------------------------------------------------- eager path
+
+
+def _forward_eager(rt, x, h0, c0, W, b, recompute: bool) -> SequenceCache:
+    xp = rt.xp
+    d = _Dims.of(x, h0.shape[1], recompute)
+    kernels = rt.kernels(x.dtype, rt.device_id(x))
+    _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
+    _, states = _Slab(_state_shapes(d, recompute), x.dtype).allocate(xp)
+    _, work = _Slab(_forward_work_shapes(d, recompute), x.dtype).allocate(xp)
+    _fill_inputs(xp, inputs, x, W, b, d.n_a)
+    xp.copyto(states["h"][0], h0)
+    xp.copyto(states["c"][0], c0)
+    _forward_program(xp, kernels, d, inputs, states, work)
+    return SequenceCache(states["h"], states["c"], states.get("gates"), states.get("tanh_c"), W, b)
+
+
+def _cache_states(xp, cache: SequenceCache) -> dict:
+    states = {"h": xp.ascontiguousarray(cache.h), "c": xp.ascontiguousarray(cache.c)}
+    if not cache.recompute:
+        states["gates"] = xp.ascontiguousarray(cache.gates)
+        states["tanh_c"] = xp.ascontiguousarray(cache.tanh_c)
+    return states
+
+
+def _backward_eager(rt, cache: SequenceCache, x, da_tm, dc_tm) -> tuple:
+    xp = rt.xp
+    recompute = cache.recompute
+    d = _Dims.of(x, cache.h.shape[2], recompute)
+    kernels = rt.kernels(x.dtype, rt.device_id(x))
+    _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
+    _, work = _Slab(_backward_work_shapes(d, recompute), x.dtype).allocate(xp)
+    _, grads = _Slab(_gradient_shapes(d), x.dtype).allocate(xp)
+    _fill_inputs(xp, inputs, x, cache.W, cache.b, d.n_a)
+    external = {"da": xp.ascontiguousarray(da_tm)}
+    if dc_tm is not None:
+        external["dc"] = xp.ascontiguousarray(dc_tm)
+    states = _cache_states(xp, cache)
+    _backward_program(xp, kernels, d, inputs, states, external, work, grads)
+    return _results(grads)
+
+
+# --------------------------------------------------------------------------- graph replay
+
+
+class _Plan:
+    """Static buffers and captured graphs for one (shapes, dtype, device, recompute).
+
+    ``inputs``, ``states`` and the work areas are what the graphs read and
+    write.  ``fresh`` remembers the cache arrays the latest forward replay
+    returned: while they are alive and nothing has overwritten ``states``
+    since, ``states`` holds exactly their values.
+    """
+
+    def __init__(self, xp, d: _Dims, dtype: Any, recompute: bool):
+        self.d, self.dtype, self.recompute = d, dtype, recompute
+        _, self.inputs = _Slab(_input_shapes(d), dtype).allocate(xp)
+        self.state_slab = _Slab(_state_shapes(d, recompute), dtype)
+        self.state_flat, self.states = self.state_slab.allocate(xp)
+        _, self.forward_work = _Slab(_forward_work_shapes(d, recompute), dtype).allocate(xp)
+        self.forward_graph: Any = None
+        self.backward_parts: dict | None = None
+        self.backward_graphs: dict[bool, Any] = {}
+        self.fresh: tuple | None = None
+        self.last_use: Any = None  # event after the latest work on the static buffers
+
+    def remember(self, cache: SequenceCache | None) -> None:
+        if cache is None:
+            self.fresh = None
+            return
+        self.fresh = tuple(
+            None if array is None else weakref.ref(array)
+            for array in (cache.h, cache.c, cache.gates, cache.tanh_c)
+        )
+
+    def holds(self, cache: SequenceCache) -> bool:
+        """Whether ``states`` holds ``cache``'s values (so copying them in can be skipped)."""
+        if self.fresh is None:
+            return False
+        arrays = (cache.h, cache.c, cache.gates, cache.tanh_c)
+        return all(
+            (ref is None and array is None) or (ref is not None and ref() is array)
+            for ref, array in zip(self.fresh, arrays, strict=True)
+        )
+
+    def backward_buffers(self, xp, has_dc: bool) -> dict:
+        """Backward buffers, allocated on first use (``dc`` on first use with one)."""
+        d = self.d
+        if self.backward_parts is None:
+            _, external = _Slab({"da": (d.t_x, d.m, d.n_a)}, self.dtype).allocate(xp)
+            _, work = _Slab(_backward_work_shapes(d, self.recompute), self.dtype).allocate(xp)
+            grad_slab = _Slab(_gradient_shapes(d), self.dtype)
+            grad_flat, grads = grad_slab.allocate(xp)
+            self.backward_parts = {
+                "external": external,
+                "work": work,
+                "grad_slab": grad_slab,
+                "grad_flat": grad_flat,
+                "grads": grads,
+            }
+        parts = self.backward_parts
+        if has_dc and "dc" not in parts["external"]:
+            _, extra = _Slab({"dc": (d.t_x, d.m, d.n_a)}, self.dtype).allocate(xp)
+            parts["external"] = {**parts["external"], "dc": extra["dc"]}
+        return parts
+
+
+class _PlanCache:
+    """Least-recently-used plans, keyed by (shapes, dtype, device, recompute)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, build: Callable[[], _Plan]) -> _Plan:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+            while len(self._plans) >= self.capacity:
+                _, evicted = self._plans.popitem(last=False)
+                if evicted.last_use is not None:
+                    evicted.last_use.synchronize()  # no replay still using its buffers
+            plan = self._plans[key] = build()
+            return plan
+
+    def clear(self) -> None:
+        with self._lock:
+            for plan in self._plans.values():
+                if plan.last_use is not None:
+                    plan.last_use.synchronize()
+            self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+_PLANS = _PlanCache(MAX_GRAPH_PLANS)
+
+
+def clear_graph_cache() -> None:
+    """Drop every captured graph and its static buffers."""
+    _PLANS.clear()
+
+
+def _plan_for(rt, d: _Dims, dtype: Any, device_id: int, recompute: bool) -> _Plan:
+    key = (d, np.dtype(dtype).str, device_id, recompute)
+    plan = _PLANS.get(key, lambda: _Plan(rt.xp, d, dtype, recompute))
+    if plan.last_use is not None:
+        rt.wait(plan.last_use)  # earlier replays (possibly on another stream) first
+    return plan
+
+
+def _captured(rt, program: Callable[[], None], device_id: int, what: str) -> Any:
+    try:
+        return rt.capture(program, device_id)
+    except Exception as error:
+        msg = (
+            f"capturing the {what} time loop as a CUDA graph failed ({error}); turn graph "
+            f"replay off with {GRAPH_ENV}=0 or xlstm._cupy.engine.set_graph_replay(False)"
+        )
+        raise RuntimeError(msg) from error
+
+
+def _forward_replayed(rt, x, h0, c0, W, b, recompute: bool) -> SequenceCache:
+    xp = rt.xp
+    d = _Dims.of(x, h0.shape[1], recompute)
+    device_id = rt.device_id(x)
+    plan = _plan_for(rt, d, x.dtype, device_id, recompute)
+    _fill_inputs(xp, plan.inputs, x, W, b, d.n_a)
+    xp.copyto(plan.states["h"][0], h0)
+    xp.copyto(plan.states["c"][0], c0)
+    if plan.forward_graph is None:
+        kernels = rt.kernels(x.dtype, device_id)
+
+        def program() -> None:
+            _forward_program(xp, kernels, d, plan.inputs, plan.states, plan.forward_work)
+
+        plan.forward_graph = _captured(rt, program, device_id, "forward")
+    else:
+        rt.launch(plan.forward_graph)
+    # Copy out: the caller's arrays must survive the next replay.
+    states = plan.state_slab.views(plan.state_flat.copy())
+    plan.last_use = rt.record()
+    cache = SequenceCache(states["h"], states["c"], states.get("gates"), states.get("tanh_c"), W, b)
+    plan.remember(cache)
+    return cache
+
+
+def _backward_replayed(rt, cache: SequenceCache, x, da_tm, dc_tm) -> tuple:
+    xp = rt.xp
+    recompute = cache.recompute
+    d = _Dims.of(x, cache.h.shape[2], recompute)
+    device_id = rt.device_id(x)
+    plan = _plan_for(rt, d, x.dtype, device_id, recompute)
+    has_dc = dc_tm is not None
+    parts = plan.backward_buffers(xp, has_dc)
+    _fill_inputs(xp, plan.inputs, x, cache.W, cache.b, d.n_a)
+    if not plan.holds(cache):
+        for name, array in plan.states.items():
+            xp.copyto(array, getattr(cache, name))
+        plan.remember(cache)
+    external = parts["external"]
+    xp.copyto(external["da"], da_tm)
+    if has_dc:
+        xp.copyto(external["dc"], dc_tm)
+    graph = plan.backward_graphs.get(has_dc)
+    if graph is None:
+        kernels = rt.kernels(x.dtype, device_id)
+        used = external if has_dc else {"da": external["da"]}
+
+        def program() -> None:
+            _backward_program(
+                xp, kernels, d, plan.inputs, plan.states, used, parts["work"], parts["grads"]
+            )
+
+        plan.backward_graphs[has_dc] = _captured(rt, program, device_id, "backward")
+    else:
+        rt.launch(graph)
+    grads = parts["grad_slab"].views(parts["grad_flat"].copy())
+    plan.last_use = rt.record()
+    return _results(grads)
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCache:
+    """Run the sequence (see :func:`xlstm._engine.forward`)."""
+    rt = _runtime()
+    with rt.device(x):
+        if graph_replay_enabled():
+            return _forward_replayed(rt, x, h0, c0, W, b, recompute)
+        return _forward_eager(rt, x, h0, c0, W, b, recompute)
+
+
+def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
+    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+    rt = _runtime()
+    with rt.device(x):
+        if graph_replay_enabled():
+            return _backward_replayed(rt, cache, x, da_tm, dc_tm)
+        return _backward_eager(rt, cache, x, da_tm, dc_tm)
