@@ -38,6 +38,7 @@ implement the same ``forward``/``backward`` functions and produce the same
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -112,9 +113,19 @@ class SequenceCache(NamedTuple):
         return self.gates is None
 
 
-def segment_length(t_x: int, m: int, n_a: int) -> int:
-    """Steps per backward segment: bounded memory, still large products."""
-    return max(1, min(t_x, SEGMENT_ELEMENTS // (m * 4 * n_a)))
+def segment_length(t_x: int, m: int, n_a: int, recompute: bool = False) -> int:
+    """Steps per segment of the backward pass (and of recomputation).
+
+    With the gates stored, segments hold at most :data:`SEGMENT_ELEMENTS`
+    gate elements: bounded temporaries, still large products.  In the
+    memory-saving mode the recomputed gates of one segment are the largest
+    temporary, so segments are also at most ``ceil(sqrt(T))`` steps: the
+    temporaries stay a small fraction of the states kept for every step.
+    """
+    steps = SEGMENT_ELEMENTS // (m * 4 * n_a)
+    if recompute:
+        steps = min(steps, math.isqrt(t_x - 1) + 1)
+    return max(1, min(t_x, steps))
 
 
 def time_major(x: Any, xp: Any) -> Any:
@@ -313,7 +324,7 @@ def backward(
     d_weights = xp.zeros(cache.W.shape, dtype=x.dtype, device=_device(x))
     d_bias = xp.zeros(cache.b.shape, dtype=x.dtype, device=_device(x))
     dx_segments = []
-    step = segment_length(t_x, m, n_a)
+    step = segment_length(t_x, m, n_a, cache.recompute)
     for stop in range(t_x, 0, -step):
         start = max(0, stop - step)
         if cache.recompute:
