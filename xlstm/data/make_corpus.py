@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import textwrap
 from pathlib import Path
 
 SEED = 20240611
-TARGET_BYTES = 48_000
+TARGET_BYTES = 64_000
 CORPUS_PATH = Path(__file__).with_name("corpus.txt")
 
 # name, pronoun (subject, object, possessive), trade
@@ -175,12 +174,16 @@ def scene(rng: random.Random) -> str:
 
 
 def generate(seed: int = SEED, target_bytes: int = TARGET_BYTES) -> str:
-    """Return the corpus: wrapped paragraphs separated by blank lines, ending in a newline."""
+    """Return the corpus: one paragraph per line, blank lines between, ending in a newline.
+
+    Paragraphs are not wrapped: a line break inside a sentence would make the model count
+    characters to the margin, which a small model cannot do and which derails its samples.
+    """
     rng = random.Random(seed)
     paragraphs: list[str] = []
     size = 0
     while size < target_bytes:
-        para = textwrap.fill(scene(rng), width=78)
+        para = scene(rng)
         paragraphs.append(para)
         size += len(para) + 2
     return "\n\n".join(paragraphs) + "\n"

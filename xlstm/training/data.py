@@ -1,0 +1,125 @@
+"""Text data for character models: the default corpus, splits and truncated-BPTT batches.
+
+Truncated backpropagation through time (TBPTT) over a long text: the ids are cut into ``m``
+contiguous streams, one per batch row, and each stream is read in consecutive chunks of
+``T`` steps.  Chunk ``k + 1`` of a row continues exactly where chunk ``k`` stopped, so the
+final state ``(a, c)`` of one chunk is the right initial state of the next; gradients stop at
+the chunk boundary::
+
+    streams:  row 0: |chunk 0|chunk 1|chunk 2| ...      (text[0 : L])
+              row 1: |chunk 0|chunk 1|chunk 2| ...      (text[L : 2L])
+              ...
+
+Shape legend: ``inputs`` and ``targets`` are ``(m, T)`` integer ids, ``targets`` the next
+character of each input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from importlib import resources
+
+import numpy as np
+
+DEFAULT_CORPUS = "corpus.txt"
+
+
+def default_corpus() -> str:
+    """The text shipped in ``xlstm/data/corpus.txt`` (about 48 KB of original prose, generated
+    from a small hand-written grammar by ``xlstm/data/make_corpus.py``)."""
+    return resources.files("xlstm").joinpath("data", DEFAULT_CORPUS).read_text(encoding="utf-8")
+
+
+def unigram_entropy(text: str) -> float:
+    """Entropy of the character frequencies of ``text``, in nats per character.
+
+    The cross-entropy of the best model that ignores context: a language model has learned
+    something only when its loss is below this.
+    """
+    if not text:
+        raise ValueError("`text` is empty")
+    counts = np.asarray(list(Counter(text).values()), dtype=np.float64)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def split_text(text: str, validation_fraction: float = 0.1) -> tuple[str, str]:
+    """``(train, validation)``: the last ``validation_fraction`` of the text is held out."""
+    if not 0.0 <= validation_fraction < 1.0:
+        msg = f"`validation_fraction` = {validation_fraction}; expected a value in [0, 1)"
+        raise ValueError(msg)
+    cut = len(text) - round(len(text) * validation_fraction)
+    return text[:cut], text[cut:]
+
+
+def tbptt_batches(
+    ids: np.ndarray, batch_size: int, seq_len: int, *, offset: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over ``ids`` as ``(inputs, targets)`` chunks of shape ``(batch_size, seq_len)``.
+
+    Parameters
+    ----------
+    ids : 1-D integer array
+    batch_size : int
+        Number of streams ``m``.
+    seq_len : int
+        Chunk length ``T`` (the truncation length).
+    offset : int, default 0
+        Characters skipped at the start (vary it between epochs so that chunk boundaries
+        move).
+
+    Yields
+    ------
+    inputs, targets : int64 arrays (batch_size, seq_len)
+        Consecutive chunks of the same streams: carry the state from one to the next.
+        A final partial chunk is dropped.
+
+    Raises
+    ------
+    ValueError
+        When the text is too short for one chunk per stream.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"`ids` must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` = {value!r}; expected a positive int")
+    n_chunks = n_tbptt_chunks(len(ids) - offset, batch_size, seq_len)
+    if n_chunks < 1:
+        msg = (
+            f"`ids` has {len(ids)} ids; batch_size * (seq_len + 1) = "
+            f"{batch_size * (seq_len + 1)} are needed for one chunk per stream"
+        )
+        raise ValueError(msg)
+    length = n_chunks * seq_len
+    inputs = ids[offset : offset + batch_size * length].reshape(batch_size, length)
+    targets = ids[offset + 1 : offset + 1 + batch_size * length].reshape(batch_size, length)
+    for k in range(n_chunks):
+        window = slice(k * seq_len, (k + 1) * seq_len)
+        yield (
+            np.ascontiguousarray(inputs[:, window], dtype=np.int64),
+            np.ascontiguousarray(targets[:, window], dtype=np.int64),
+        )
+
+
+def n_tbptt_chunks(n_ids: int, batch_size: int, seq_len: int) -> int:
+    """How many chunks :func:`tbptt_batches` yields for ``n_ids`` ids."""
+    return max(0, (n_ids - 1) // batch_size // seq_len)
+
+
+def perplexity(loss_nats: float) -> float:
+    """``exp(loss)``: the effective number of equally likely next characters."""
+    return math.exp(loss_nats)
+
+
+__all__ = [
+    "default_corpus",
+    "n_tbptt_chunks",
+    "perplexity",
+    "split_text",
+    "tbptt_batches",
+    "unigram_entropy",
+]
