@@ -160,8 +160,8 @@ def scene(rng: random.Random) -> str:
     rng.shuffle(chores)
     sentences += chores[: rng.randint(1, 2)]
     if rng.random() < 0.7:
-        f_name, f_s, _, _, f_trade = rng.choice([q for q in PEOPLE if q[0] != name])
-        sentences.append(f"There {s} met {f_name}, {f_trade}, who was waiting by the door.")
+        f_name, f_s, _, _, _ = rng.choice([q for q in PEOPLE if q[0] != name])
+        sentences.append(f"There {s} met {f_name}, who was waiting by the door.")
         sentences.append(f'"{rng.choice(SAYINGS)}," said {name}.')
         sentences.append(f'"{rng.choice(SAYINGS)}," {f_name} answered, and {f_s} laughed.')
         if rng.random() < 0.5:

