@@ -129,11 +129,11 @@ def test_relative_difference():
 
 
 def test_cross_check_flags_a_mismatch():
-    good = {"a": np.ones(3)}
+    good = {"a": np.ones(3), "dW": np.ones((2, 2))}
     outputs = {
-        "torch.nn.LSTM": {"forward": good},
-        "xlstm": {"forward": {"a": np.ones(3) * 1.1}},
-        "naive (seed-style)": {"forward": good},
+        "torch.nn.LSTM": good,
+        "xlstm": {"a": np.ones(3), "dW": np.ones((2, 2)) * 1.1},
+        "naive (seed-style)": good,
     }
     checks = cli.cross_check(outputs, "float32")
     by_name = {c["contestant"]: c for c in checks}

@@ -202,8 +202,9 @@ class Contestant:
     family: str
     sync: Callable[[Any], None]
     calls: dict[str, Callable[[], Any]]
-    # Turn a call's result into comparable NumPy arrays (None: not checked).
-    outputs: Callable[[str, Any], dict[str, np.ndarray]] | None = None
+    # One forward+backward returning NumPy arrays to compare: the output sequence
+    # "a" (n_a, m, T) and the gradients (see _stack_gradients). None: not checked.
+    check: Callable[[], dict[str, np.ndarray]] | None = None
     memory: Callable[[], dict[str, int]] | None = None
     times: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
 
@@ -219,12 +220,6 @@ def _stack_gradients(grads: dict[str, Any]) -> dict[str, np.ndarray]:
         "da0": to_numpy(grads["da0"]),
         "dc0": to_numpy(grads["dc0"]),
     }
-
-
-def _seed_outputs(mode: str, result: Any) -> dict[str, np.ndarray]:
-    if mode == "forward":
-        return {"a": to_numpy(result[0])}
-    return _stack_gradients(result)
 
 
 def xlstm_contestant(
@@ -249,12 +244,16 @@ def xlstm_contestant(
         _, _, _, caches = lstm_forward(x, a0, params, **forward_options)
         return lstm_backward(da, caches, dc, **options)
 
+    def check():
+        a, _, _, caches = lstm_forward(x, a0, params, **forward_options)
+        return {"a": to_numpy(a), **_stack_gradients(lstm_backward(da, caches, dc, **options))}
+
     memory = _numpy_memory(forward, forward_backward) if backend.name == "numpy" else None
     if memory is None and backend.family == "torch-cuda":
         memory = _torch_cuda_memory(forward, forward_backward)
     name = " ".join(["xlstm"] + ["generic"] * generic + ["recompute"] * recompute)
     calls = {"forward": forward, "forward_backward": forward_backward}
-    return Contestant(name, backend.family, backend.sync, calls, _seed_outputs, memory)
+    return Contestant(name, backend.family, backend.sync, calls, check, memory)
 
 
 def naive_contestant(problem: Problem, backend: Backend) -> Contestant:
@@ -272,11 +271,13 @@ def naive_contestant(problem: Problem, backend: Backend) -> Contestant:
         _, _, _, caches = naive_forward(x, a0, params, xp=xp)
         return naive_backward(da, caches, dc, xp=xp)
 
+    def check():
+        a, _, _, caches = naive_forward(x, a0, params, xp=xp)
+        return {"a": to_numpy(a), **_stack_gradients(naive_backward(da, caches, dc, xp=xp))}
+
     memory = _numpy_memory(forward, forward_backward) if backend.name == "numpy" else None
     calls = {"forward": forward, "forward_backward": forward_backward}
-    return Contestant(
-        "naive (seed-style)", backend.family, backend.sync, calls, _seed_outputs, memory
-    )
+    return Contestant("naive (seed-style)", backend.family, backend.sync, calls, check, memory)
 
 
 def floor_contestant(problem: Problem, backend: Backend) -> Contestant:
@@ -312,17 +313,17 @@ def torch_contestant(problem: Problem, device: str) -> Contestant:
     )
     family = "torch-cuda" if device.startswith("cuda") else "torch-cpu"
 
-    def outputs(mode: str, result: Any) -> dict[str, np.ndarray]:
-        if mode == "forward":
-            return {"a": output_numpy(result)}
-        return peer.gradients_numpy()
+    def check() -> dict[str, np.ndarray]:
+        result = peer.forward()
+        peer.backward(result)
+        return {"a": output_numpy(result), **peer.gradients_numpy()}
 
     def sync(result: Any) -> None:
         peer.sync()
 
     calls = {"forward": peer.forward, "forward_backward": peer.forward_backward}
     memory = _torch_cuda_memory(*calls.values()) if family == "torch-cuda" else None
-    return Contestant("torch.nn.LSTM", family, sync, calls, outputs, memory)
+    return Contestant("torch.nn.LSTM", family, sync, calls, check, memory)
 
 
 # --------------------------------------------------------------------------- memory
@@ -386,15 +387,19 @@ def time_once(contestant: Contestant, mode: str) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def warm_up(contestants: list[Contestant]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """One untimed call per contestant and mode; returns the outputs for the check."""
-    outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+def warm_up(contestants: list[Contestant]) -> dict[str, dict[str, np.ndarray]]:
+    """One untimed forward+backward per contestant; returns the outputs to check.
+
+    The first call pays for one-off costs (allocations, kernel compilation, thread
+    pools start-up); it also gives the output sequence and the gradients that
+    :func:`relative_difference` compares.
+    """
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     for contestant in contestants:
-        for mode in MODES:
-            _, result = time_once(contestant, mode)
-            if contestant.outputs is not None:
-                outputs.setdefault(contestant.name, {})[mode] = contestant.outputs(mode, result)
-            del result
+        if contestant.check is not None:
+            outputs[contestant.name] = contestant.check()
+        else:
+            time_once(contestant, "forward_backward")
     return outputs
 
 

@@ -88,12 +88,15 @@ class TorchLSTMPeer:
     def forward_backward(self):
         """Forward, then backward from the upstream gradients. Returns the tensors
         holding the gradients (weights, biases, input, initial state)."""
-        torch = self.torch
+        self.backward(self.forward())
+        return self.gradients_raw()
+
+    def backward(self, result) -> None:
+        """Backward of a :meth:`forward` result (gradients replaced, not summed)."""
         for tensor in (self.x, self.h0, self.c0, *self.lstm.parameters()):
             tensor.grad = None
-        out, (h_n, c_n) = self.lstm(self.x, (self.h0, self.c0))
-        torch.autograd.backward((out, h_n, c_n), (self.g_out, self.g_h, self.g_c))
-        return self.gradients_raw()
+        out, (h_n, c_n) = result
+        self.torch.autograd.backward((out, h_n, c_n), (self.g_out, self.g_h, self.g_c))
 
     def gradients_raw(self):
         lstm = self.lstm
