@@ -1,4 +1,8 @@
-"""Running the two directions of a bidirectional layer side by side (NumPy on the CPU).
+"""Running independent recurrences side by side (NumPy on the CPU).
+
+Two uses: the two directions of a bidirectional layer (:func:`run_pair`), and
+the two halves of a batch in the NumPy sequence engine (:func:`run_rows`): the
+rows of a batch are independent sequences.
 
 The two directions of a layer are independent recurrences.  When NumPy's BLAS may use two
 threads, running them one after the other spends most of the time in small per-step
@@ -42,18 +46,23 @@ def _pool() -> ThreadPoolExecutor:
     return _state["pool"]
 
 
-def _single_thread_blas(work: int) -> Any:
-    """A context limiting BLAS to one thread, or ``None`` if the pair should run in turn."""
+def pair_is_parallel(work: int) -> bool:
+    """Whether :func:`run_pair` would run two bodies of ``work`` side by side (a pure check)."""
     if work < MIN_WORK:
-        return None
+        return False
     controller = _controller()
     if controller is None:
+        return False
+    threads = [info["num_threads"] for info in controller.select(user_api="blas").info()]
+    return bool(threads) and max(threads) == 2
+
+
+def _single_thread_blas(work: int) -> Any:
+    """A limit of BLAS to one thread, *in force from this call on* (use it in a ``with``
+    block, which lifts it), or ``None`` if the pair should run in turn."""
+    if not pair_is_parallel(work):
         return None
-    blas = controller.select(user_api="blas")
-    threads = [info["num_threads"] for info in blas.info()]
-    if not threads or max(threads) != 2:
-        return None
-    return blas.limit(limits=1)
+    return _controller().select(user_api="blas").limit(limits=1)
 
 
 def run_pair(first: Callable[[], Any], second: Callable[[], Any], *, work: int) -> tuple[Any, Any]:
@@ -68,3 +77,26 @@ def run_pair(first: Callable[[], Any], second: Callable[[], Any], *, work: int) 
         finally:
             other = future.result()
     return result, other
+
+
+MIN_ROWS = 8
+"""Batch rows per half below which a split is not worth it (products get too thin)."""
+
+
+def run_rows(body: Callable[[slice], None], m: int, *, work: int) -> None:
+    """``body(rows)`` over the batch rows ``0:m``: both halves concurrently when worthwhile.
+
+    ``body`` must write only the rows it is given.  ``work`` counts the
+    multiply-adds of the recurrent products, as for :func:`run_pair`.
+    """
+    half = m // 2
+    limiter = _single_thread_blas(work) if half >= MIN_ROWS else None
+    if limiter is None:
+        body(slice(0, m))
+        return
+    with limiter:
+        future = _pool().submit(body, slice(half, m))
+        try:
+            body(slice(0, half))
+        finally:
+            future.result()
