@@ -390,7 +390,7 @@ def test_directions_side_by_side_equal_one_after_the_other(monkeypatch):
     original = _threads.run_pair
 
     def counting(first, second, *, work):
-        calls.append(_threads._single_thread_blas(work) is not None)
+        calls.append(_threads.pair_is_parallel(work))
         return original(first, second, work=work)
 
     monkeypatch.setattr(_threads, "run_pair", counting)

@@ -291,3 +291,37 @@ def test_bad_final_state_gradient_shape():
         xlstm.lstm_backward(da, caches, da_n=np.zeros((3, 2)))
     with pytest.raises(TypeError, match=r"`caches` must be the \(SequenceCache, x\) tuple"):
         final_states((1, 2))
+
+
+def test_two_row_groups_in_two_threads(monkeypatch):
+    """BLAS at two threads: the fast path deals the rows into two groups, one per thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from xlstm import _threads
+    from xlstm._numpy import masked
+
+    monkeypatch.setattr(_threads, "MIN_WORK", 0)
+    m = 2 * masked.MIN_GROUP_ROWS + 3
+    n_x, T, n_a, n_y = 3, 7, 4, 2
+    lengths = np.random.default_rng(0).integers(1, T + 1, size=m)
+    prob = random_problem(31, n_x, m, T, n_a, n_y)
+    da, dc, da_n, dc_n = _upstream(32, n_a, m, T)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if not _threads.pair_is_parallel(1):
+            pytest.skip("this BLAS cannot be limited to two threads")
+        _, _, _, caches = xlstm.lstm_forward(prob.x, prob.a0, prob.params, prob.c0, lengths=lengths)
+        assert len(masked._groups(caches[0].lengths)) == 2
+        fast = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n)
+    # The same cache in one thread, and through the generic engine.
+    in_turn = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n)
+    generic_cache = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n, fused=False)
+    _, _, _, ref_caches = xlstm.lstm_forward(
+        prob.x, prob.a0, prob.params, prob.c0, lengths=lengths, fused=False
+    )
+    ref = xlstm.lstm_backward(da, ref_caches, dc, da_n=da_n, dc_n=dc_n, fused=False)
+    a_fast, c_fast = final_states(caches)
+    a_ref, c_ref = final_states(ref_caches)
+    worst = max(rel_err(a_fast, a_ref), rel_err(c_fast, c_ref))
+    for got in (fast, in_turn, generic_cache):
+        worst = max(worst, max(rel_err(got[k], ref[k]) for k in SEQ_GRAD_KEYS))
+    record_worst("lengths-two-groups", worst, f"m={m}")
+    assert worst < 1e-12

@@ -9,6 +9,12 @@ finished sequences cost nothing but a copy of their carried state, and a batch o
 varied lengths costs about ``sum(lengths) / (m T)`` of the padded recurrence.  Steps
 past the longest sequence are not computed at all.
 
+Two groups.  When the two halves of the batch can run in two threads
+(:mod:`xlstm._threads`), the rows are dealt into two groups by alternate rank of
+length (balanced work), each stored sorted by decreasing length: each group's
+running sequences are a prefix of the group, and each group runs its own loop.
+A cache's groups are its runs of decreasing lengths (one or two).
+
 Semantics (those of the generic engine, :mod:`xlstm._engine`): past a sequence's end
 the step is the identity (``h_t = h_{t-1}``, ``c_t = c_{t-1}``); the gates and
 ``tanh(c)`` stored for padded steps are zeros; backward ignores external gradients at
@@ -18,31 +24,38 @@ zero there.
 
 from __future__ import annotations
 
+import itertools
+from functools import partial
+
 import array_api_compat.numpy as compat_numpy
 import numpy as np
 
-from .. import _engine
+from .. import _engine, _threads
 from .._engine import SequenceCache, inverse_order, segment_length
 from .engine import _activate_halved, _halved_sigmoid_rows, _local_derivatives
 
-
-def _plan(lengths: np.ndarray, t_x: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """``(order, sorted_lengths, active)``: storage order (``None`` if the batch is
-    already sorted), the lengths in that order, and ``active[t]`` = rows running at ``t``."""
-    order = np.argsort(-lengths, kind="stable")
-    if np.array_equal(order, np.arange(order.shape[0])):
-        order = None
-    sorted_lengths = lengths if order is None else lengths[order]
-    return order, sorted_lengths, _active_rows(sorted_lengths, t_x)
+MIN_GROUP_ROWS = 8
+"""Rows per group below which the batch is not split into two groups."""
 
 
-def _active_rows(sorted_lengths: np.ndarray, t_x: int) -> np.ndarray:
-    """Number of sequences with ``length > t`` for each step ``t`` (lengths sorted down)."""
-    return np.count_nonzero(sorted_lengths[None, :] > np.arange(t_x)[:, None], axis=1)
+def _storage_order(lengths: np.ndarray, split: bool) -> np.ndarray | None:
+    """Rows sorted by decreasing length; with ``split``, dealt into two such groups."""
+    ranked = np.argsort(-lengths, kind="stable")
+    order = np.concatenate([ranked[1::2], ranked[0::2]]) if split else ranked
+    return None if np.array_equal(order, np.arange(order.shape[0])) else order
 
 
-def _is_sorted_down(lengths: np.ndarray) -> bool:
-    return bool(np.all(lengths[:-1] >= lengths[1:]))
+def _groups(stored_lengths: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges within which the stored lengths decrease (their maximal runs)."""
+    cuts = (np.flatnonzero(stored_lengths[1:] > stored_lengths[:-1]) + 1).tolist()
+    bounds = [0, *cuts, int(stored_lengths.shape[0])]
+    return list(itertools.pairwise(bounds))
+
+
+def _running(stored_lengths: np.ndarray, group: tuple[int, int], t_x: int) -> np.ndarray:
+    """``running[t]``: sequences of ``group`` with ``length > t`` (a prefix of the group)."""
+    lengths = stored_lengths[group[0] : group[1]]
+    return np.count_nonzero(lengths[None, :] > np.arange(t_x)[:, None], axis=1)
 
 
 def _rows(array: np.ndarray, order: np.ndarray | None, start: int, stop: int) -> np.ndarray:
@@ -60,13 +73,64 @@ def _time_rows(array_tm: np.ndarray, order: np.ndarray | None, start: int, stop:
     return np.take(array_tm[start:stop], order, axis=1)
 
 
+def _run_groups(bodies, work: int) -> None:
+    """Run one body per group: two groups side by side when worthwhile."""
+    if len(bodies) == 2:
+        _threads.run_pair(bodies[0], bodies[1], work=work)
+    else:
+        for body in bodies:
+            body()
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _forward_group(
+    group, running, start, stop, offset, gates, h, c, tanh_c, recurrent_T, recompute
+):  # fmt: skip
+    """Steps ``start:stop`` of the rows of ``group``; writes only those rows."""
+    first, last = group
+    n_a = h.shape[2]
+    recurrent = np.empty((last - first, 4 * n_a), h.dtype)
+    product = np.empty((last - first, n_a), h.dtype)
+    for t in range(start, stop):
+        k = int(running[t])
+        rows = slice(first, first + k)
+        z = gates[t - offset, rows]
+        np.matmul(h[t, rows], recurrent_T, out=recurrent[:k])
+        z += recurrent[:k]
+        _activate_halved(z, n_a)
+        i, f, o, g = (z[:, j * n_a : (j + 1) * n_a] for j in range(4))
+        c_t = c[t + 1, rows]
+        np.multiply(f, c[t, rows], out=c_t)
+        np.multiply(i, g, out=product[:k])
+        c_t += product[:k]
+        tanh_t = (tanh_c[0] if recompute else tanh_c[t])[rows]
+        np.tanh(c_t, out=tanh_t)
+        np.multiply(o, tanh_t, out=h[t + 1, rows])
+        if first + k < last:
+            # Finished sequences: carry the state; store zeros as their gates.
+            done = slice(first + k, last)
+            h[t + 1, done] = h[t, done]
+            c[t + 1, done] = c[t, done]
+            if not recompute:
+                gates[t, done] = 0
+                tanh_c[t, done] = 0
+
+
 def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> SequenceCache:
     """Run the sequence (see :func:`xlstm._engine.forward`)."""
     _, m, t_x = x.shape
     n_a = h0.shape[1]
     dtype = x.dtype
-    order, sorted_lengths, active = _plan(lengths, t_x)
-    t_end = int(sorted_lengths[0])
+    work = int(np.sum(lengths)) * 4 * n_a * n_a
+    # Two groups only when they will run in two threads (a split alone costs a little).
+    split = m >= 2 * MIN_GROUP_ROWS and _threads.pair_is_parallel(work)
+    order = _storage_order(lengths, split)
+    stored = lengths if order is None else lengths[order]
+    groups = _groups(stored)
+    running = [_running(stored, group, t_x) for group in groups]
+    t_end = int(stored.max())
     scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
     # Contiguous W_h^T: OpenBLAS's small per-step product is faster on it.
     input_T, recurrent_T = scaled_W[:, n_a:].T, np.ascontiguousarray(scaled_W[:, :n_a].T)
@@ -75,15 +139,13 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     c = np.empty((t_x + 1, m, n_a), dtype)
     h[0] = h0 if order is None else h0[order]
     c[0] = c0 if order is None else c0[order]
-    step = segment_length(t_x, m, n_a)
+    step = segment_length(t_x, m, n_a, recompute)
     if recompute:
         gates = np.empty((step, m, 4 * n_a), dtype)
         tanh_c = np.empty((1, m, n_a), dtype)
     else:
         gates = np.empty((t_x, m, 4 * n_a), dtype)
         tanh_c = np.empty((t_x, m, n_a), dtype)
-    recurrent = np.empty((m, 4 * n_a), dtype)
-    product = np.empty((m, n_a), dtype)
 
     for start in range(0, t_end, step):
         stop = min(t_end, start + step)
@@ -91,27 +153,14 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
         projected = gates[start - offset : stop - offset].reshape(-1, 4 * n_a)
         np.matmul(_rows(x, order, start, stop), input_T, out=projected)
         projected += scaled_b
-        for t in range(start, stop):
-            k = int(active[t])
-            z = gates[t - offset, :k]
-            np.matmul(h[t, :k], recurrent_T, out=recurrent[:k])
-            z += recurrent[:k]
-            _activate_halved(z, n_a)
-            i, f, o, g = (z[:, j * n_a : (j + 1) * n_a] for j in range(4))
-            c_t = c[t + 1, :k]
-            np.multiply(f, c[t, :k], out=c_t)
-            np.multiply(i, g, out=product[:k])
-            c_t += product[:k]
-            tanh_t = (tanh_c[0] if recompute else tanh_c[t])[:k]
-            np.tanh(c_t, out=tanh_t)
-            np.multiply(o, tanh_t, out=h[t + 1, :k])
-            if k < m:
-                # Finished sequences: carry the state; store zeros as their gates.
-                h[t + 1, k:] = h[t, k:]
-                c[t + 1, k:] = c[t, k:]
-                if not recompute:
-                    gates[t, k:] = 0
-                    tanh_c[t, k:] = 0
+        bodies = [
+            partial(
+                _forward_group, group, counts, start, stop, offset,
+                gates, h, c, tanh_c, recurrent_T, recompute,
+            )
+            for group, counts in zip(groups, running, strict=True)
+        ]  # fmt: skip
+        _run_groups(bodies, work)
     if t_end < t_x:
         h[t_end + 1 :] = h[t_end]
         c[t_end + 1 :] = c[t_end]
@@ -119,24 +168,66 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
             gates[t_end:] = 0
             tanh_c[t_end:] = 0
     if recompute:
-        return SequenceCache(h, c, None, None, W, b, sorted_lengths, order)
-    return SequenceCache(h, c, gates, tanh_c, W, b, sorted_lengths, order)
+        return SequenceCache(h, c, None, None, W, b, stored, order)
+    return SequenceCache(h, c, gates, tanh_c, W, b, stored, order)
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def _backward_group(
+    group, running, start, stop, gates, tanh_c, c, dz_segment, dc_from_dh, da_segment,
+    dc_segment, dh_next, dc_next, w_h,
+):  # fmt: skip
+    """Steps ``stop - 1 .. start`` backwards for the rows of ``group``; writes only those."""
+    first, last = group
+    n_a = c.shape[2]
+    span = stop - start
+    rows = slice(first, last)
+    _local_derivatives(
+        gates[:span, rows], c[start:stop, rows], tanh_c[:span, rows],
+        dz_segment[:span, rows], dc_from_dh[:span, rows], n_a,
+    )  # fmt: skip
+    dh = np.empty((last - first, n_a), c.dtype)
+    dc = np.empty((last - first, n_a), c.dtype)
+    for t in range(stop - 1, start - 1, -1):
+        local = t - start
+        k = int(running[t])
+        live = slice(first, first + k)
+        dz = dz_segment[local]
+        dh_k, dc_k = dh[:k], dc[:k]
+        np.add(da_segment[local, live], dh_next[live], out=dh_k)
+        np.multiply(dh_k, dc_from_dh[local, live], out=dc_k)
+        dc_k += dc_next[live]
+        if dc_segment is not None:
+            dc_k += dc_segment[local, live]
+        input_forget = dz[live, : 2 * n_a].reshape(k, 2, n_a)
+        np.multiply(input_forget, dc_k[:, None, :], out=input_forget)
+        dz[live, 3 * n_a :] *= dc_k
+        dz[live, 2 * n_a : 3 * n_a] *= dh_k
+        np.multiply(dc_k, gates[local, live, n_a : 2 * n_a], out=dc_next[live])
+        np.matmul(dz[live], w_h, out=dh_next[live])
+        if first + k < last:
+            # Padded rows: no gradient from this step; dh_next, dc_next pass through.
+            dz[first + k : last] = 0
 
 
 def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
-    if not _is_sorted_down(cache.lengths):
-        # A cache whose rows are not sorted by length (made by the generic engine):
-        # the prefix trick does not apply; the generic engine reads any cache.
+    groups = _groups(cache.lengths)
+    if len(groups) > 2:
+        # Rows not in (at most two) runs of decreasing length, e.g. a cache made by the
+        # generic engine: the prefix trick does not apply; the generic engine reads any cache.
         return _engine.backward(cache, x, da_tm, dc_tm, xp=compat_numpy, dh_n=dh_n, dc_n=dc_n)
     n_x, m, t_x = x.shape
     h, c, W, order = cache.h, cache.c, cache.W, cache.order
     n_a = h.shape[2]
     dtype = x.dtype
-    active = _active_rows(cache.lengths, t_x)
-    t_end = int(cache.lengths[0])
+    running = [_running(cache.lengths, group, t_x) for group in groups]
+    t_end = int(cache.lengths.max())
+    work = 2 * int(np.sum(cache.lengths)) * 4 * n_a * n_a
     w_h, w_x = np.ascontiguousarray(W[:, :n_a]), W[:, n_a:]
-    step = segment_length(t_x, m, n_a)
+    step = segment_length(t_x, m, n_a, cache.recompute)
 
     def storage(state):
         if state is None:
@@ -150,8 +241,6 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     dz_segment = np.empty((step, m, 4 * n_a), dtype)
     dc_from_dh = np.empty((step, m, n_a), dtype)
     dh_next, dc_next = storage(dh_n), storage(dc_n)
-    dh = np.empty((m, n_a), dtype)
-    dc = np.empty((m, n_a), dtype)
     if cache.recompute:
         scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
@@ -168,31 +257,19 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
             rows += scaled_b
             _activate_halved(gate_segment[:span], n_a)
             np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:span])
-            gates, tanh_c = gate_segment[:span], tanh_segment[:span]
+            gates, tanh_c = gate_segment, tanh_segment
         else:
             gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
-        _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:span], dc_from_dh[:span], n_a)
         da_segment = _time_rows(da_tm, order, start, stop)
         dc_segment = None if dc_tm is None else _time_rows(dc_tm, order, start, stop)
-        for t in range(stop - 1, start - 1, -1):
-            local = t - start
-            k = int(active[t])
-            dz = dz_segment[local]
-            dh_k, dc_k = dh[:k], dc[:k]
-            np.add(da_segment[local, :k], dh_next[:k], out=dh_k)
-            np.multiply(dh_k, dc_from_dh[local, :k], out=dc_k)
-            dc_k += dc_next[:k]
-            if dc_segment is not None:
-                dc_k += dc_segment[local, :k]
-            input_forget = dz[:k, : 2 * n_a].reshape(k, 2, n_a)
-            np.multiply(input_forget, dc_k[:, None, :], out=input_forget)
-            dz[:k, 3 * n_a :] *= dc_k
-            dz[:k, 2 * n_a : 3 * n_a] *= dh_k
-            np.multiply(dc_k, gates[local, :k, n_a : 2 * n_a], out=dc_next[:k])
-            np.matmul(dz[:k], w_h, out=dh_next[:k])
-            if k < m:
-                # Padded rows: no gradient from this step; dh_next, dc_next pass through.
-                dz[k:] = 0
+        bodies = [
+            partial(
+                _backward_group, group, counts, start, stop, gates, tanh_c, c, dz_segment,
+                dc_from_dh, da_segment, dc_segment, dh_next, dc_next, w_h,
+            )
+            for group, counts in zip(groups, running, strict=True)
+        ]  # fmt: skip
+        _run_groups(bodies, work)
         dz_rows = dz_segment[:span].reshape(span * m, 4 * n_a)
         d_recurrent += dz_rows.T @ h[start:stop].reshape(span * m, n_a)
         d_input += dz_rows.T @ x_rows
