@@ -268,3 +268,18 @@ def test_default_corpus_is_reproducible_and_learnable_size():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_model_from_existing_parameters_takes_their_backend_and_dtype():
+    torch = pytest.importorskip("torch")
+    import xlstm
+
+    params = xlstm.init_parameters(3, 4, 2, xp="torch", dtype="float64", seed=1)
+    model = LSTMModel(3, 4, 2, parameters=params)
+    assert model.backend == "torch"
+    assert model.dtype == "float64"
+    assert isinstance(model.parameters["Wy"], torch.Tensor)
+    with pytest.raises(TypeError, match="`parameters` are torch arrays but `backend` = 'numpy'"):
+        LSTMModel(3, 4, 2, parameters=params, backend="numpy")
+    with pytest.raises(TypeError, match=r"have dtype torch\.float64 but `dtype` = 'float32'"):
+        LSTMModel(3, 4, 2, parameters=params, dtype="float32")

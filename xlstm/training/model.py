@@ -61,11 +61,13 @@ class LSTMModel:
     ----------
     n_x, n_a, n_y : int
         Inputs, hidden units, output classes.
-    backend : str or namespace, default "numpy"
-        ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"``.
+    backend : str or namespace, optional
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"``;
+        with ``parameters``, theirs.
     device : optional
         In the backend's terms (``"cuda:0"`` for torch).  Default: the backend's default.
-    dtype : {"float32", "float64"}, default "float32"
+    dtype : {"float32", "float64"}, optional
+        Default ``"float32"``; with ``parameters``, theirs.
     seed : int, optional
         Seed of the initialisation (:func:`xlstm.init_parameters`): same numbers on
         every backend.
@@ -97,9 +99,9 @@ class LSTMModel:
         n_a: int,
         n_y: int,
         *,
-        backend: Any = "numpy",
+        backend: Any = None,
         device: Any = None,
-        dtype: Any = "float32",
+        dtype: Any = None,
         seed: Any = None,
         optimizer: Optimizer | None = None,
         clip_norm: float | None = 5.0,
@@ -108,7 +110,13 @@ class LSTMModel:
     ) -> None:
         if parameters is None:
             parameters = init_parameters(
-                n_x, n_a, n_y, xp=backend, dtype=dtype, seed=seed, device=device
+                n_x,
+                n_a,
+                n_y,
+                xp="numpy" if backend is None else backend,
+                dtype="float32" if dtype is None else dtype,
+                seed=seed,
+                device=device,
             )
         else:
             self._check_given_parameters(parameters, n_x, n_a, n_y, backend, dtype)
