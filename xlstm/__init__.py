@@ -5,6 +5,11 @@ arrays; the backend is inferred from the arguments.  The public API follows the
 seed notebook (``lstm_cell_forward``, ``lstm_forward``, ``lstm_cell_backward``,
 ``lstm_backward``) with correct backpropagation through time.  Conventions are
 stated once in :mod:`xlstm._layout`.
+
+Beyond the seed: :mod:`xlstm.training` (loss, optimisers, models, ``python -m
+xlstm train``), :mod:`xlstm.layers` and :mod:`xlstm.stacked` (stacked and
+bidirectional LSTMs, variable lengths), :mod:`xlstm.convert` (PyTorch and
+Keras weights).  None of them, and nothing here, imports CuPy, PyTorch or JAX.
 """
 
 from ._backend import BACKENDS, get_namespace, to_backend
@@ -13,7 +18,7 @@ from ._layout import GATE_ORDER, GATE_PARAMETERS, PARAMETER_KEYS
 from .activations import sigmoid, softmax
 from .cell import CellCache, lstm_cell_backward, lstm_cell_forward
 from .parameters import init_parameters
-from .sequence import lstm_backward, lstm_forward
+from .sequence import final_states, lstm_backward, lstm_forward
 
 __version__ = "0.1.0"
 
@@ -25,6 +30,7 @@ __all__ = [
     "CellCache",
     "SequenceCache",
     "__version__",
+    "final_states",
     "get_namespace",
     "init_parameters",
     "lstm_backward",
