@@ -261,8 +261,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     w_h, w_x = np.ascontiguousarray(W[:, :n_a]), W[:, n_a:]
     step = segment_length(t_x, m, n_a, cache.recompute)
 
-    dx = np.empty((n_x, m, t_x), dtype)
-    dx_tm = dx.transpose(2, 1, 0)
+    # dx is filled time-major (contiguous products) and returned as a
+    # (n_x, m, T) view: scattering into an (n_x, m, T) array costs more.
+    dx_tm = np.empty((t_x, m, n_x), dtype)
     d_recurrent = np.zeros((4 * n_a, n_a), dtype)
     d_input = np.zeros((4 * n_a, n_x), dtype)
     d_bias = np.zeros(4 * n_a, dtype)
@@ -322,6 +323,6 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
         d_recurrent += dz_rows.T @ h[start:stop].reshape(k * m, n_a)
         d_input += dz_rows.T @ _time_major_rows(x, start, stop)
         d_bias += dz_rows.sum(axis=0)
-        dx_tm[start:stop] = (dz_rows @ w_x).reshape(k, m, n_x)
+        np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(k * m, n_x))
     d_weights = np.concatenate([d_recurrent, d_input], axis=1)
-    return dx, dh_next, dc_next, d_weights, d_bias
+    return dx_tm.transpose(2, 1, 0), dh_next, dc_next, d_weights, d_bias
