@@ -79,9 +79,10 @@ HAS_CUDA = _cuda_available()
 # --------------------------------------------------------------------------- parameters
 
 # "numpy" and "cupy" use each backend's fast path (CuPy: fused kernels, required);
-# the "-generic" cases force the generic array-API path beside them, so that the
-# fast path's gain is measured. "torch" is xlstm running on torch CPU tensors.
-BACKENDS = ["numpy", "numpy-generic", "cupy", "cupy-generic", "torch"]
+# "cupy-graph" adds CUDA-graph replay of the time loops; the "-generic" cases force
+# the generic array-API path beside them, so that the fast path's gain is measured.
+# "torch" is xlstm running on torch CPU tensors.
+BACKENDS = ["numpy", "numpy-generic", "cupy", "cupy-graph", "cupy-generic", "torch"]
 DTYPES = ["float32", "float64"]
 
 # Sizes come from DeepBench's LSTM training kernels (baidu-research/DeepBench,
@@ -131,8 +132,10 @@ def skip_reason(backend: str, *, cell: bool = False) -> str | None:
     if backend.startswith("cupy"):
         if not HAS_CUDA:
             return "no CUDA device (or no CuPy)"
-        if backend == "cupy" and not HAS_CUPY_KERNELS:
+        if backend in ("cupy", "cupy-graph") and not HAS_CUPY_KERNELS:
             return "this xlstm has no fused CuPy kernels"
+        if backend == "cupy-graph" and _graph_switch() is None:
+            return "this xlstm has no CUDA-graph replay"
     if backend == "torch" and not HAS_TORCH:
         return "torch is not installed"
     return None
@@ -185,9 +188,18 @@ def _library(backend: str):
 def _options(backend: str) -> dict[str, Any]:
     if backend.endswith("-generic"):
         return {"fused": False}
-    if backend == "cupy":
+    if backend in ("cupy", "cupy-graph"):
         return {"fused": True}  # measure the kernels; no silent fallback
     return {}
+
+
+def _graph_switch():
+    """xlstm's process-wide CUDA-graph switch, or None if this xlstm has none."""
+    try:
+        from xlstm._cupy import engine
+    except ImportError:
+        return None
+    return getattr(engine, "set_graph_replay", None)
 
 
 _CACHE: dict[tuple[str, str, str, bool], Inputs] = {}
@@ -203,6 +215,10 @@ def inputs(backend: str, dtype: str, size: str, *, cell: bool = False) -> Inputs
     reason = skip_reason(backend, cell=cell)
     if reason is not None:
         raise SkipNotImplemented(f"{backend}: {reason}")
+    if backend.startswith("cupy") and _graph_switch() is not None:
+        # Replay is process-wide: set it every time, so that neither an earlier
+        # case nor XLSTM_CUPY_GRAPHS in the environment leaks in.
+        _graph_switch()(backend == "cupy-graph")
     key = (backend, dtype, size, cell)
     if key not in _CACHE:
         _CACHE[key] = _build(backend, dtype, size)

@@ -63,7 +63,14 @@ def test_expected_benchmarks_exist():
 @pytest.mark.parametrize("cls", CLASSES)
 def test_params_and_skips_are_consistent(cls):
     assert len(cls.params) == len(cls.param_names) == 3
-    assert cls.params[0] == ["numpy", "numpy-generic", "cupy", "cupy-generic", "torch"]
+    assert cls.params[0] == [
+        "numpy",
+        "numpy-generic",
+        "cupy",
+        "cupy-graph",
+        "cupy-generic",
+        "torch",
+    ]
     assert set(cls.params[2]) <= set(common.ALL_SIZES)
     product = set(itertools.product(*cls.params))
     assert set(cls.skip_params) <= product
