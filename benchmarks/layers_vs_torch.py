@@ -20,11 +20,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
+
+# asv imports every module under benchmarks/, also in virtualenvs without torch:
+# this script must import there; it only runs where torch is installed.
+try:
+    import torch
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - reported by main()
+    torch = None
 
 from xlstm.convert import from_torch
 from xlstm.layers import multilayer_backward, multilayer_forward
@@ -100,6 +107,9 @@ class Case:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if torch is None:
+        print("layers_vs_torch: needs torch and threadpoolctl", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-x", type=int, default=256)
     parser.add_argument("--n-a", type=int, default=256)
