@@ -161,3 +161,21 @@ def test_real_ctrl_c_in_a_child_process(tmp_path):
     assert child.returncode == 130, err
     assert "checkpoint saved to" in err
     assert load_model(checkpoint).step >= 5
+
+
+def test_loss_curve_files(tmp_path):
+    from xlstm.training.cli import write_loss_curve
+
+    history = {"step": [1, 2], "seconds": [0.1, 0.2], "train_loss": [3.0, 2.5]}
+    history.update({"val_step": [2], "val_loss": [2.7]})
+    written = write_loss_curve(tmp_path, history, 3.0)
+    assert (tmp_path / "loss.csv").read_text().splitlines()[1:] == [
+        "1,0.10,3.00000,",
+        "2,0.20,2.50000,2.70000",
+    ]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert written == [tmp_path / "loss.csv"]
+    else:
+        assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

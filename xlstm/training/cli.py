@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=_positive_int, default=32, help="streams per batch m")
     train.add_argument("--seq-len", type=_positive_int, default=64, help="truncated BPTT length T")
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-    train.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate")
+    train.add_argument("--lr", type=_positive_float, default=6e-3, help="learning rate")
     train.add_argument("--clip", type=_positive_float, default=5.0, help="global-norm clip")
     train.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     train.add_argument(
