@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
+
+# asv imports every module under benchmarks/, also in virtualenvs without torch:
+# this script must import there; it only runs where torch is installed.
+try:
+    import torch
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - reported by main()
+    torch = None
 
 from xlstm.training import Adam, CharLSTM, default_corpus, tbptt_batches
 
@@ -53,6 +60,9 @@ def torch_trainer(vocab_size: int, hidden: int, lr: float, clip: float, dtype):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if torch is None:
+        print("train_vs_torch: needs torch and threadpoolctl", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
