@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _threads
 from .._engine import SequenceCache, segment_length
 from .._layout import N_SIGMOID_GATES
 
@@ -90,31 +89,6 @@ def _project_segment(
 SUPPORTS_LENGTHS = True
 
 
-def _forward_steps(rows, start, stop, offset, gates, h, c, tanh_c, recurrent_T, recompute):
-    """The recurrence of steps ``start:stop`` for the batch rows ``rows``.
-
-    Rows are independent sequences, so disjoint row ranges can run in
-    concurrent threads (see :mod:`xlstm._threads`); each writes only its rows.
-    """
-    n_a = h.shape[2]
-    batch = rows.stop - rows.start
-    recurrent = np.empty((batch, 4 * n_a), h.dtype)
-    product = np.empty((batch, n_a), h.dtype)
-    for t in range(start, stop):
-        z = gates[t - offset, rows]
-        np.matmul(h[t, rows], recurrent_T, out=recurrent)
-        z += recurrent
-        _activate_halved(z, n_a)
-        i, f, o, g = (z[:, k * n_a : (k + 1) * n_a] for k in range(4))
-        c_t = c[t + 1, rows]
-        np.multiply(f, c[t, rows], out=c_t)
-        np.multiply(i, g, out=product)
-        c_t += product
-        tanh_t = tanh_c[0, rows] if recompute else tanh_c[t, rows]
-        np.tanh(c_t, out=tanh_t)
-        np.multiply(o, tanh_t, out=h[t + 1, rows])
-
-
 def forward(
     x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None
 ) -> SequenceCache:
@@ -142,6 +116,8 @@ def forward(
     else:
         gates = np.empty((t_x, m, 4 * n_a), dtype)
         tanh_c = np.empty((t_x, m, n_a), dtype)
+    recurrent = np.empty((m, 4 * n_a), dtype)
+    product = np.empty((m, n_a), dtype)
     for start in range(0, t_x, step):
         stop = min(t_x, start + step)
         offset = start if recompute else 0
@@ -149,10 +125,19 @@ def forward(
             x, h, scaled_W, scaled_b, start, stop, gates[start - offset :], with_recurrent=False
         )
 
-        def steps(rows: slice, start=start, stop=stop, offset=offset) -> None:
-            _forward_steps(rows, start, stop, offset, gates, h, c, tanh_c, recurrent_T, recompute)
-
-        _threads.run_rows(steps, m, work=(stop - start) * m * 4 * n_a * n_a)
+        for t in range(start, stop):
+            z = gates[t - offset]
+            np.matmul(h[t], recurrent_T, out=recurrent)
+            z += recurrent
+            _activate_halved(z, n_a)
+            i, f, o, g = (z[:, k * n_a : (k + 1) * n_a] for k in range(4))
+            c_t = c[t + 1]
+            np.multiply(f, c[t], out=c_t)
+            np.multiply(i, g, out=product)
+            c_t += product
+            tanh_t = tanh_c[0] if recompute else tanh_c[t]
+            np.tanh(c_t, out=tanh_t)
+            np.multiply(o, tanh_t, out=h[t + 1])
     if recompute:
         return SequenceCache(h, c, None, None, W, b)
     return SequenceCache(h, c, gates, tanh_c, W, b)
@@ -189,58 +174,6 @@ def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     dc_from_dh *= o
 
 
-def _backward_steps(
-    rows,
-    start,
-    stop,
-    gates,
-    tanh_c,
-    c,
-    dz_segment,
-    dc_from_dh,
-    da_segment,
-    dc_segment,
-    dh_next,
-    dc_next,
-    w_h,
-):
-    """Backward through steps ``stop-1 .. start`` for the batch rows ``rows``.
-
-    First the local factors of the whole segment (:func:`_local_derivatives`),
-    then per step a handful of multiplications by ``dh`` and ``dc`` and the
-    product ``dz W_h``.  Writes only its rows, like :func:`_forward_steps`.
-    """
-    n_a = c.shape[2]
-    k = stop - start
-    batch = rows.stop - rows.start
-    _local_derivatives(
-        gates[:, rows],
-        c[start:stop, rows],
-        tanh_c[:, rows],
-        dz_segment[:k, rows],
-        dc_from_dh[:k, rows],
-        n_a,
-    )
-    dh = np.empty((batch, n_a), c.dtype)
-    dc = np.empty((batch, n_a), c.dtype)
-    dh_rows, dc_rows = dh_next[rows], dc_next[rows]
-    for t in range(stop - 1, start - 1, -1):
-        local = t - start
-        dz = dz_segment[local, rows]
-        np.add(da_segment[local, rows], dh_rows, out=dh)
-        np.multiply(dh, dc_from_dh[local, rows], out=dc)
-        dc += dc_rows
-        if dc_segment is not None:
-            dc += dc_segment[local, rows]
-        # dz_i and dz_f are adjacent: one broadcast multiply by dc.
-        input_forget = dz[:, : 2 * n_a].reshape(batch, 2, n_a)
-        np.multiply(input_forget, dc[:, None, :], out=input_forget)
-        dz[:, 3 * n_a :] *= dc
-        dz[:, 2 * n_a : 3 * n_a] *= dh
-        np.multiply(dc, gates[local, rows, n_a : 2 * n_a], out=dc_rows)
-        np.matmul(dz, w_h, out=dh_rows)
-
-
 def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None, dc_n=None):
     """Backpropagation through time (see :func:`xlstm._engine.backward`).
 
@@ -272,6 +205,8 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     # Gradients reaching the final state (if any) start the recurrence.
     dh_next = np.zeros((m, n_a), dtype) if dh_n is None else np.array(dh_n, dtype, copy=True)
     dc_next = np.zeros((m, n_a), dtype) if dc_n is None else np.array(dc_n, dtype, copy=True)
+    dh = np.empty((m, n_a), dtype)
+    dc = np.empty((m, n_a), dtype)
     if cache.recompute:
         scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
@@ -293,32 +228,22 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
         da_segment = np.ascontiguousarray(da_tm[start:stop])
         dc_segment = None if dc_tm is None else np.ascontiguousarray(dc_tm[start:stop])
 
-        def steps(
-            rows: slice,
-            start=start,
-            stop=stop,
-            gates=gates,
-            tanh_c=tanh_c,
-            da_segment=da_segment,
-            dc_segment=dc_segment,
-        ) -> None:
-            _backward_steps(
-                rows,
-                start,
-                stop,
-                gates,
-                tanh_c,
-                c,
-                dz_segment,
-                dc_from_dh,
-                da_segment,
-                dc_segment,
-                dh_next,
-                dc_next,
-                w_h,
-            )
-
-        _threads.run_rows(steps, m, work=k * m * 4 * n_a * n_a)
+        _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:k], dc_from_dh[:k], n_a)
+        for t in range(stop - 1, start - 1, -1):
+            local = t - start
+            dz = dz_segment[local]
+            np.add(da_segment[local], dh_next, out=dh)
+            np.multiply(dh, dc_from_dh[local], out=dc)
+            dc += dc_next
+            if dc_segment is not None:
+                dc += dc_segment[local]
+            # dz_i and dz_f are adjacent: one broadcast multiply by dc.
+            input_forget = dz[:, : 2 * n_a].reshape(m, 2, n_a)
+            np.multiply(input_forget, dc[:, None, :], out=input_forget)
+            dz[:, 3 * n_a :] *= dc
+            dz[:, 2 * n_a : 3 * n_a] *= dh
+            np.multiply(dc, gates[local, :, n_a : 2 * n_a], out=dc_next)
+            np.matmul(dz, w_h, out=dh_next)
         dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
         d_recurrent += dz_rows.T @ h[start:stop].reshape(k * m, n_a)
         d_input += dz_rows.T @ _time_major_rows(x, start, stop)
