@@ -151,13 +151,21 @@ def test_real_ctrl_c_in_a_child_process(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A runner that starts the tests in the background (CI) may have SIGINT
+        # ignored, and Python keeps an ignored SIGINT ignored: restore it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    checkpoint = tmp_path / "checkpoint.npz"
-    deadline = time.monotonic() + 45
-    while not checkpoint.exists() and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=60)
+    try:
+        checkpoint = tmp_path / "checkpoint.npz"
+        deadline = time.monotonic() + 45
+        while not checkpoint.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
     assert child.returncode == 130, err
     assert "checkpoint saved to" in err
     assert load_model(checkpoint).step >= 5
