@@ -146,14 +146,18 @@ def test_module_entry_point(tmp_path):
 def test_real_ctrl_c_in_a_child_process(tmp_path):
     command = [sys.executable, "-m", "xlstm", "train", *TINY, "--steps", "1000000"]
     command += ["--time-limit", "60", "--checkpoint-every", "5", "--sample-length", "0"]
+    # A runner that starts the tests in the background (CI) may have SIGINT
+    # ignored, and Python keeps an inherited ignored SIGINT ignored: the child
+    # restores Python's own handler first, then runs `python -m xlstm ...`.
+    restore = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['xlstm', *sys.argv[1:]]; runpy.run_module('xlstm', run_name='__main__')"
+    )
     child = subprocess.Popen(
-        [*command, "--out", str(tmp_path)],
+        [sys.executable, "-c", restore, *command[3:], "--out", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A runner that starts the tests in the background (CI) may have SIGINT
-        # ignored, and Python keeps an ignored SIGINT ignored: restore it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         checkpoint = tmp_path / "checkpoint.npz"
