@@ -34,29 +34,10 @@ N_SIGMOID_GATES = 3
 PARAMETER_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
 """Keys of the seed's parameter dict."""
 
-CELL_GRADIENT_KEYS = (
-    "dxt",
-    "da_prev",
-    "dc_prev",
-    "dWf",
-    "dbf",
-    "dWi",
-    "dbi",
-    "dWc",
-    "dbc",
-    "dWo",
-    "dbo",
-)
-SEQUENCE_GRADIENT_KEYS = (
-    "dx",
-    "da0",
-    "dc0",
-    "dWf",
-    "dbf",
-    "dWi",
-    "dbi",
-    "dWc",
-    "dbc",
-    "dWo",
-    "dbo",
-)
+_WEIGHT_GRADIENT_KEYS = ("dWf", "dbf", "dWi", "dbi", "dWc", "dbc", "dWo", "dbo")
+
+CELL_GRADIENT_KEYS = ("dxt", "da_prev", "dc_prev", *_WEIGHT_GRADIENT_KEYS)
+"""Keys of :func:`lstm_cell_backward`'s result (the seed's)."""
+
+SEQUENCE_GRADIENT_KEYS = ("dx", "da0", "dc0", *_WEIGHT_GRADIENT_KEYS)
+"""Keys of :func:`lstm_backward`'s result."""
