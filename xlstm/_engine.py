@@ -14,8 +14,9 @@ What makes it fast without leaving the standard:
 * the four gate weights are stacked once, so each step is one product;
 * the input projection ``x_t W_x^T + b`` for *all* steps is one large product
   before the loop; only ``h_{t-1} W_h^T`` stays in the loop;
-* the weight gradients are a few large products after the backward loop
-  (``dW = dZ^T [H_prev | X]`` over all steps), not ``T_x`` small ones;
+* the weight gradients are a few large products per segment of steps
+  (``dW += dZ^T [H_prev | X]`` over the segment's steps, see
+  :func:`segment_length`), not ``T_x`` small ones;
 * the cache holds each quantity once, stacked over time (:class:`SequenceCache`);
 * the backward pass reuses the cached gates and ``tanh(c)``.
 
