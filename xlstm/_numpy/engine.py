@@ -78,7 +78,7 @@ def _activate_halved(z: np.ndarray, n_a: int) -> None:
 
 
 def _project_segment(
-    x: np.ndarray,
+    x_rows: np.ndarray,
     h: np.ndarray,
     scaled_W: np.ndarray,
     scaled_b: np.ndarray,
@@ -90,13 +90,14 @@ def _project_segment(
 ) -> None:
     """Write the (halved) pre-activations of steps ``start:stop`` into ``out``.
 
-    ``with_recurrent`` adds ``h_{t-1} W_h^T`` for every step at once (used when
-    recomputing, where all ``h_{t-1}`` are known).
+    ``x_rows`` are the segment's inputs as time-major rows ``(k * m, n_x)`` (see
+    :func:`_time_major_rows`).  ``with_recurrent`` adds ``h_{t-1} W_h^T`` for
+    every step at once (used when recomputing, where all ``h_{t-1}`` are known).
     """
     n_a = h.shape[2]
     k, m = stop - start, h.shape[1]
     rows = out[:k].reshape(k * m, 4 * n_a)
-    np.matmul(_time_major_rows(x, start, stop), scaled_W[:, n_a:].T, out=rows)
+    np.matmul(x_rows, scaled_W[:, n_a:].T, out=rows)
     if with_recurrent:
         rows += h[start:stop].reshape(k * m, n_a) @ scaled_W[:, :n_a].T
     rows += scaled_b
@@ -140,7 +141,14 @@ def forward(
         stop = min(t_x, start + step)
         offset = start if recompute else 0
         _project_segment(
-            x, h, scaled_W, scaled_b, start, stop, gates[start - offset :], with_recurrent=False
+            _time_major_rows(x, start, stop),
+            h,
+            scaled_W,
+            scaled_b,
+            start,
+            stop,
+            gates[start - offset :],
+            with_recurrent=False,
         )
 
         for t in range(start, stop):
@@ -233,9 +241,11 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     for stop in range(t_x, 0, -step):
         start = max(0, stop - step)
         k = stop - start
+        # The segment's inputs, used by the recomputation and by dW_x.
+        x_rows = _time_major_rows(x, start, stop)
         if cache.recompute:
             _project_segment(
-                x, h, scaled_W, scaled_b, start, stop, gate_segment, with_recurrent=True
+                x_rows, h, scaled_W, scaled_b, start, stop, gate_segment, with_recurrent=True
             )
             _activate_halved(gate_segment[:k], n_a)
             np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
@@ -264,7 +274,7 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
             np.matmul(dz, w_h, out=dh_next)
         dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
         d_recurrent += dz_rows.T @ h[start:stop].reshape(k * m, n_a)
-        d_input += dz_rows.T @ _time_major_rows(x, start, stop)
+        d_input += dz_rows.T @ x_rows
         d_bias += dz_rows.sum(axis=0)
         np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(k * m, n_x))
     d_weights = np.concatenate([d_recurrent, d_input], axis=1)

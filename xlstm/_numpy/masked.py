@@ -32,7 +32,13 @@ import numpy as np
 
 from .. import _engine, _threads
 from .._engine import SequenceCache, inverse_order, segment_length
-from .engine import _activate_halved, _halved_sigmoid_rows, _local_derivatives
+from .engine import (
+    _activate_halved,
+    _halved_sigmoid_rows,
+    _local_derivatives,
+    _project_segment,
+    _time_major_rows,
+)
 
 MIN_GROUP_ROWS = 8
 """Rows per group below which the batch is not split into two groups."""
@@ -60,10 +66,10 @@ def _running(stored_lengths: np.ndarray, group: tuple[int, int], t_x: int) -> np
 
 def _rows(array: np.ndarray, order: np.ndarray | None, start: int, stop: int) -> np.ndarray:
     """``array[:, :, start:stop]`` (seed layout) as time-major rows in storage order."""
-    segment = array[:, :, start:stop].transpose(2, 1, 0)
-    if order is not None:
-        segment = np.take(segment, order, axis=1)  # a new C-contiguous array
-    return np.ascontiguousarray(segment).reshape(-1, array.shape[0])
+    if order is None:
+        return _time_major_rows(array, start, stop)
+    segment = np.take(array[:, :, start:stop].transpose(2, 1, 0), order, axis=1)
+    return segment.reshape(-1, array.shape[0])  # np.take made it C-contiguous
 
 
 def _time_rows(array_tm: np.ndarray, order: np.ndarray | None, start: int, stop: int):
@@ -132,8 +138,8 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     running = [_running(stored, group, t_x) for group in groups]
     t_end = int(stored.max())
     scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
-    # Contiguous W_h^T: OpenBLAS's small per-step product is faster on it.
-    input_T, recurrent_T = scaled_W[:, n_a:].T, np.ascontiguousarray(scaled_W[:, :n_a].T)
+    # A view, as in the padded engine (a transposing copy costs more than it saves).
+    recurrent_T = scaled_W[:, :n_a].T
 
     h = np.empty((t_x + 1, m, n_a), dtype)
     c = np.empty((t_x + 1, m, n_a), dtype)
@@ -150,9 +156,16 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     for start in range(0, t_end, step):
         stop = min(t_end, start + step)
         offset = start if recompute else 0
-        projected = gates[start - offset : stop - offset].reshape(-1, 4 * n_a)
-        np.matmul(_rows(x, order, start, stop), input_T, out=projected)
-        projected += scaled_b
+        _project_segment(
+            _rows(x, order, start, stop),
+            h,
+            scaled_W,
+            scaled_b,
+            start,
+            stop,
+            gates[start - offset :],
+            with_recurrent=False,
+        )
         bodies = [
             partial(
                 _forward_group, group, counts, start, stop, offset,
@@ -251,10 +264,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
         span = stop - start
         x_rows = _rows(x, order, start, stop)
         if cache.recompute:
-            rows = gate_segment[:span].reshape(span * m, 4 * n_a)
-            np.matmul(x_rows, scaled_W[:, n_a:].T, out=rows)
-            rows += h[start:stop].reshape(span * m, n_a) @ scaled_W[:, :n_a].T
-            rows += scaled_b
+            _project_segment(
+                x_rows, h, scaled_W, scaled_b, start, stop, gate_segment, with_recurrent=True
+            )
             _activate_halved(gate_segment[:span], n_a)
             np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:span])
             gates, tanh_c = gate_segment, tanh_segment
