@@ -18,6 +18,7 @@ from _helpers import (
     SEQ_GRAD_OF,
     SHAPE_IDS,
     SHAPES,
+    central_difference,
     float_tol,
     random_problem,
     record_worst,
@@ -30,23 +31,6 @@ import xlstm
 
 H = 1e-5  # central-difference step: truncation ~H**2 and round-off ~eps/H balance near here
 FD_TOL = 1e-6
-
-
-def central_difference(loss, arrays: dict, names) -> dict:
-    """dL/d(arrays[name]) for each name by central differences; ``arrays`` is never modified."""
-    grads = {}
-    for name in names:
-        base = arrays[name]
-        g = np.empty_like(base)
-        for idx in np.ndindex(base.shape):
-            values = []
-            for step in (H, -H):
-                bumped = base.copy()
-                bumped[idx] += step
-                values.append(loss({**arrays, name: bumped}))
-            g[idx] = (values[0] - values[1]) / (2 * H)
-        grads[name] = g
-    return grads
 
 
 def check_against_fd(analytic: dict, numeric: dict, grad_of: dict, label: str) -> None:
@@ -95,7 +79,7 @@ def test_lstm_backward_central_differences(shape, with_dc):
     grads = xlstm.lstm_backward(prob.Ga, caches, dc=prob.Gc if with_dc else None)
     assert set(grads) == set(SEQ_GRAD_KEYS)
     numeric = central_difference(
-        _sequence_loss(with_dc, prob.Ga, prob.Gc), prob.arrays, SEQ_GRAD_OF.values()
+        _sequence_loss(with_dc, prob.Ga, prob.Gc), prob.arrays, SEQ_GRAD_OF.values(), step=H
     )
     check_against_fd(grads, numeric, SEQ_GRAD_OF, f"lstm_backward {shape} dc={with_dc}")
 
@@ -110,7 +94,8 @@ def test_lstm_cell_backward_central_differences(shape, with_dc):
     _, _, _, cache = xlstm.lstm_cell_forward(arrays["xt"], prob.a0, prob.c0, dict(prob.params))
     grads = xlstm.lstm_cell_backward(Ga, Gc, cache)
     assert set(grads) == set(CELL_GRAD_KEYS)
-    numeric = central_difference(_cell_loss(with_dc, Ga, Gc), arrays, CELL_GRAD_OF.values())
+    loss = _cell_loss(with_dc, Ga, Gc)
+    numeric = central_difference(loss, arrays, CELL_GRAD_OF.values(), step=H)
     check_against_fd(grads, numeric, CELL_GRAD_OF, f"lstm_cell_backward {shape} dc={with_dc}")
 
 
