@@ -34,7 +34,8 @@ from .. import _engine, _threads
 from .._engine import SequenceCache, inverse_order, segment_length
 from .engine import (
     _activate_halved,
-    _halved_sigmoid_rows,
+    _add_weight_gradients,
+    _halved_weights,
     _local_derivatives,
     _project_segment,
     _time_major_rows,
@@ -137,9 +138,8 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     groups = _groups(stored)
     running = [_running(stored, group, t_x) for group in groups]
     t_end = int(stored.max())
-    scaled_W, scaled_b = _halved_sigmoid_rows(W, b, n_a)
-    # A view, as in the padded engine (a transposing copy costs more than it saves).
-    recurrent_T = scaled_W[:, :n_a].T
+    weights = _halved_weights(W, b, n_a, int(np.sum(lengths)))
+    recurrent_T = weights.recurrent_T
 
     h = np.empty((t_x + 1, m, n_a), dtype)
     c = np.empty((t_x + 1, m, n_a), dtype)
@@ -159,8 +159,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
         _project_segment(
             _rows(x, order, start, stop),
             h,
-            scaled_W,
-            scaled_b,
+            weights,
             start,
             stop,
             gates[start - offset :],
@@ -248,14 +247,13 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
         return np.array(state if order is None else state[order], dtype=dtype, copy=True)
 
     dx_tm = np.zeros((t_x, m, n_x), dtype)  # storage order; zero past t_end
-    d_recurrent = np.zeros((4 * n_a, n_a), dtype)
-    d_input = np.zeros((4 * n_a, n_x), dtype)
-    d_bias = np.zeros(4 * n_a, dtype)
+    d_weights = np.empty((4 * n_a, n_a + n_x), dtype)
+    d_bias = np.empty(4 * n_a, dtype)
     dz_segment = np.empty((step, m, 4 * n_a), dtype)
     dc_from_dh = np.empty((step, m, n_a), dtype)
     dh_next, dc_next = storage(dh_n), storage(dc_n)
     if cache.recompute:
-        scaled_W, scaled_b = _halved_sigmoid_rows(W, cache.b, n_a)
+        weights = _halved_weights(W, cache.b, n_a, 0)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
         tanh_segment = np.empty((step, m, n_a), dtype)
 
@@ -264,9 +262,7 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
         span = stop - start
         x_rows = _rows(x, order, start, stop)
         if cache.recompute:
-            _project_segment(
-                x_rows, h, scaled_W, scaled_b, start, stop, gate_segment, with_recurrent=True
-            )
+            _project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
             _activate_halved(gate_segment[:span], n_a)
             np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:span])
             gates, tanh_c = gate_segment, tanh_segment
@@ -283,11 +279,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
         ]  # fmt: skip
         _run_groups(bodies, work)
         dz_rows = dz_segment[:span].reshape(span * m, 4 * n_a)
-        d_recurrent += dz_rows.T @ h[start:stop].reshape(span * m, n_a)
-        d_input += dz_rows.T @ x_rows
-        d_bias += dz_rows.sum(axis=0)
+        h_rows = h[start:stop].reshape(span * m, n_a)
+        _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, first=stop == t_end)
         np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(span * m, n_x))
-    d_weights = np.concatenate([d_recurrent, d_input], axis=1)
     if order is not None:
         inverse = inverse_order(order)
         dx_tm = np.take(dx_tm, inverse, axis=1)
