@@ -142,3 +142,34 @@ def test_numpy_options_combined_match_reference(fused, recompute):
     for k in ref:
         err = rel_err(got[k], ref[k])
         assert err <= 1e-12, f"{k}: {err:.3e}"
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["padded", "lengths"])
+@pytest.mark.parametrize("transpose_min_rows", [0, 1 << 30], ids=["W_h^T copy", "W_h^T view"])
+@pytest.mark.parametrize("steps_per_segment", [2, 7], ids=["3 segments", "1 segment"])
+def test_numpy_fast_path_layouts_and_segments(
+    monkeypatch, transpose_min_rows, steps_per_segment, lengths
+):
+    """Both layouts of ``W_h^T`` in the NumPy fast path, and a backward pass cut into several
+    segments (the first writes the weight gradients, later ones add to them), equal the
+    generic path (float64)."""
+    from xlstm import _engine
+    from xlstm._numpy import engine as numpy_engine
+
+    n_x, n_a, m, t_x, n_y = 3, 4, 3, 5, 2
+    prob = random_problem(850, n_x, m, t_x, n_a, n_y)
+    monkeypatch.setattr(numpy_engine, "TRANSPOSE_MIN_ROWS", transpose_min_rows)
+    monkeypatch.setattr(_engine, "SEGMENT_ELEMENTS", steps_per_segment * m * 4 * n_a)
+    assert _engine.segment_length(t_x, m, n_a) == min(steps_per_segment, t_x)
+
+    def run(fused):
+        a, _, c, caches = xlstm.lstm_forward(
+            prob.x, prob.a0, prob.params, prob.c0, fused=fused, lengths=lengths
+        )
+        grads = xlstm.lstm_backward(prob.Ga, caches, prob.Gc, fused=fused)
+        return {"a": a, "c": c, **grads}
+
+    ref, got = run(False), run(True)
+    for k in ref:
+        err = rel_err(got[k], ref[k])
+        assert err <= 1e-12, f"{k}: {err:.3e}"
