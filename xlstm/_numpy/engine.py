@@ -88,10 +88,11 @@ class HalvedWeights(NamedTuple):
     bias: np.ndarray
 
 
-def _halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, rows: int) -> HalvedWeights:
+def _halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, *, rows: int) -> HalvedWeights:
     """Copies of ``W``, ``b`` with the sigmoid gates' rows halved (see :class:`HalvedWeights`).
 
-    ``rows`` is ``T * m``, the rows the recurrent product will see in all.
+    ``rows``: the rows the per-step products ``h_{t-1} W_h^T`` will see in all
+    (``T * m``, or the sum of the lengths).
     """
     scale = np.ones(W.shape[0], W.dtype)
     scale[: N_SIGMOID_GATES * n_a] = 0.5
@@ -160,7 +161,7 @@ def forward(
     _, m, t_x = x.shape
     n_a = h0.shape[1]
     dtype = x.dtype
-    weights = _halved_weights(W, b, n_a, t_x * m)
+    weights = _halved_weights(W, b, n_a, rows=t_x * m)
     recurrent_T = weights.recurrent_T
 
     h = np.empty((t_x + 1, m, n_a), dtype)
@@ -176,6 +177,13 @@ def forward(
         tanh_c = np.empty((t_x, m, n_a), dtype)
     recurrent = np.empty((m, 4 * n_a), dtype)
     product = np.empty((m, n_a), dtype)
+    # Views over all steps, made once: the loop then only indexes them by step.
+    # At small sizes (S1) a step is a dozen NumPy calls on tiny arrays, and
+    # slicing each step's gates anew cost a tenth of the forward pass.
+    sigmoid_gates = gates[..., : N_SIGMOID_GATES * n_a]
+    gate_i, gate_f, gate_o, gate_g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
+    half = dtype.type(0.5)  # a typed scalar: see _activate_halved
+    tanh, multiply, add = np.tanh, np.multiply, np.add
     for start in range(0, t_x, step):
         stop = min(t_x, start + step)
         offset = start if recompute else 0
@@ -190,18 +198,22 @@ def forward(
         )
 
         for t in range(start, stop):
-            z = gates[t - offset]
+            j = t - offset
+            z = gates[j]
             np.matmul(h[t], recurrent_T, out=recurrent)
-            z += recurrent
-            _activate_halved(z, n_a)
-            i, f, o, g = (z[:, k * n_a : (k + 1) * n_a] for k in range(4))
+            add(z, recurrent, out=z)
+            # _activate_halved, inlined.
+            tanh(z, out=z)
+            sigmoid = sigmoid_gates[j]
+            multiply(sigmoid, half, out=sigmoid)
+            add(sigmoid, half, out=sigmoid)
             c_t = c[t + 1]
-            np.multiply(f, c[t], out=c_t)
-            np.multiply(i, g, out=product)
-            c_t += product
-            tanh_t = tanh_c[0] if recompute else tanh_c[t]
-            np.tanh(c_t, out=tanh_t)
-            np.multiply(o, tanh_t, out=h[t + 1])
+            multiply(gate_f[j], c[t], out=c_t)
+            multiply(gate_i[j], gate_g[j], out=product)
+            add(c_t, product, out=c_t)
+            tanh_t = tanh_c[0 if recompute else t]
+            tanh(c_t, out=tanh_t)
+            multiply(gate_o[j], tanh_t, out=h[t + 1])
     if recompute:
         return SequenceCache(h, c, None, None, W, b)
     return SequenceCache(h, c, gates, tanh_c, W, b)
@@ -294,8 +306,11 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     dc_next = np.zeros((m, n_a), dtype) if dc_n is None else np.array(dc_n, dtype, copy=True)
     dh = np.empty((m, n_a), dtype)
     dc = np.empty((m, n_a), dtype)
+    dc_across_gates = dc[:, None, :]
+    multiply, add = np.multiply, np.add
     if cache.recompute:
-        weights = _halved_weights(W, cache.b, n_a, 0)
+        # Recomputation makes one large product per segment, no per-step ones.
+        weights = _halved_weights(W, cache.b, n_a, rows=0)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
         tanh_segment = np.empty((step, m, n_a), dtype)
 
@@ -316,21 +331,24 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
         dc_segment = None if dc_tm is None else _swap_last_axes(dc_tm, start, stop)
 
         _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:k], dc_from_dh[:k], n_a)
-        for t in range(stop - 1, start - 1, -1):
-            local = t - start
-            dz = dz_segment[local]
-            np.add(da_segment[:, local].T, dh_next, out=dh)
-            np.multiply(dh, dc_from_dh[local], out=dc)
-            dc += dc_next
-            if dc_segment is not None:
-                dc += dc_segment[:, local].T
-            # dz_i and dz_f are adjacent: one broadcast multiply by dc.
-            input_forget = dz[:, : 2 * n_a].reshape(m, 2, n_a)
-            np.multiply(input_forget, dc[:, None, :], out=input_forget)
-            dz[:, 3 * n_a :] *= dc
-            dz[:, 2 * n_a : 3 * n_a] *= dh
-            np.multiply(dc, gates[local, :, n_a : 2 * n_a], out=dc_next)
-            np.matmul(dz, w_h, out=dh_next)
+        # Views over the segment, made once (see forward); step t is [t - start].
+        da_steps = da_segment.transpose(1, 2, 0)
+        dc_steps = None if dc_segment is None else dc_segment.transpose(1, 2, 0)
+        # dz_i and dz_f are adjacent: one broadcast multiply by dc.
+        dz_input_forget = dz_segment[:k, :, : 2 * n_a].reshape(k, m, 2, n_a)
+        dz_o, dz_g = dz_segment[:k, :, 2 * n_a : 3 * n_a], dz_segment[:k, :, 3 * n_a :]
+        gate_f = gates[..., n_a : 2 * n_a]
+        for local in range(k - 1, -1, -1):
+            add(da_steps[local], dh_next, out=dh)
+            multiply(dh, dc_from_dh[local], out=dc)
+            add(dc, dc_next, out=dc)
+            if dc_steps is not None:
+                add(dc, dc_steps[local], out=dc)
+            multiply(dz_input_forget[local], dc_across_gates, out=dz_input_forget[local])
+            multiply(dz_g[local], dc, out=dz_g[local])
+            multiply(dz_o[local], dh, out=dz_o[local])
+            multiply(dc, gate_f[local], out=dc_next)
+            np.matmul(dz_segment[local], w_h, out=dh_next)
         dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
         h_rows = h[start:stop].reshape(k * m, n_a)
         _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, first=stop == t_x)

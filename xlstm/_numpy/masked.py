@@ -138,7 +138,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     groups = _groups(stored)
     running = [_running(stored, group, t_x) for group in groups]
     t_end = int(stored.max())
-    weights = _halved_weights(W, b, n_a, int(np.sum(lengths)))
+    weights = _halved_weights(W, b, n_a, rows=int(np.sum(lengths)))
     recurrent_T = weights.recurrent_T
 
     h = np.empty((t_x + 1, m, n_a), dtype)
@@ -253,7 +253,8 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     dc_from_dh = np.empty((step, m, n_a), dtype)
     dh_next, dc_next = storage(dh_n), storage(dc_n)
     if cache.recompute:
-        weights = _halved_weights(W, cache.b, n_a, 0)
+        # Recomputation makes one large product per segment, no per-step ones.
+        weights = _halved_weights(W, cache.b, n_a, rows=0)
         gate_segment = np.empty((step, m, 4 * n_a), dtype)
         tanh_segment = np.empty((step, m, n_a), dtype)
 
