@@ -15,6 +15,7 @@ Keras weights).  None of them, and nothing here, imports CuPy, PyTorch or JAX.
 from ._backend import BACKENDS, get_namespace, to_backend
 from ._engine import SequenceCache
 from ._layout import GATE_ORDER, GATE_PARAMETERS, PARAMETER_KEYS
+from ._numpy.workspace import release as release_workspace
 from .activations import sigmoid, softmax
 from .cell import CellCache, lstm_cell_backward, lstm_cell_forward
 from .parameters import init_parameters
@@ -37,6 +38,7 @@ __all__ = [
     "lstm_cell_backward",
     "lstm_cell_forward",
     "lstm_forward",
+    "release_workspace",
     "sigmoid",
     "softmax",
     "to_backend",

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._engine import SequenceCache, segment_length
 from .._layout import N_SIGMOID_GATES
+from . import workspace
 
 
 def unsupported_reason(xp: Any, dtype: Any) -> str | None:
@@ -38,21 +39,27 @@ def _time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     The copy only swaps the last two axes, ``(n_x, m, k) -> (n_x, k, m)``: each
     feature's small ``(m, k)`` block is transposed in cache, many times faster
     than reversing all three axes.  The rows are then a transposed view, which
-    BLAS takes as it is.
+    BLAS takes as it is.  The copy lives in the workspace (:mod:`.workspace`):
+    it is valid until the next call of this function in the thread.
     """
-    n_x = x.shape[0]
-    swapped = np.ascontiguousarray(x[:, :, start:stop].transpose(0, 2, 1))
+    n_x, m = x.shape[0], x.shape[1]
+    swapped = workspace.scratch("x_rows", (n_x, stop - start, m), x.dtype)
+    np.copyto(swapped, x[:, :, start:stop].transpose(0, 2, 1))
     return swapped.reshape(n_x, -1).T
 
 
-def _swap_last_axes(array_tm: np.ndarray, start: int, stop: int) -> np.ndarray:
+def _swap_last_axes(array_tm: np.ndarray, start: int, stop: int, name: str) -> np.ndarray:
     """Steps ``start:stop`` of a ``(T, m, n)`` view of an ``(n, m, T)`` array, as ``(n, k, m)``.
 
     The copy swaps only the last two axes of the caller's ``(n, m, T)`` array
     (fast, see :func:`_time_major_rows`); step ``t`` is then ``[:, t].T``, an
-    ``(m, n)`` view whose reads stay within one small block.
+    ``(m, n)`` view whose reads stay within one small block.  The copy is the
+    workspace buffer ``name``.
     """
-    return np.ascontiguousarray(array_tm[start:stop].transpose(2, 0, 1))
+    k, m, n = stop - start, array_tm.shape[1], array_tm.shape[2]
+    swapped = workspace.scratch(name, (n, k, m), array_tm.dtype)
+    np.copyto(swapped, array_tm[start:stop].transpose(2, 0, 1))
+    return swapped
 
 
 #: Rows of ``W`` per block of the transposing copy in :func:`_halved_weights`:
@@ -96,14 +103,16 @@ def _halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, *, rows: int) -> Hal
     """
     scale = np.ones(W.shape[0], W.dtype)
     scale[: N_SIGMOID_GATES * n_a] = 0.5
+    column = scale[:, None]
     if rows < TRANSPOSE_MIN_ROWS:
-        halved = W * scale[:, None]
+        halved = np.multiply(W, column, out=workspace.scratch("halved_W", W.shape, W.dtype))
         return HalvedWeights(halved[:, :n_a].T, halved[:, n_a:], b * scale)
-    recurrent_T = np.empty((n_a, W.shape[0]), W.dtype)
+    recurrent_T = workspace.scratch("recurrent_T", (n_a, W.shape[0]), W.dtype)
     for start in range(0, W.shape[0], TRANSPOSE_BLOCK):
         block = slice(start, start + TRANSPOSE_BLOCK)
         np.multiply(W[block, :n_a].T, scale[block], out=recurrent_T[:, block])
-    return HalvedWeights(recurrent_T, W[:, n_a:] * scale[:, None], b * scale)
+    inputs = workspace.scratch("input_W", (W.shape[0], W.shape[1] - n_a), W.dtype)
+    return HalvedWeights(recurrent_T, np.multiply(W[:, n_a:], column, out=inputs), b * scale)
 
 
 def _activate_halved(z: np.ndarray, n_a: int) -> None:
@@ -170,13 +179,14 @@ def forward(
     c[0] = c0
     step = segment_length(t_x, m, n_a, recompute)
     if recompute:
-        gates = np.empty((step, m, 4 * n_a), dtype)
-        tanh_c = np.empty((1, m, n_a), dtype)
+        # Per-segment temporaries: the cache keeps only h and c.
+        gates = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
+        tanh_c = workspace.scratch("tanh_step", (1, m, n_a), dtype)
     else:
         gates = np.empty((t_x, m, 4 * n_a), dtype)
         tanh_c = np.empty((t_x, m, n_a), dtype)
-    recurrent = np.empty((m, 4 * n_a), dtype)
-    product = np.empty((m, n_a), dtype)
+    recurrent = workspace.scratch("recurrent", (m, 4 * n_a), dtype)
+    product = workspace.scratch("product", (m, n_a), dtype)
     # Views over all steps, made once: the loop then only indexes them by step.
     # At small sizes (S1) a step is a dozen NumPy calls on tiny arrays, and
     # slicing each step's gates anew cost a tenth of the forward pass.
@@ -291,7 +301,8 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     n_a = h.shape[2]
     dtype = x.dtype
     # Contiguous W_h for the per-step product dz W_h.
-    w_h, w_x = np.ascontiguousarray(W[:, :n_a]), W[:, n_a:]
+    w_h, w_x = workspace.scratch("w_h", (4 * n_a, n_a), dtype), W[:, n_a:]
+    np.copyto(w_h, W[:, :n_a])
     step = segment_length(t_x, m, n_a, cache.recompute)
 
     # dx is filled time-major (contiguous products) and returned as a
@@ -299,20 +310,20 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     dx_tm = np.empty((t_x, m, n_x), dtype)
     d_weights = np.empty((4 * n_a, n_a + n_x), dtype)
     d_bias = np.empty(4 * n_a, dtype)
-    dz_segment = np.empty((step, m, 4 * n_a), dtype)
-    dc_from_dh = np.empty((step, m, n_a), dtype)
+    dz_segment = workspace.scratch("dz_segment", (step, m, 4 * n_a), dtype)
+    dc_from_dh = workspace.scratch("dc_from_dh", (step, m, n_a), dtype)
     # Gradients reaching the final state (if any) start the recurrence.
     dh_next = np.zeros((m, n_a), dtype) if dh_n is None else np.array(dh_n, dtype, copy=True)
     dc_next = np.zeros((m, n_a), dtype) if dc_n is None else np.array(dc_n, dtype, copy=True)
-    dh = np.empty((m, n_a), dtype)
-    dc = np.empty((m, n_a), dtype)
+    dh = workspace.scratch("dh", (m, n_a), dtype)
+    dc = workspace.scratch("dc", (m, n_a), dtype)
     dc_across_gates = dc[:, None, :]
     multiply, add = np.multiply, np.add
     if cache.recompute:
         # Recomputation makes one large product per segment, no per-step ones.
         weights = _halved_weights(W, cache.b, n_a, rows=0)
-        gate_segment = np.empty((step, m, 4 * n_a), dtype)
-        tanh_segment = np.empty((step, m, n_a), dtype)
+        gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
+        tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
 
     for stop in range(t_x, 0, -step):
         start = max(0, stop - step)
@@ -327,8 +338,8 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
         else:
             gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
         # One cheap copy per segment (see _swap_last_axes) keeps the loop's reads local.
-        da_segment = _swap_last_axes(da_tm, start, stop)
-        dc_segment = None if dc_tm is None else _swap_last_axes(dc_tm, start, stop)
+        da_segment = _swap_last_axes(da_tm, start, stop, "da_segment")
+        dc_segment = None if dc_tm is None else _swap_last_axes(dc_tm, start, stop, "dc_segment")
 
         _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:k], dc_from_dh[:k], n_a)
         # Views over the segment, made once (see forward); step t is [t - start].

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _engine, _threads
 from .._engine import SequenceCache, inverse_order, segment_length
+from . import workspace
 from .engine import (
     _activate_halved,
     _add_weight_gradients,
@@ -147,8 +148,8 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     c[0] = c0 if order is None else c0[order]
     step = segment_length(t_x, m, n_a, recompute)
     if recompute:
-        gates = np.empty((step, m, 4 * n_a), dtype)
-        tanh_c = np.empty((1, m, n_a), dtype)
+        gates = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
+        tanh_c = workspace.scratch("tanh_step", (1, m, n_a), dtype)
     else:
         gates = np.empty((t_x, m, 4 * n_a), dtype)
         tanh_c = np.empty((t_x, m, n_a), dtype)
@@ -238,7 +239,8 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     running = [_running(cache.lengths, group, t_x) for group in groups]
     t_end = int(cache.lengths.max())
     work = 2 * int(np.sum(cache.lengths)) * 4 * n_a * n_a
-    w_h, w_x = np.ascontiguousarray(W[:, :n_a]), W[:, n_a:]
+    w_h, w_x = workspace.scratch("w_h", (4 * n_a, n_a), dtype), W[:, n_a:]
+    np.copyto(w_h, W[:, :n_a])
     step = segment_length(t_x, m, n_a, cache.recompute)
 
     def storage(state):
@@ -249,14 +251,14 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     dx_tm = np.zeros((t_x, m, n_x), dtype)  # storage order; zero past t_end
     d_weights = np.empty((4 * n_a, n_a + n_x), dtype)
     d_bias = np.empty(4 * n_a, dtype)
-    dz_segment = np.empty((step, m, 4 * n_a), dtype)
-    dc_from_dh = np.empty((step, m, n_a), dtype)
+    dz_segment = workspace.scratch("dz_segment", (step, m, 4 * n_a), dtype)
+    dc_from_dh = workspace.scratch("dc_from_dh", (step, m, n_a), dtype)
     dh_next, dc_next = storage(dh_n), storage(dc_n)
     if cache.recompute:
         # Recomputation makes one large product per segment, no per-step ones.
         weights = _halved_weights(W, cache.b, n_a, rows=0)
-        gate_segment = np.empty((step, m, 4 * n_a), dtype)
-        tanh_segment = np.empty((step, m, n_a), dtype)
+        gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
+        tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
 
     for stop in range(t_end, 0, -step):
         start = max(0, stop - step)

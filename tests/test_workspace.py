@@ -1,0 +1,98 @@
+"""The NumPy fast path's scratch buffers (xlstm._numpy.workspace), kept between calls.
+
+No result may alias a kept buffer: results of one call must survive later calls
+unchanged; the buffers are per thread, freed by ``xlstm.release_workspace()``, and
+buffers over the size limit are not kept.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from _helpers import random_problem, rel_err
+
+import xlstm
+from xlstm._numpy import workspace
+
+
+def _forward_backward(prob, *, recompute=False, lengths=None):
+    a, y, c, caches = xlstm.lstm_forward(
+        prob.x, prob.a0, prob.params, prob.c0, recompute=recompute, lengths=lengths
+    )
+    grads = xlstm.lstm_backward(prob.Ga, caches, prob.Gc)
+    return {"a": a, "y": y, "c": c, **grads}, caches
+
+
+def _snapshot(results):
+    return {k: np.array(v, copy=True) for k, v in results.items()}
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 3, 5]], ids=["padded", "lengths"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_results_survive_later_calls(recompute, lengths):
+    """Results and caches of one call are untouched by later calls of the same shapes."""
+    first = random_problem(900, 4, 3, 6, 5, 2)
+    second = random_problem(901, 4, 3, 6, 5, 2)
+    results, caches = _forward_backward(first, recompute=recompute, lengths=lengths)
+    kept = _snapshot(results)
+    cache = caches[0]
+    kept_cache = [np.array(a, copy=True) for a in (cache.h, cache.c, cache.gates) if a is not None]
+
+    _forward_backward(second, recompute=recompute, lengths=lengths)
+
+    for k, v in kept.items():
+        np.testing.assert_array_equal(results[k], v, err_msg=k)
+    for array, copy in zip(
+        [a for a in (cache.h, cache.c, cache.gates) if a is not None], kept_cache, strict=True
+    ):
+        np.testing.assert_array_equal(array, copy)
+    # The first cache still gives the first gradients after the second call.
+    again = xlstm.lstm_backward(first.Ga, caches, first.Gc)
+    for k, v in again.items():
+        np.testing.assert_array_equal(v, kept[k], err_msg=k)
+
+
+def test_release_frees_and_calls_still_agree_with_the_generic_path():
+    prob = random_problem(902, 5, 4, 7, 6, 3)
+    xlstm.release_workspace()
+    assert workspace.kept_bytes() == 0
+    fast, _ = _forward_backward(prob)
+    assert workspace.kept_bytes() > 0
+    xlstm.release_workspace()
+    assert workspace.kept_bytes() == 0
+    a, y, c, caches = xlstm.lstm_forward(prob.x, prob.a0, prob.params, prob.c0, fused=False)
+    generic = {"a": a, "y": y, "c": c, **xlstm.lstm_backward(prob.Ga, caches, prob.Gc)}
+    for k in generic:
+        assert rel_err(fast[k], generic[k]) <= 1e-12, k
+
+
+def test_buffers_over_the_limit_are_not_kept(monkeypatch):
+    prob = random_problem(903, 4, 3, 5, 4, 2)
+    reference, _ = _forward_backward(prob)
+    xlstm.release_workspace()
+    monkeypatch.setattr(workspace, "MAX_KEPT_BYTES", 0)
+    results, _ = _forward_backward(prob)
+    assert workspace.kept_bytes() == 0
+    for k in reference:
+        np.testing.assert_array_equal(results[k], reference[k], err_msg=k)
+
+
+def test_threads_have_their_own_buffers():
+    """Calls running at the same time in several threads give the single-thread results."""
+    problems = [random_problem(910 + i, 6, 8, 12, 16, 3) for i in range(4)]
+    expected = [_snapshot(_forward_backward(p)[0]) for p in problems]
+
+    def run(index):
+        results = []
+        for _ in range(5):
+            results.append(_snapshot(_forward_backward(problems[index])[0]))
+        return results
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(run, range(4)))
+    for index, runs in enumerate(outcomes):
+        for results in runs:
+            for k, v in expected[index].items():
+                np.testing.assert_array_equal(results[k], v, err_msg=f"problem {index} {k}")
