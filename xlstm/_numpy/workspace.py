@@ -11,7 +11,11 @@ S2, 11% at S3.  Keeping the temporaries here removes most of that.
 
 The buffers are per thread (the two directions of a bidirectional layer run in
 two threads) and grow to the largest request seen; :func:`release` frees them.
-Buffers of more than :data:`MAX_KEPT_BYTES` are not kept.  Nothing taken from
+A thread keeps at most :data:`MAX_KEPT_BYTES` in all; a request beyond that
+gets a fresh array that is not kept.  What is kept is bounded by the
+problem, not by ``T``: about one backward segment's gates (at most
+:data:`xlstm._engine.SEGMENT_ELEMENTS` elements) plus three copies of the
+stacked weights (float32: 35 MiB at S3, 82 MiB at S5).  Nothing taken from
 here is ever returned to the caller of the public functions: results are
 always freshly allocated arrays.
 """
@@ -24,7 +28,7 @@ import threading
 import numpy as np
 
 MAX_KEPT_BYTES = 256 << 20
-"""Requests larger than this (bytes) get a fresh array that is not kept."""
+"""Bytes one thread keeps at most, all buffers together."""
 
 _local = threading.local()
 
@@ -37,11 +41,12 @@ def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape)
-    if size * dtype.itemsize > MAX_KEPT_BYTES:
-        return np.empty(shape, dtype)
     buffers = _local.__dict__.setdefault("buffers", {})
     flat = buffers.get((name, dtype))
     if flat is None or flat.size < size:
+        others = sum(kept.nbytes for key, kept in buffers.items() if key != (name, dtype))
+        if others + size * dtype.itemsize > MAX_KEPT_BYTES:
+            return np.empty(shape, dtype)
         flat = np.empty(size, dtype)
         buffers[(name, dtype)] = flat
     return flat[:size].reshape(shape)
