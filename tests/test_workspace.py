@@ -99,3 +99,13 @@ def test_threads_have_their_own_buffers():
         for results in runs:
             for k, v in expected[index].items():
                 np.testing.assert_array_equal(results[k], v, err_msg=f"problem {index} {k}")
+
+
+def test_release_reaches_other_threads():
+    """Buffers kept by a worker thread (e.g. the second direction of a bidirectional layer)
+    are freed by a release called from the main thread."""
+    prob = random_problem(904, 4, 3, 5, 4, 2)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(lambda: (_forward_backward(prob), workspace.kept_bytes())[1]).result()
+        xlstm.release_workspace()
+        assert pool.submit(workspace.kept_bytes).result() == 0

@@ -24,13 +24,39 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import numpy as np
 
 MAX_KEPT_BYTES = 256 << 20
 """Bytes one thread keeps at most, all buffers together."""
 
+
+class _Buffers(dict):
+    """One thread's buffers, ``(name, dtype) -> flat array``.
+
+    A dict subclass because those take weak references; compared and hashed by
+    identity, so that the set of all threads' buffers tells them apart.
+    """
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
 _local = threading.local()
+_lock = threading.Lock()
+# Every live thread's buffers, so that release() reaches the worker threads too;
+# a thread's entry goes when the thread ends.
+_all_threads: weakref.WeakSet[_Buffers] = weakref.WeakSet()
+
+
+def _buffers() -> _Buffers:
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = _Buffers()
+        with _lock:
+            _all_threads.add(buffers)
+    return buffers
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -41,29 +67,33 @@ def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape)
-    buffers = _local.__dict__.setdefault("buffers", {})
+    buffers = _buffers()
     flat = buffers.get((name, dtype))
     if flat is None or flat.size < size:
-        others = sum(kept.nbytes for key, kept in buffers.items() if key != (name, dtype))
-        if others + size * dtype.itemsize > MAX_KEPT_BYTES:
-            return np.empty(shape, dtype)
-        flat = np.empty(size, dtype)
-        buffers[(name, dtype)] = flat
+        with _lock:  # release() may clear these buffers from another thread
+            others = sum(kept.nbytes for key, kept in buffers.items() if key != (name, dtype))
+            if others + size * dtype.itemsize > MAX_KEPT_BYTES:
+                return np.empty(shape, dtype)
+            flat = np.empty(size, dtype)
+            buffers[(name, dtype)] = flat
     return flat[:size].reshape(shape)
 
 
 def kept_bytes() -> int:
-    """Bytes held by this thread's buffers."""
-    return sum(flat.nbytes for flat in _local.__dict__.get("buffers", {}).values())
+    """Bytes held by the calling thread's buffers."""
+    return sum(flat.nbytes for flat in _buffers().values())
 
 
 def release() -> None:
-    """Free the NumPy fast path's scratch buffers kept by the calling thread.
+    """Free the NumPy fast path's scratch buffers, those of every thread.
 
     Public as ``xlstm.release_workspace()``.  The NumPy fast path keeps its
     temporaries (about the size of one segment's gates plus the stacked
     weights) between calls, because fresh memory costs page faults on every
     call; call this after the last call of a large problem to give the memory
-    back.  The next call allocates the buffers again.
+    back.  A call running meanwhile in another thread keeps the arrays it
+    holds until it returns.  The next call allocates the buffers again.
     """
-    _local.__dict__.pop("buffers", None)
+    with _lock:
+        for buffers in list(_all_threads):
+            buffers.clear()
