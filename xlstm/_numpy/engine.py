@@ -263,15 +263,53 @@ def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     dc_from_dh *= o
 
 
-def _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, *, first: bool) -> None:
-    """Add one segment's ``dW = dz^T [h_{t-1}, x_t]`` and ``db = sum(dz)``.
+def _recurrent_weights(W: np.ndarray, n_a: int) -> np.ndarray:
+    """``W_h`` as a C-contiguous workspace copy, for the per-step product ``dz W_h``."""
+    w_h = workspace.scratch("w_h", (W.shape[0], n_a), W.dtype)
+    np.copyto(w_h, W[:, :n_a])
+    return w_h
 
-    ``d_weights`` is the stacked ``(4 n_a, n_a + n_x)`` result: the first
-    segment writes straight into its two column blocks (no zero fill, no
-    concatenation of separate blocks afterwards, which at S5 cost as much as a
-    tenth of the backward pass); later segments add.
+
+def _segment_gates(cache: SequenceCache, step: int):
+    """A function ``(x_rows, start, stop) -> (gates, tanh_c)`` of steps ``start:stop``.
+
+    With stored gates, slices of the cache; in the memory-saving mode, recomputed
+    from the stored states into workspace buffers of ``step`` steps (valid until
+    the next segment), one large product per segment (so no transposed copy of
+    ``W_h``: there are no per-step products to speed up).
     """
-    n_a = h_rows.shape[1]
+    if not cache.recompute:
+        return lambda x_rows, start, stop: (cache.gates[start:stop], cache.tanh_c[start:stop])
+    h, c = cache.h, cache.c
+    m, n_a, dtype = h.shape[1], h.shape[2], h.dtype
+    weights = _halved_weights(cache.W, cache.b, n_a, rows=0)
+    gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
+    tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
+
+    def recomputed(x_rows, start, stop):
+        k = stop - start
+        _project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
+        _activate_halved(gate_segment[:k], n_a)
+        np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
+        return gate_segment[:k], tanh_segment[:k]
+
+    return recomputed
+
+
+def _segment_products(
+    dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, *, first: bool
+) -> None:
+    """The large products of segment ``start:stop`` once its ``dz`` are known.
+
+    Adds the segment's ``dW = dz^T [h_{t-1}, x_t]`` and ``db = sum(dz)`` and writes
+    its ``dx = dz W_x`` into the time-major ``dx_tm``.  ``d_weights`` is the stacked
+    ``(4 n_a, n_a + n_x)`` result: the first segment writes straight into its two
+    column blocks (no zero fill, no concatenation of separate blocks afterwards,
+    which at S5 cost as much as a tenth of the backward pass); later segments add.
+    """
+    k, m, n_a = stop - start, h.shape[1], h.shape[2]
+    dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
+    h_rows = h[start:stop].reshape(k * m, n_a)
     recurrent, inputs = d_weights[:, :n_a], d_weights[:, n_a:]
     if first:
         np.matmul(dz_rows.T, h_rows, out=recurrent)
@@ -281,6 +319,7 @@ def _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, *, first: 
         recurrent += dz_rows.T @ h_rows
         inputs += dz_rows.T @ x_rows
         d_bias += dz_rows.sum(axis=0)
+    np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(k * m, w_x.shape[1]))
 
 
 def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None, dc_n=None):
@@ -300,10 +339,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     h, c, W = cache.h, cache.c, cache.W
     n_a = h.shape[2]
     dtype = x.dtype
-    # Contiguous W_h for the per-step product dz W_h.
-    w_h, w_x = workspace.scratch("w_h", (4 * n_a, n_a), dtype), W[:, n_a:]
-    np.copyto(w_h, W[:, :n_a])
+    w_h, w_x = _recurrent_weights(W, n_a), W[:, n_a:]
     step = segment_length(t_x, m, n_a, cache.recompute)
+    segment_gates = _segment_gates(cache, step)
 
     # dx is filled time-major (contiguous products) and returned as a
     # (n_x, m, T) view: scattering into an (n_x, m, T) array costs more.
@@ -319,24 +357,13 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
     dc = workspace.scratch("dc", (m, n_a), dtype)
     dc_across_gates = dc[:, None, :]
     multiply, add = np.multiply, np.add
-    if cache.recompute:
-        # Recomputation makes one large product per segment, no per-step ones.
-        weights = _halved_weights(W, cache.b, n_a, rows=0)
-        gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
-        tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
 
     for stop in range(t_x, 0, -step):
         start = max(0, stop - step)
         k = stop - start
         # The segment's inputs, used by the recomputation and by dW_x.
         x_rows = _time_major_rows(x, start, stop)
-        if cache.recompute:
-            _project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
-            _activate_halved(gate_segment[:k], n_a)
-            np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
-            gates, tanh_c = gate_segment[:k], tanh_segment[:k]
-        else:
-            gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
+        gates, tanh_c = segment_gates(x_rows, start, stop)
         # One cheap copy per segment (see _swap_last_axes) keeps the loop's reads local.
         da_segment = _swap_last_axes(da_tm, start, stop, "da_segment")
         dc_segment = None if dc_tm is None else _swap_last_axes(dc_tm, start, stop, "dc_segment")
@@ -360,8 +387,7 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None
             multiply(dz_o[local], dh, out=dz_o[local])
             multiply(dc, gate_f[local], out=dc_next)
             np.matmul(dz_segment[local], w_h, out=dh_next)
-        dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)
-        h_rows = h[start:stop].reshape(k * m, n_a)
-        _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, first=stop == t_x)
-        np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(k * m, n_x))
+        _segment_products(
+            dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, first=stop == t_x
+        )
     return dx_tm.transpose(2, 1, 0), dh_next, dc_next, d_weights, d_bias

@@ -35,10 +35,12 @@ from .._engine import SequenceCache, inverse_order, segment_length
 from . import workspace
 from .engine import (
     _activate_halved,
-    _add_weight_gradients,
     _halved_weights,
     _local_derivatives,
     _project_segment,
+    _recurrent_weights,
+    _segment_gates,
+    _segment_products,
     _time_major_rows,
 )
 
@@ -239,9 +241,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     running = [_running(cache.lengths, group, t_x) for group in groups]
     t_end = int(cache.lengths.max())
     work = 2 * int(np.sum(cache.lengths)) * 4 * n_a * n_a
-    w_h, w_x = workspace.scratch("w_h", (4 * n_a, n_a), dtype), W[:, n_a:]
-    np.copyto(w_h, W[:, :n_a])
+    w_h, w_x = _recurrent_weights(W, n_a), W[:, n_a:]
     step = segment_length(t_x, m, n_a, cache.recompute)
+    segment_gates = _segment_gates(cache, step)
 
     def storage(state):
         if state is None:
@@ -254,23 +256,11 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     dz_segment = workspace.scratch("dz_segment", (step, m, 4 * n_a), dtype)
     dc_from_dh = workspace.scratch("dc_from_dh", (step, m, n_a), dtype)
     dh_next, dc_next = storage(dh_n), storage(dc_n)
-    if cache.recompute:
-        # Recomputation makes one large product per segment, no per-step ones.
-        weights = _halved_weights(W, cache.b, n_a, rows=0)
-        gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
-        tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
 
     for stop in range(t_end, 0, -step):
         start = max(0, stop - step)
-        span = stop - start
         x_rows = _rows(x, order, start, stop)
-        if cache.recompute:
-            _project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
-            _activate_halved(gate_segment[:span], n_a)
-            np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:span])
-            gates, tanh_c = gate_segment, tanh_segment
-        else:
-            gates, tanh_c = cache.gates[start:stop], cache.tanh_c[start:stop]
+        gates, tanh_c = segment_gates(x_rows, start, stop)
         da_segment = _time_rows(da_tm, order, start, stop)
         dc_segment = None if dc_tm is None else _time_rows(dc_tm, order, start, stop)
         bodies = [
@@ -281,10 +271,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
             for group, counts in zip(groups, running, strict=True)
         ]  # fmt: skip
         _run_groups(bodies, work)
-        dz_rows = dz_segment[:span].reshape(span * m, 4 * n_a)
-        h_rows = h[start:stop].reshape(span * m, n_a)
-        _add_weight_gradients(d_weights, d_bias, dz_rows, h_rows, x_rows, first=stop == t_end)
-        np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(span * m, n_x))
+        _segment_products(
+            dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, first=stop == t_end
+        )
     if order is not None:
         inverse = inverse_order(order)
         dx_tm = np.take(dx_tm, inverse, axis=1)

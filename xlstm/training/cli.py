@@ -16,8 +16,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -39,34 +40,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str):
+    """``convert(text)`` if it parses and ``accept`` s it; otherwise the one-line usage error."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda value: value >= 1, "a positive integer")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _number(
+        text, float, lambda value: value > 0 and math.isfinite(value), "a positive number"
+    )
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {text!r}") from None
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5], got {text!r}")
-    return value
+    return _number(text, float, lambda value: 0.0 <= value <= 0.5, "a number in [0, 0.5]")
 
 
 def build_parser() -> argparse.ArgumentParser:
