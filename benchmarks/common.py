@@ -60,7 +60,7 @@ HAS_SEQUENCE = _has("lstm_forward") and _has("lstm_backward")
 HAS_CELL = _has("lstm_cell_forward") and _has("lstm_cell_backward")
 HAS_FUSED_SWITCH = _accepts("lstm_forward", "fused") and _accepts("lstm_backward", "fused")
 BACKWARD_TAKES_DC = _accepts("lstm_backward", "dc")
-HAS_CUPY_KERNELS = xlstm is not None and _module_exists("xlstm._cupy")
+HAS_CUPY_KERNELS = xlstm is not None and _module_exists("xlstm._engines.cupy")
 HAS_TORCH = _module_exists("torch")
 
 
@@ -196,7 +196,7 @@ def _options(backend: str) -> dict[str, Any]:
 def _graph_switch():
     """xlstm's process-wide CUDA-graph switch, or None if this xlstm has none."""
     try:
-        from xlstm._cupy import engine
+        from xlstm._engines.cupy import engine
     except ImportError:
         return None
     return getattr(engine, "set_graph_replay", None)

@@ -138,7 +138,7 @@ def measure(fn, sync, *, budget_s: float, min_reps: int = 3, max_reps: int = 50)
 def xlstm_variant(cupy, inputs: dict, variant: str):
     """(forward, forward+backward, accuracy) callables for one xlstm variant."""
     import xlstm
-    from xlstm._cupy import engine as cupy_engine
+    from xlstm._engines.cupy import engine as cupy_engine
 
     fused = variant != "generic"
     graph = variant == "fused+graph"
@@ -226,7 +226,7 @@ def worker(tf32: bool, json_path: Path, shapes: list[str], budget_s: float) -> N
     import cupy
     import torch
 
-    from xlstm._cupy import engine as cupy_engine
+    from xlstm._engines.cupy import engine as cupy_engine
 
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32

@@ -15,9 +15,9 @@ from _helpers import SEQ_GRAD_KEYS, random_problem, record_worst, rel_err, to_nu
 from conftest import require_backend
 
 import xlstm
-from xlstm import _engine
-from xlstm._cupy import _kernels
-from xlstm._cupy import engine as cupy_engine
+from xlstm._engines import cache as _cache
+from xlstm._engines.cupy import _kernels
+from xlstm._engines.cupy import engine as cupy_engine
 
 pytestmark = pytest.mark.gpu
 
@@ -217,7 +217,7 @@ def test_generic_cache_through_graph_backward(cp):
 @pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
 def test_several_segments(cp, monkeypatch, graph, recompute):
     n_x, m, T, n_a, n_y = 5, 3, 9, 6, 2
-    monkeypatch.setattr(_engine, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)  # 2 steps a segment
+    monkeypatch.setattr(_cache, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)  # 2 steps a segment
     arrays = _on(cp, random_problem(33, n_x, m, T, n_a, n_y), "float64")
     expected = _run(arrays, fused=False, recompute=recompute, with_dc=True)
     cupy_engine.set_graph_replay(graph)

@@ -2,7 +2,7 @@
 
 What runs here, and what it proves:
 
-* the kernel source (:data:`xlstm._cupy._kernels.SOURCE`, exactly as NVRTC gets
+* the kernel source (:data:`xlstm._engines.cupy._kernels.SOURCE`, exactly as NVRTC gets
   it) compiles with ``nvcc`` for the device, float and double (skipped without
   ``nvcc``);
 * the same element functions, compiled by ``nvcc`` for the *host* and called
@@ -35,9 +35,10 @@ import pytest
 from _helpers import SEQ_GRAD_KEYS, random_problem, rel_err
 
 import xlstm
-from xlstm import _dispatch, _engine
-from xlstm._cupy import _kernels
-from xlstm._cupy import engine as cupy_engine
+from xlstm._engines import cache as _cache
+from xlstm._engines import generic as _engine
+from xlstm._engines.cupy import _kernels
+from xlstm._engines.cupy import engine as cupy_engine
 from xlstm._layout import GATE_ORDER, GATE_PARAMETERS
 from xlstm.parameters import pack
 
@@ -341,7 +342,7 @@ class FakeEvent:
 
 
 class FakeRuntime:
-    """Stands in for ``xlstm._cupy.engine._CupyRuntime`` on the CPU."""
+    """Stands in for ``xlstm._engines.cupy.engine._CupyRuntime`` on the CPU."""
 
     def __init__(self, kernel_factory):
         self.kernel_factory = kernel_factory
@@ -415,13 +416,13 @@ def _engine_inputs(prob, dtype):
     W, b = pack(params, np)
     x = prob.x.astype(dtype)
     return {
-        "x": x,
+        "x": _cache.time_major(x, np),
         "h0": prob.a0.T.astype(dtype),
         "c0": prob.c0.T.astype(dtype),
         "W": W,
         "b": b,
-        "da_tm": _engine.time_major(prob.Ga.astype(dtype), np),
-        "dc_tm": _engine.time_major(prob.Gc.astype(dtype), np),
+        "da_tm": _cache.time_major(prob.Ga.astype(dtype), np),
+        "dc_tm": _cache.time_major(prob.Gc.astype(dtype), np),
     }
 
 
@@ -488,8 +489,8 @@ def test_engine_matches_generic(runtime, shape, dtype, recompute, with_dc, graph
 def test_several_segments(runtime, monkeypatch, graph, recompute):
     """Segments of 2 steps (T = 7): weight gradients summed over segments."""
     n_x, m, T, n_a = 3, 2, 7, 4
-    monkeypatch.setattr(_engine, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)
-    assert _engine.segment_length(T, m, n_a) == 2
+    monkeypatch.setattr(_cache, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)
+    assert _cache.segment_length(T, m, n_a) == 2
     prob = random_problem(3, n_x, m, T, n_a, 2)
     inputs = _engine_inputs(prob, "float64")
     ref = _run(_engine, inputs, recompute=recompute, with_dc=True)
@@ -643,38 +644,6 @@ def test_host_compiled_kernels_match_numpy(host_library, dtype):
         np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
 
 
-# --------------------------------------------------------------------------- dispatch
-
-
-@pytest.mark.parametrize("name", ["numpy", "torch", "jax", "array_api_strict"])
-def test_auto_picks_each_backends_engine(name):
-    pytest.importorskip({"jax": "jax.numpy"}.get(name, name))
-    xp = xlstm.get_namespace(name)
-    picked = _dispatch.select_engine(xp, xp.float32, "auto")
-    expected = "xlstm._numpy.engine" if name == "numpy" else "xlstm._engine"
-    assert picked.__name__ == expected
-    assert _dispatch.select_engine(xp, xp.float32, False) is _engine
-
-
-@pytest.mark.parametrize("name", ["torch", "jax", "array_api_strict"])
-def test_fused_true_without_a_fast_path_is_a_value_error(name):
-    pytest.importorskip({"jax": "jax.numpy"}.get(name, name))
-    xp = xlstm.get_namespace(name)
-    with pytest.raises(ValueError, match=rf"`fused=True` but backend '{name}' has no fast path"):
-        _dispatch.select_engine(xp, xp.float32, True)
-
-
-def test_cupy_dispatch_without_cupy():
-    """A namespace named ``cupy`` routes to the CuPy engine, which accepts float32/64."""
-    fake_cupy = types.ModuleType("cupy")
-    for dtype in ("float32", "float64"):
-        assert _dispatch.select_engine(fake_cupy, np.dtype(dtype), "auto") is cupy_engine
-        assert _dispatch.select_engine(fake_cupy, np.dtype(dtype), True) is cupy_engine
-    assert _dispatch.select_engine(fake_cupy, np.dtype("float16"), "auto") is _engine
-    with pytest.raises(ValueError, match=r"cupy fast path cannot run: dtype float16"):
-        _dispatch.select_engine(fake_cupy, np.dtype("float16"), True)
-
-
 def test_unsupported_reason():
     assert cupy_engine.unsupported_reason(None, np.float32) is None
     assert cupy_engine.unsupported_reason(None, np.dtype("float64")) is None
@@ -713,7 +682,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_importing_the_cupy_package_does_not_import_cupy():
     result = _python(
         "import sys\n"
-        "import xlstm, xlstm._cupy, xlstm._cupy.engine, xlstm._cupy._kernels\n"
+        "import xlstm, xlstm._engines.cupy, xlstm._engines.cupy.engine, xlstm._engines.cupy._kernels\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
     )
     assert result.returncode == 0, result.stderr
@@ -724,7 +693,7 @@ def test_using_the_engine_without_cupy_is_a_clear_import_error():
         "import sys\n"
         "sys.modules['cupy'] = None  # as if CuPy were not installed\n"
         "import numpy as np\n"
-        "from xlstm._cupy import engine\n"
+        "from xlstm._engines.cupy import engine\n"
         "x = np.ones((2, 1, 3))\n"
         "try:\n"
         "    engine.forward(x, np.zeros((1, 4)), np.zeros((1, 4)), np.ones((16, 6)),\n"

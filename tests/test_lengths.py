@@ -297,7 +297,7 @@ def test_two_row_groups_in_two_threads(monkeypatch):
     """BLAS at two threads: the fast path deals the rows into two groups, one per thread."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from xlstm import _threads
-    from xlstm._numpy import masked
+    from xlstm._engines.numpy import masked
 
     monkeypatch.setattr(_threads, "MIN_WORK", 0)
     m = 2 * masked.MIN_GROUP_ROWS + 3

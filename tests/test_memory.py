@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import xlstm
+from xlstm._engines import cache as cache_module
 
 N_X, N_A, N_Y, M = 16, 32, 4, 8
 
@@ -56,7 +57,7 @@ def test_memory_growth_with_T_is_the_cache_and_the_outputs(recompute, monkeypatc
     """Peak memory of forward+backward = cache + outputs + a part independent of T."""
     # Segments normally hold up to 4M gate elements (a constant, but one larger
     # than this whole test); shrink them so that "independent of T" shows here.
-    monkeypatch.setattr(xlstm._engine, "SEGMENT_ELEMENTS", 8 * M * 4 * N_A)
+    monkeypatch.setattr(cache_module, "SEGMENT_ELEMENTS", 8 * M * 4 * N_A)
     short, long = 50, 200
     runs = {t: _run(t, recompute=recompute, fused="auto") for t in (short, long)}
     # What must grow with T: the cache, dx (n_x m T) and y (n_y m T) with the

@@ -153,8 +153,8 @@ def test_numpy_fast_path_layouts_and_segments(
     """Both layouts of ``W_h^T`` in the NumPy fast path, and a backward pass cut into several
     segments (the first writes the weight gradients, later ones add to them), equal the
     generic path (float64)."""
-    from xlstm import _engine
-    from xlstm._numpy import engine as numpy_engine
+    from xlstm._engines import cache as _engine
+    from xlstm._engines.numpy import step as numpy_engine
 
     n_x, n_a, m, t_x, n_y = 3, 4, 3, 5, 2
     prob = random_problem(850, n_x, m, t_x, n_a, n_y)

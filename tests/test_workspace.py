@@ -1,4 +1,4 @@
-"""The NumPy fast path's scratch buffers (xlstm._numpy.workspace), kept between calls.
+"""The NumPy fast path's scratch buffers (xlstm._engines.numpy.workspace), kept between calls.
 
 No result may alias a kept buffer: results of one call must survive later calls
 unchanged; the buffers are per thread, freed by ``xlstm.release_workspace()``, and
@@ -14,7 +14,7 @@ import pytest
 from _helpers import random_problem, rel_err
 
 import xlstm
-from xlstm._numpy import workspace
+from xlstm._engines.numpy import workspace
 
 
 def _forward_backward(prob, *, recompute=False, lengths=None):

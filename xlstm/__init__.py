@@ -13,11 +13,17 @@ Keras weights).  None of them, and nothing here, imports CuPy, PyTorch or JAX.
 """
 
 from ._backend import BACKENDS, get_namespace, to_backend
-from ._engine import SequenceCache
+from ._engines.cache import SequenceCache
 from ._layout import GATE_ORDER, GATE_PARAMETERS, PARAMETER_KEYS
-from ._numpy.workspace import release as release_workspace
 from .activations import sigmoid, softmax
 from .cell import CellCache, lstm_cell_backward, lstm_cell_forward
+from .engines import (
+    ENGINE_CHOICES,
+    graph_replay,
+    release_workspace,
+    resolve_engine,
+    set_graph_replay,
+)
 from .parameters import init_parameters
 from .sequence import final_states, lstm_backward, lstm_forward
 
@@ -25,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "ENGINE_CHOICES",
     "GATE_ORDER",
     "GATE_PARAMETERS",
     "PARAMETER_KEYS",
@@ -33,12 +40,15 @@ __all__ = [
     "__version__",
     "final_states",
     "get_namespace",
+    "graph_replay",
     "init_parameters",
     "lstm_backward",
     "lstm_cell_backward",
     "lstm_cell_forward",
     "lstm_forward",
     "release_workspace",
+    "resolve_engine",
+    "set_graph_replay",
     "sigmoid",
     "softmax",
     "to_backend",

@@ -31,13 +31,31 @@ GATE_PARAMETERS = {"i": ("Wi", "bi"), "f": ("Wf", "bf"), "o": ("Wo", "bo"), "g":
 N_SIGMOID_GATES = 3
 """The first three gate blocks (i, f, o) are sigmoids, the last (g) is tanh."""
 
-PARAMETER_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
+GATE_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo")
+"""Keys of one LSTM layer's (one direction's) gate parameters, the seed's names."""
+
+OUTPUT_KEYS = ("Wy", "by")
+"""Keys of the output layer's parameters."""
+
+PARAMETER_KEYS = (*GATE_KEYS, *OUTPUT_KEYS)
 """Keys of the seed's parameter dict."""
 
-_WEIGHT_GRADIENT_KEYS = ("dWf", "dbf", "dWi", "dbi", "dWc", "dbc", "dWo", "dbo")
+GATE_GRADIENT_KEYS = tuple("d" + key for key in GATE_KEYS)
+"""Gradient keys of :data:`GATE_KEYS` (``dWf, dbf, ...``)."""
 
-CELL_GRADIENT_KEYS = ("dxt", "da_prev", "dc_prev", *_WEIGHT_GRADIENT_KEYS)
+GRADIENT_KEYS = tuple("d" + key for key in PARAMETER_KEYS)
+"""Gradient keys of :data:`PARAMETER_KEYS` (``dWf, ..., dWy, dby``)."""
+
+CELL_GRADIENT_KEYS = ("dxt", "da_prev", "dc_prev", *GATE_GRADIENT_KEYS)
 """Keys of :func:`lstm_cell_backward`'s result (the seed's)."""
 
-SEQUENCE_GRADIENT_KEYS = ("dx", "da0", "dc0", *_WEIGHT_GRADIENT_KEYS)
+SEQUENCE_GRADIENT_KEYS = ("dx", "da0", "dc0", *GATE_GRADIENT_KEYS)
 """Keys of :func:`lstm_backward`'s result."""
+
+
+def layer_key(key: str, layer: int, reverse: bool = False) -> str:
+    """Flat model key of one gate parameter, named as ``torch.nn.LSTM`` names its own.
+
+    ``layer_key("Wf", 1, True) == "Wf_l1_reverse"``; the output layer keeps ``Wy``, ``by``.
+    """
+    return f"{key}_l{layer}" + ("_reverse" if reverse else "")

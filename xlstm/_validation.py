@@ -28,7 +28,7 @@ class Sizes(NamedTuple):
     n_y: int
 
 
-def _shape(array: Any) -> tuple[int, ...]:
+def shape_of(array: Any) -> tuple[int, ...]:
     return tuple(int(size) for size in array.shape)
 
 
@@ -55,12 +55,12 @@ def parameter_sizes(parameters: Mapping[str, Any], *, need_output: bool = True) 
         if parameters[key].ndim != 2:
             msg = (
                 f"`parameters[{key!r}]` must be 2-D (n_a, n_a + n_x), "
-                f"got shape {_shape(parameters[key])}"
+                f"got shape {shape_of(parameters[key])}"
             )
             raise ValueError(msg)
     # The sizes are the shape most of the four gate weights agree on, so that
     # one badly shaped weight is the one named in the error.
-    shapes = [_shape(parameters[key]) for key in gate_weights]
+    shapes = [shape_of(parameters[key]) for key in gate_weights]
     n_a, n_concat = max(shapes, key=shapes.count)
     n_x = n_concat - n_a
     if n_a < 1 or n_x < 1:
@@ -73,7 +73,9 @@ def parameter_sizes(parameters: Mapping[str, Any], *, need_output: bool = True) 
     if need_output:
         wy = parameters["Wy"]
         if wy.ndim != 2 or wy.shape[1] != n_a or wy.shape[0] < 1:
-            msg = f"`parameters['Wy']` has shape {_shape(wy)}; expected (n_y, n_a) with n_a = {n_a}"
+            msg = (
+                f"`parameters['Wy']` has shape {shape_of(wy)}; expected (n_y, n_a) with n_a = {n_a}"
+            )
             raise ValueError(msg)
         n_y = int(wy.shape[0])
     expected = {
@@ -91,7 +93,7 @@ def parameter_sizes(parameters: Mapping[str, Any], *, need_output: bool = True) 
 
 def check_shape(name: str, array: Any, expected: tuple[int, ...], legend: str) -> None:
     """Raise ``ValueError`` unless ``array.shape == expected``."""
-    shape = _shape(array)
+    shape = shape_of(array)
     if shape != expected:
         msg = f"`{name}` has shape {shape}; expected {legend} = {expected}"
         raise ValueError(msg)
@@ -100,12 +102,12 @@ def check_shape(name: str, array: Any, expected: tuple[int, ...], legend: str) -
 def sequence_sizes(x: Any, sizes: Sizes) -> tuple[int, int]:
     """Check ``x`` is ``(n_x, m, T_x)`` with ``m, T_x >= 1``; return ``(m, T_x)``."""
     if x.ndim != 3:
-        msg = f"`x` must be 3-D (n_x, m, T_x), got {x.ndim}-D with shape {_shape(x)}"
+        msg = f"`x` must be 3-D (n_x, m, T_x), got {x.ndim}-D with shape {shape_of(x)}"
         raise ValueError(msg)
-    n_x, m, t_x = _shape(x)
+    n_x, m, t_x = shape_of(x)
     if n_x != sizes.n_x:
         msg = (
-            f"`x` has shape {_shape(x)} with n_x = {n_x}, but the weights expect "
+            f"`x` has shape {shape_of(x)} with n_x = {n_x}, but the weights expect "
             f"n_x = {sizes.n_x} (the gate weights are (n_a, n_a + n_x) = "
             f"({sizes.n_a}, {sizes.n_a + sizes.n_x}))"
         )
@@ -117,12 +119,12 @@ def sequence_sizes(x: Any, sizes: Sizes) -> tuple[int, int]:
 def step_batch(xt: Any, sizes: Sizes) -> int:
     """Check ``xt`` is ``(n_x, m)`` with ``m >= 1``; return ``m``."""
     if xt.ndim != 2:
-        msg = f"`xt` must be 2-D (n_x, m), got {xt.ndim}-D with shape {_shape(xt)}"
+        msg = f"`xt` must be 2-D (n_x, m), got {xt.ndim}-D with shape {shape_of(xt)}"
         raise ValueError(msg)
-    n_x, m = _shape(xt)
+    n_x, m = shape_of(xt)
     if n_x != sizes.n_x:
         msg = (
-            f"`xt` has shape {_shape(xt)} with n_x = {n_x}, "
+            f"`xt` has shape {shape_of(xt)} with n_x = {n_x}, "
             f"but the weights expect n_x = {sizes.n_x}"
         )
         raise ValueError(msg)
@@ -135,9 +137,9 @@ def _check_nonempty(name: str, array: Any, m: int, t_x: int) -> None:
     # an empty sequence has no last state to report and usually means a bug upstream.
     if m == 0:
         raise ValueError(
-            f"`{name}` has shape {_shape(array)} with batch size m = 0; expected m >= 1"
+            f"`{name}` has shape {shape_of(array)} with batch size m = 0; expected m >= 1"
         )
     if t_x == 0:
         raise ValueError(
-            f"`{name}` has shape {_shape(array)} with T_x = 0 time steps; expected T_x >= 1"
+            f"`{name}` has shape {shape_of(array)} with T_x = 0 time steps; expected T_x >= 1"
         )

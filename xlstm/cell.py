@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from . import _validation
 from ._backend import namespace_of
-from ._engine import cell_step, cell_step_backward
+from ._engines.generic import cell_step, cell_step_backward
 from ._layout import CELL_GRADIENT_KEYS
 from .activations import _softmax
 from .parameters import pack, unpack_gradients

@@ -32,22 +32,20 @@ What the layers compute (as ``torch.nn.LSTM`` does):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import array_api_compat
 import numpy as np
 
-from . import _engine, _threads, _validation
+from . import _threads, _validation
 from ._backend import namespace_of
-from ._engine import SequenceCache, final_state, sequence_states, time_major
-from ._lengths import check_lengths, choose_engine, reverse_time
+from ._engines.cache import SequenceCache, final_state, sequence_states, time_major
+from ._engines.contract import Engine
+from ._engines.dispatch import engine_option, select_engine
+from ._engines.lengths import check_lengths, reverse_time
+from ._layout import GATE_GRADIENT_KEYS, GATE_KEYS
+from ._validation import shape_of
 from .parameters import pack, unpack_gradients
-
-GATE_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo")
-"""Keys of one layer's (one direction's) parameter dict."""
-
-GATE_GRADIENT_KEYS = tuple("d" + key for key in GATE_KEYS)
 
 
 class DirectionCache(NamedTuple):
@@ -55,8 +53,9 @@ class DirectionCache(NamedTuple):
 
     cache: SequenceCache
     x: Any
-    """Input as the engine saw it, ``(n_in, m, T)`` (time-reversed for the reverse direction)."""
-    engine: ModuleType
+    """Input as the engine saw it, time-major ``(T, m, n_in)`` (time-reversed for the reverse
+    direction)."""
+    engine: Engine
 
 
 class MultiLayerCache(NamedTuple):
@@ -71,13 +70,11 @@ class MultiLayerCache(NamedTuple):
     num_layers: int
     bidirectional: bool
     n_a: int
+    engine: str
+    """The engine choice of the forward pass (``"auto"``, ``"numpy"``, ...); backward uses it."""
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _shape(array: Any) -> tuple[int, ...]:
-    return tuple(int(s) for s in array.shape)
 
 
 def _check_layers(layers: Any, num_layers: Any, directions: int) -> int:
@@ -124,7 +121,7 @@ def _check_layer_shapes(layers: Sequence[Mapping[str, Any]], n_x: int, direction
     """Every weight ``(n_a, n_a + n_in)`` and bias ``(n_a, 1)``; return ``n_a``."""
     first = layers[0]["Wf"]
     if first.ndim != 2 or first.shape[0] < 1:
-        msg = f"`layers[0]['Wf']` has shape {_shape(first)}; expected (n_a, n_a + n_x)"
+        msg = f"`layers[0]['Wf']` has shape {shape_of(first)}; expected (n_a, n_a + n_x)"
         raise ValueError(msg)
     n_a = int(first.shape[0])
     for index, layer in enumerate(layers):
@@ -165,11 +162,6 @@ def _initial_states(a0, c0, count, n_a, m, xp, dtype, device):
 # --------------------------------------------------------------------------- forward
 
 
-def _threaded(engine: ModuleType) -> bool:
-    """The NumPy fast path may run the two directions side by side (:mod:`xlstm._threads`)."""
-    return engine.__name__ == "xlstm._numpy.engine"
-
-
 def _dropout_mask(rng: np.random.Generator, shape, rate: float, xp, dtype, device) -> Any:
     keep = rng.random(shape) >= rate
     return xp.asarray(keep / (1.0 - rate), dtype=dtype, device=device)
@@ -188,7 +180,8 @@ def multilayer_forward(
     a0: Any = None,
     c0: Any = None,
     xp: Any = None,
-    fused: Any = "auto",
+    engine: str = "auto",
+    fused: Any = None,
     recompute: bool = False,
 ) -> tuple[Any, tuple[Any, Any], MultiLayerCache]:
     """Run a stacked (and optionally bidirectional) LSTM over a batch of sequences.
@@ -212,7 +205,7 @@ def multilayer_forward(
         ``False`` switches dropout off.
     a0, c0 : array, shape (num_layers * D, n_a, m), optional
         Initial states, ``torch.nn.LSTM`` order.  Default: zeros.
-    xp, fused, recompute
+    xp, engine, fused, recompute
         As in :func:`xlstm.lstm_forward`.
 
     Returns
@@ -239,10 +232,10 @@ def multilayer_forward(
         arrays["c0"] = c0
     xp = namespace_of(arrays, xp=xp)
     if x.ndim != 3:
-        raise ValueError(f"`x` must be 3-D (n_x, m, T), got shape {_shape(x)}")
-    n_x, m, t_x = _shape(x)
+        raise ValueError(f"`x` must be 3-D (n_x, m, T), got shape {shape_of(x)}")
+    n_x, m, t_x = shape_of(x)
     if m == 0 or t_x == 0:
-        raise ValueError(f"`x` has shape {_shape(x)}; expected m >= 1 and T >= 1")
+        raise ValueError(f"`x` has shape {shape_of(x)}; expected m >= 1 and T >= 1")
     n_a = _check_layer_shapes(layers, n_x, directions)
     if not isinstance(recompute, bool):
         raise TypeError(f"`recompute` must be a bool, got {type(recompute).__name__}")
@@ -250,34 +243,35 @@ def multilayer_forward(
     device = array_api_compat.device(x)
     count = num_layers * directions
     h0s, c0s = _initial_states(a0, c0, count, n_a, m, xp, x.dtype, device)
-    engine = choose_engine(xp, x.dtype, fused, needs_lengths=lengths is not None)
+    choice = engine_option(engine, fused)
+    runner = select_engine(xp, x.dtype, choice, lengths=lengths is not None)
+    # Independent directions side by side in two threads (see xlstm._threads).
+    threaded = runner.spec.numpy_in_place
     rng = None
     if training and rate > 0.0 and num_layers > 1:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def run_direction(index: int, reverse: bool, inputs_tm: Any):
         seen_tm = reverse_time(inputs_tm, lengths, xp) if reverse else inputs_tm
-        seen = time_major(seen_tm, xp)  # (n_in, m, T) view
         W, b = pack(layers[index], xp)
-        options = {} if lengths is None else {"lengths": lengths}
-        cache = engine.forward(
-            seen, h0s[index], c0s[index], W, b, xp=xp, recompute=recompute, **options
+        cache = runner.forward(
+            seen_tm, h0s[index], c0s[index], W, b, xp=xp, recompute=recompute, lengths=lengths
         )
         states, _ = sequence_states(cache, xp)
         h_n, c_n = final_state(cache, xp)
         states = reverse_time(states, lengths, xp) if reverse else states
-        return DirectionCache(cache, seen, engine), states, h_n.T, c_n.T
+        return DirectionCache(cache, seen_tm, runner), states, h_n.T, c_n.T
 
     inputs_tm = time_major(x, xp)
     results, masks = [], []
     for layer in range(num_layers):
         mask = None
         if layer > 0 and rng is not None:
-            mask = _dropout_mask(rng, _shape(inputs_tm), rate, xp, x.dtype, device)
+            mask = _dropout_mask(rng, shape_of(inputs_tm), rate, xp, x.dtype, device)
             inputs_tm = inputs_tm * mask
         masks.append(mask)
         first = layer * directions
-        if directions == 2 and _threaded(engine):
+        if directions == 2 and threaded:
             work = m * t_x * 4 * n_a * (n_a + int(inputs_tm.shape[2]))
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, inputs_tm),  # noqa: B023 (run at once)
@@ -294,7 +288,7 @@ def multilayer_forward(
     finals_c = [c_n for _, _, _, c_n in results]
 
     cache = MultiLayerCache(
-        tuple(directions_cache), tuple(masks), lengths, num_layers, bidirectional, n_a
+        tuple(directions_cache), tuple(masks), lengths, num_layers, bidirectional, n_a, choice
     )
     return time_major(inputs_tm, xp), (xp.stack(finals_h), xp.stack(finals_c)), cache
 
@@ -335,11 +329,12 @@ def multilayer_backward(
     n_a, lengths = cache.n_a, cache.lengths
     reference = cache.directions[0].x
     arrays = {"d_outputs": d_outputs, "cache input": reference}
+    final_grads = d_a_n is not None or d_c_n is not None
     for name, value in (("d_a_n", d_a_n), ("d_c_n", d_c_n)):
         if value is not None:
             arrays[name] = value
     xp = namespace_of(arrays, xp=xp)
-    _, m, t_x = _shape(reference)
+    t_x, m, _ = shape_of(reference)
     _validation.check_shape("d_outputs", d_outputs, (directions * n_a, m, t_x), "(D n_a, m, T)")
     for name, value in (("d_a_n", d_a_n), ("d_c_n", d_c_n)):
         if value is not None:
@@ -356,24 +351,28 @@ def multilayer_backward(
             final["dh_n"] = d_a_n[index, ...].T
         if d_c_n is not None:
             final["dc_n"] = d_c_n[index, ...].T
-        engine = entry.engine
-        if final and not getattr(engine, "SUPPORTS_LENGTHS", False):
-            engine = _engine  # a fast path without final-state gradients
-        dx, dh0, dc0, d_weights, d_bias = engine.backward(
+        dx_tm, dh0, dc0, d_weights, d_bias = runners[index].backward(
             entry.cache, entry.x, da_tm, None, xp=xp, **final
         )
-        dx_tm = time_major(dx, xp)
         if reverse:
             dx_tm = reverse_time(dx_tm, lengths, xp)
         return dx_tm, unpack_gradients(d_weights, d_bias, n_a, xp), dh0.T, dc0.T
 
+    # The forward pass's engine choice, for what backward needs (a cache to read, maybe
+    # final-state gradients): the one selection decides.
+    runners = [
+        select_engine(
+            xp, entry.x.dtype, cache.engine, final_state_grads=final_grads, cache=entry.cache
+        )
+        for entry in cache.directions
+    ]
     d_inputs_tm = time_major(d_outputs, xp)
     layer_grads: list[dict[str, Any]] = [{} for _ in range(count)]
     d_h0, d_c0 = [None] * count, [None] * count
     for layer in range(cache.num_layers - 1, -1, -1):
         first = layer * directions
-        if directions == 2 and _threaded(cache.directions[first].engine):
-            n_in = int(cache.directions[first].x.shape[0])
+        if directions == 2 and runners[first].spec.numpy_in_place:
+            n_in = int(cache.directions[first].x.shape[2])
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, d_inputs_tm),  # noqa: B023 (run at once)
                 lambda: run_direction(first + 1, True, d_inputs_tm),  # noqa: B023

@@ -9,10 +9,10 @@ from array_api_compat import device as _device
 
 from . import _validation
 from ._backend import namespace_of
-from ._dispatch import select_engine
-from ._engine import SequenceCache, final_state, sequence_states, step_masks, time_major
+from ._engines.cache import SequenceCache, final_state, sequence_states, step_masks, time_major
+from ._engines.dispatch import engine_option, select_engine
+from ._engines.lengths import check_lengths
 from ._layout import SEQUENCE_GRADIENT_KEYS
-from ._lengths import check_lengths, choose_engine, engine_of
 from .activations import _softmax
 from .parameters import pack, unpack_gradients
 
@@ -24,10 +24,12 @@ def lstm_forward(
     c0: Any = None,
     *,
     xp: Any = None,
-    fused: Any = "auto",
+    engine: str = "auto",
+    fused: Any = None,
     recompute: bool = False,
     lengths: Any = None,
-) -> tuple[Any, Any, Any, tuple[SequenceCache, Any]]:
+    cache: bool = True,
+) -> tuple[Any, Any, Any, tuple[SequenceCache, Any] | None]:
     r"""Run an LSTM over a batch of sequences.
 
     For ``t = 1..T_x``, with ``[a_{t-1}; x_t]`` the stacked previous hidden
@@ -57,14 +59,22 @@ def lstm_forward(
     xp : str or namespace, optional
         Array namespace.  Default: inferred from all array arguments, which
         must share one library, device and floating dtype.
-    fused : {"auto", True, False}, default "auto"
-        Use the backend's fast path (NumPy: preallocated in-place buffers;
-        CuPy: fused CUDA kernels).  ``False`` forces the generic array-API
-        path; ``True`` requires the fast path.  Both give the same numbers.
+    engine : {"auto", "generic", "numpy", "numba", "cupy"}, default "auto"
+        The engine that runs the recurrence (see :mod:`xlstm.engines`):
+        ``"auto"`` picks the backend's fastest engine that can run the call,
+        ``"generic"`` is the array-API reference; a named engine that cannot
+        run the call is a ``ValueError`` saying why.  All give the same numbers
+        (to rounding).
+    fused : {"auto", True, False}, optional
+        Alias of ``engine``: ``False`` is ``"generic"``, ``True`` requires the
+        backend's fast path, ``"auto"`` is ``"auto"``.
     recompute : bool, default False
         Memory-saving mode: keep only the states in the cache and recompute
         the gates in :func:`lstm_backward` (about 3.5x smaller cache, one more
         large matrix product in backward).
+    cache : bool, default True
+        ``False``: inference mode.  Nothing is kept for backward (no gates, no
+        reference to ``x``) and ``caches`` is ``None``.
     lengths : sequence of int or integer array, shape (m,), optional
         Variable-length batch, padded on the right: sequence ``j`` has
         ``lengths[j]`` real steps, ``1 <= lengths[j] <= T_x``.  Past its end the
@@ -82,10 +92,11 @@ def lstm_forward(
         Softmax outputs at every step.
     c : array, shape (n_a, m, T_x)
         Cell states ``c_1..c_T``.
-    caches : tuple
-        ``(SequenceCache, x)`` for :func:`lstm_backward`.  ``a`` and ``c``
-        may share memory with the cache: do not modify them in place before
-        calling backward.  :func:`final_states` reads the final states from it.
+    caches : tuple or None
+        ``(SequenceCache, x)`` for :func:`lstm_backward` (``None`` when
+        ``cache=False``).  ``a`` and ``c`` may share memory with the cache: do
+        not modify them in place before calling backward.  :func:`final_states`
+        reads the final states from it.
 
     Raises
     ------
@@ -107,20 +118,23 @@ def lstm_forward(
     _validation.check_shape("a0", a0, (sizes.n_a, m), "(n_a, m)")
     if c0 is not None:
         _validation.check_shape("c0", c0, (sizes.n_a, m), "(n_a, m)")
-    if not isinstance(recompute, bool):
-        raise TypeError(f"`recompute` must be a bool, got {type(recompute).__name__}")
+    for name, flag in (("recompute", recompute), ("cache", cache)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
     lengths = check_lengths(lengths, m, t_x)
-    engine = choose_engine(xp, x.dtype, fused, needs_lengths=lengths is not None)
+    choice = engine_option(engine, fused)
+    runner = select_engine(xp, x.dtype, choice, lengths=lengths is not None)
 
     W, b = pack(parameters, xp)
     h0 = a0.T
     c0_rows = xp.zeros_like(h0) if c0 is None else c0.T
-    if lengths is None:
-        cache = engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute)
-    else:
-        cache = engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute, lengths=lengths)
+    # Inference keeps only the states (the outputs): the memory-saving mode's forward.
+    store = runner.forward(
+        time_major(x, xp), h0, c0_rows, W, b, xp=xp, recompute=recompute or not cache,
+        lengths=lengths,
+    )  # fmt: skip
 
-    states, cells = sequence_states(cache, xp)
+    states, cells = sequence_states(store, xp)
     hidden_rows = xp.reshape(states, (t_x * m, sizes.n_a))
     logits = hidden_rows @ parameters["Wy"].T + parameters["by"].T
     probabilities = xp.reshape(_softmax(logits, 1, xp), (t_x, m, sizes.n_y))
@@ -130,7 +144,7 @@ def lstm_forward(
     a = time_major(states, xp)
     y = time_major(probabilities, xp)
     c = time_major(cells, xp)
-    return a, y, c, (cache, x)
+    return a, y, c, ((store, x) if cache else None)
 
 
 def final_states(caches: Any, *, xp: Any = None) -> tuple[Any, Any]:
@@ -153,6 +167,12 @@ def final_states(caches: Any, *, xp: Any = None) -> tuple[Any, Any]:
 
 
 def _check_caches(caches: Any) -> tuple[SequenceCache, Any]:
+    if caches is None:
+        msg = (
+            "`caches` is None: lstm_forward(..., cache=False) keeps nothing for backward; "
+            "run it with cache=True (the default)"
+        )
+        raise TypeError(msg)
     if not (
         isinstance(caches, tuple) and len(caches) == 2 and isinstance(caches[0], SequenceCache)
     ):
@@ -167,7 +187,8 @@ def lstm_backward(
     dc: Any = None,
     *,
     xp: Any = None,
-    fused: Any = "auto",
+    engine: str = "auto",
+    fused: Any = None,
     da_n: Any = None,
     dc_n: Any = None,
 ) -> dict[str, Any]:
@@ -199,8 +220,9 @@ def lstm_backward(
         The ``caches`` returned by :func:`lstm_forward`.
     dc : array, shape (n_a, m, T_x), optional
         The same for the cell states.  Default: none (zeros).
-    xp, fused
-        As in :func:`lstm_forward`.
+    xp, engine, fused
+        As in :func:`lstm_forward`.  ``"auto"`` picks an engine that can read
+        ``caches`` (any engine's cache is readable by the generic engine).
     da_n, dc_n : array, shape (n_a, m), optional
         Gradients reaching the final states (:func:`final_states`), like
         ``torch.nn.LSTM``'s ``h_n``, ``c_n``.  Without ``lengths`` this is the
@@ -223,8 +245,15 @@ def lstm_backward(
         if value is not None:
             arrays[name] = value
     xp = namespace_of(arrays, xp=xp)
-    _, m, t_x = (int(s) for s in x.shape)
-    n_a = int(cache.h.shape[2])
+    t_plus_one, m, n_a = (int(s) for s in cache.h.shape)
+    t_x, n_x = t_plus_one - 1, int(cache.W.shape[1]) - n_a
+    if tuple(int(s) for s in x.shape) != (n_x, m, t_x):
+        msg = (
+            f"`caches[1]` (x) has shape {tuple(int(s) for s in x.shape)}; the cache was made "
+            f"from x of shape (n_x, m, T_x) = {(n_x, m, t_x)}: pass the caches lstm_forward "
+            "returned, unchanged"
+        )
+        raise ValueError(msg)
     _validation.check_shape("da", da, (n_a, m, t_x), "(n_a, m, T_x)")
     if dc is not None:
         _validation.check_shape("dc", dc, (n_a, m, t_x), "(n_a, m, T_x)")
@@ -232,22 +261,16 @@ def lstm_backward(
         if value is not None:
             _validation.check_shape(name, value, (n_a, m), "(n_a, m)")
     final = da_n is not None or dc_n is not None
-    if final or cache.lengths is not None:
-        engine = engine_of(cache, choose_engine(xp, x.dtype, fused, needs_lengths=True))
-    else:
-        engine = select_engine(xp, x.dtype, fused)
+    choice = engine_option(engine, fused)
+    runner = select_engine(xp, x.dtype, choice, final_state_grads=final, cache=cache)
 
     dc_tm = None if dc is None else time_major(dc, xp)
-    da_tm = time_major(da, xp)
-    if final:
-        dh_n = None if da_n is None else da_n.T
-        dc_n_rows = None if dc_n is None else dc_n.T
-        dx, dh0, dc0, d_weights, d_bias = engine.backward(
-            cache, x, da_tm, dc_tm, xp=xp, dh_n=dh_n, dc_n=dc_n_rows
-        )
-    else:
-        dx, dh0, dc0, d_weights, d_bias = engine.backward(cache, x, da_tm, dc_tm, xp=xp)
-    gradients = {"dx": dx, "da0": dh0.T, "dc0": dc0.T}
+    dh_n = None if da_n is None else da_n.T
+    dc_n_rows = None if dc_n is None else dc_n.T
+    dx_tm, dh0, dc0, d_weights, d_bias = runner.backward(
+        cache, time_major(x, xp), time_major(da, xp), dc_tm, xp=xp, dh_n=dh_n, dc_n=dc_n_rows
+    )
+    gradients = {"dx": time_major(dx_tm, xp), "da0": dh0.T, "dc0": dc0.T}
     gradients.update(unpack_gradients(d_weights, d_bias, n_a, xp))
     return {key: gradients[key] for key in SEQUENCE_GRADIENT_KEYS}
 

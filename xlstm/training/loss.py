@@ -37,21 +37,16 @@ import array_api_compat
 
 from .. import _validation
 from .._backend import library_name, namespace_of
-from .._dispatch import select_engine
-from .._engine import time_major
-from .._layout import PARAMETER_KEYS
+from .._engines.cache import time_major
+from .._engines.dispatch import engine_option, select_engine
+from .._layout import GRADIENT_KEYS
+from .._validation import shape_of
 from ..parameters import pack, unpack_gradients
 
 REDUCTIONS = ("mean", "sum")
-GRADIENT_KEYS = tuple("d" + key for key in PARAMETER_KEYS)
-"""Keys of the gradient dict of :func:`loss_and_gradients`: ``dWf, dbf, ..., dWy, dby``."""
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _shape(array: Any) -> tuple[int, ...]:
-    return tuple(int(size) for size in array.shape)
 
 
 def _check_same_library(name: str, array: Any, xp: Any, reference: Any) -> None:
@@ -80,15 +75,15 @@ def _check_targets(
     if not xp.isdtype(targets.dtype, "integral"):
         msg = f"`targets` has dtype {targets.dtype}; expected an integer dtype (class indices)"
         raise TypeError(msg)
-    if _shape(targets) != shape:
-        raise ValueError(f"`targets` has shape {_shape(targets)}; expected {shape}")
+    if shape_of(targets) != shape:
+        raise ValueError(f"`targets` has shape {shape_of(targets)}; expected {shape}")
     if mask is not None:
         _check_same_library("mask", mask, xp, reference)
         if not (xp.isdtype(mask.dtype, "bool") or xp.isdtype(mask.dtype, "real floating")):
             msg = f"`mask` has dtype {mask.dtype}; expected bool or a real floating dtype (weights)"
             raise TypeError(msg)
-        if _shape(mask) != shape:
-            raise ValueError(f"`mask` has shape {_shape(mask)}; expected {shape}")
+        if shape_of(mask) != shape:
+            raise ValueError(f"`mask` has shape {shape_of(mask)}; expected {shape}")
     # Positions the mask switches off may hold anything (padding, -1, ...).
     bad = (targets < 0) | (targets >= n_classes)
     if mask is not None:
@@ -285,10 +280,10 @@ def softmax_cross_entropy(
     _check_axis(axis, logits.ndim)
     _check_reduction(reduction)
     axis = axis % logits.ndim
-    shape = _shape(logits)
+    shape = shape_of(logits)
     _check_targets(targets, mask, shape[:axis] + shape[axis + 1 :], shape[axis], xp, logits)
     weights, count = _weights_and_count(
-        mask, math.prod(_shape(targets)), logits.dtype, reduction, xp
+        mask, math.prod(shape_of(targets)), logits.dtype, reduction, xp
     )
     return _cross_entropy(logits, targets, weights, count, axis, xp)
 
@@ -329,13 +324,14 @@ def output_backward(dlogits: Any, a: Any, Wy: Any, /, *, xp: Any = None) -> tupl
     dby : array, shape (n_y, 1)
     """
     xp = namespace_of({"dlogits": dlogits, "a": a, "Wy": Wy}, xp=xp)
-    n_y, n_a = _shape(Wy) if Wy.ndim == 2 else (None, None)
+    n_y, n_a = shape_of(Wy) if Wy.ndim == 2 else (None, None)
     if a.ndim != 3 or Wy.ndim != 2 or a.shape[0] != n_a:
         msg = (
-            f"`a` has shape {_shape(a)} and `Wy` {_shape(Wy)}; expected (n_a, m, T) and (n_y, n_a)"
+            f"`a` has shape {shape_of(a)} and `Wy` {shape_of(Wy)}; "
+            "expected (n_a, m, T) and (n_y, n_a)"
         )
         raise ValueError(msg)
-    _, m, t_x = _shape(a)
+    _, m, t_x = shape_of(a)
     _validation.check_shape("dlogits", dlogits, (n_y, m, t_x), "(n_y, m, T)")
     dz = xp.reshape(time_major(dlogits, xp), (t_x * m, n_y))
     h_rows = xp.reshape(time_major(a, xp), (t_x * m, n_a))
@@ -345,10 +341,10 @@ def output_backward(dlogits: Any, a: Any, Wy: Any, /, *, xp: Any = None) -> tupl
 
 def _check_output_shapes(a: Any, Wy: Any, by: Any) -> tuple[int, int, int, int]:
     if Wy.ndim != 2:
-        raise ValueError(f"`Wy` has shape {_shape(Wy)}; expected (n_y, n_a)")
-    n_y, n_a = _shape(Wy)
+        raise ValueError(f"`Wy` has shape {shape_of(Wy)}; expected (n_y, n_a)")
+    n_y, n_a = shape_of(Wy)
     if a.ndim != 3 or a.shape[0] != n_a:
-        raise ValueError(f"`a` has shape {_shape(a)}; expected (n_a, m, T) with n_a = {n_a}")
+        raise ValueError(f"`a` has shape {shape_of(a)}; expected (n_a, m, T) with n_a = {n_a}")
     _validation.check_shape("by", by, (n_y, 1), "(n_y, 1)")
     return n_y, n_a, int(a.shape[1]), int(a.shape[2])
 
@@ -356,7 +352,7 @@ def _check_output_shapes(a: Any, Wy: Any, by: Any) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------- whole model
 
 
-def _prepare(x, targets, parameters, a0, c0, mask, xp, fused, reduction):
+def _prepare(x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction):
     """Validate everything up front; return what the forward pass needs."""
     _validation.check_parameter_dict(parameters)
     arrays = {"x": x, **_validation.named_parameters(parameters)}
@@ -372,8 +368,8 @@ def _prepare(x, targets, parameters, a0, c0, mask, xp, fused, reduction):
             _validation.check_shape(name, state, (sizes.n_a, m), "(n_a, m)")
     _check_reduction(reduction)
     _check_targets(targets, mask, (m, t_x), sizes.n_y, xp, x)
-    engine = select_engine(xp, x.dtype, fused)
-    return xp, sizes, m, t_x, engine
+    runner = select_engine(xp, x.dtype, engine_option(engine, fused))
+    return xp, sizes, m, t_x, runner
 
 
 def _run_forward(x, parameters, a0, c0, engine, xp, sizes, m, recompute):
@@ -382,7 +378,7 @@ def _run_forward(x, parameters, a0, c0, engine, xp, sizes, m, recompute):
     zeros = xp.zeros((m, sizes.n_a), dtype=x.dtype, device=array_api_compat.device(x))
     h0 = zeros if a0 is None else a0.T
     c0_rows = zeros if c0 is None else c0.T
-    return engine.forward(x, h0, c0_rows, W, b, xp=xp, recompute=recompute)
+    return engine.forward(time_major(x, xp), h0, c0_rows, W, b, xp=xp, recompute=recompute)
 
 
 def _final_state(cache: Any, t_x: int, xp: Any) -> tuple[Any, Any]:
@@ -409,7 +405,8 @@ def loss_and_gradients(
     mask: Any = None,
     *,
     xp: Any = None,
-    fused: Any = "auto",
+    engine: str = "auto",
+    fused: Any = None,
     recompute: bool = False,
     reduction: str = "mean",
 ) -> tuple[Any, dict[str, Any], tuple[Any, Any]]:
@@ -434,8 +431,8 @@ def loss_and_gradients(
     mask : array, shape (m, T), optional
         ``bool`` or real weights; masked-out positions add nothing to loss or gradients.
     xp : str or namespace, optional
-    fused : {"auto", True, False}, default "auto"
-        The recurrence's fast path, as in :func:`xlstm.lstm_forward`.
+    engine, fused
+        The recurrence's engine, as in :func:`xlstm.lstm_forward`.
     recompute : bool, default False
         Memory-saving mode of :func:`xlstm.lstm_forward`.
     reduction : {"mean", "sum"}, default "mean"
@@ -453,8 +450,10 @@ def loss_and_gradients(
     TypeError, ValueError
         As :func:`xlstm.lstm_forward` and :func:`softmax_cross_entropy`.
     """
-    xp, sizes, m, t_x, engine = _prepare(x, targets, parameters, a0, c0, mask, xp, fused, reduction)
-    cache = _run_forward(x, parameters, a0, c0, engine, xp, sizes, m, recompute)
+    xp, sizes, m, t_x, runner = _prepare(
+        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
+    )
+    cache = _run_forward(x, parameters, a0, c0, runner, xp, sizes, m, recompute)
 
     # The output layer runs on all T*m hidden rows at once, in the engine's
     # time-major order (a free reshape of h[1:]), and hands dh back in that order.
@@ -464,12 +463,12 @@ def loss_and_gradients(
         None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
     )
     target_rows = _time_major_rows(targets, xp)
-    if fused is not False and array_api_compat.is_numpy_namespace(xp):
+    if runner.spec.numpy_in_place:
         loss, dz = _numpy_output_cross_entropy(h_rows, Wy, by, target_rows, weights, count)
     else:
         loss, dz = _cross_entropy(_output_rows(h_rows, Wy, by), target_rows, weights, count, 1, xp)
     dh = xp.reshape(dz @ Wy, (t_x, m, sizes.n_a))
-    _, _, _, d_weights, d_bias = engine.backward(cache, x, dh, None, xp=xp)
+    _, _, _, d_weights, d_bias = runner.backward(cache, time_major(x, xp), dh, None, xp=xp)
 
     grads = unpack_gradients(d_weights, d_bias, sizes.n_a, xp)
     grads["dWy"] = dz.T @ h_rows
@@ -486,7 +485,8 @@ def sequence_loss(
     mask: Any = None,
     *,
     xp: Any = None,
-    fused: Any = "auto",
+    engine: str = "auto",
+    fused: Any = None,
     reduction: str = "mean",
 ) -> tuple[Any, tuple[Any, Any]]:
     """The loss of :func:`loss_and_gradients` without the backward pass (for evaluation).
@@ -496,8 +496,10 @@ def sequence_loss(
     loss : 0-d array
     state : tuple (a_T, c_T)
     """
-    xp, sizes, m, t_x, engine = _prepare(x, targets, parameters, a0, c0, mask, xp, fused, reduction)
-    cache = _run_forward(x, parameters, a0, c0, engine, xp, sizes, m, True)
+    xp, sizes, m, t_x, runner = _prepare(
+        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
+    )
+    cache = _run_forward(x, parameters, a0, c0, runner, xp, sizes, m, True)
     h_rows = xp.reshape(cache.h[1:, ...], (t_x * m, sizes.n_a))
     weights, count = _weights_and_count(
         None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp

@@ -32,10 +32,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .._backend import namespace_of
-
-
-def _shape(array: Any) -> tuple[int, ...]:
-    return tuple(int(size) for size in array.shape)
+from .._validation import shape_of
 
 
 def _check_real(name: str, value: Any, low: float, high: float = math.inf, *, open_low=False):
@@ -73,10 +70,10 @@ def _namespace(parameters: Any, grads: Any) -> Any:
     xp = namespace_of(arrays)
     for key, value in parameters.items():
         gradient = grads[f"d{key}"]
-        if _shape(gradient) != _shape(value):
+        if shape_of(gradient) != shape_of(value):
             msg = (
-                f"`grads['d{key}']` has shape {_shape(gradient)}; expected the shape of "
-                f"parameters[{key!r}], {_shape(value)}"
+                f"`grads['d{key}']` has shape {shape_of(gradient)}; expected the shape of "
+                f"parameters[{key!r}], {shape_of(value)}"
             )
             raise ValueError(msg)
     return xp
@@ -95,8 +92,8 @@ def _check_state(state: Any, parameters: Mapping[str, Any], slots: tuple[str, ..
             )
             raise ValueError(msg)
         for key, value in parameters.items():
-            if _shape(buffers[key]) != _shape(value):
-                found, expected = _shape(buffers[key]), _shape(value)
+            if shape_of(buffers[key]) != shape_of(value):
+                found, expected = shape_of(buffers[key]), shape_of(value)
                 msg = f"`state[{slot!r}][{key!r}]` has shape {found}; expected {expected}"
                 raise ValueError(msg)
 

@@ -1,6 +1,6 @@
 """NumPy fast path for variable-length batches: rows sorted by length, a shrinking batch.
 
-Same recurrence and :class:`~xlstm._engine.SequenceCache` as :mod:`xlstm._numpy.engine`,
+Same recurrence and :class:`~xlstm._engines.cache.SequenceCache` as :mod:`.padded`,
 for ``lengths`` given (``1 <= lengths[j] <= T``).  Why a separate loop: the rows of
 the batch are stored sorted by decreasing length (``SequenceCache.order``), so at step
 ``t`` the sequences still running are a *prefix* of ``k_t`` rows.  Every operation of
@@ -15,7 +15,7 @@ length (balanced work), each stored sorted by decreasing length: each group's
 running sequences are a prefix of the group, and each group runs its own loop.
 A cache's groups are its runs of decreasing lengths (one or two).
 
-Semantics (those of the generic engine, :mod:`xlstm._engine`): past a sequence's end
+Semantics (those of the generic engine, :mod:`xlstm._engines.generic`): past a sequence's end
 the step is the identity (``h_t = h_{t-1}``, ``c_t = c_{t-1}``); the gates and
 ``tanh(c)`` stored for padded steps are zeros; backward ignores external gradients at
 padded steps and passes the recurrent gradients straight through them, so ``dx`` is
@@ -27,21 +27,20 @@ from __future__ import annotations
 import itertools
 from functools import partial
 
-import array_api_compat.numpy as compat_numpy
 import numpy as np
 
-from .. import _engine, _threads
-from .._engine import SequenceCache, inverse_order, segment_length
+from ... import _threads
+from ..cache import SequenceCache, inverse_order, segment_length
 from . import workspace
-from .engine import (
-    _activate_halved,
-    _halved_weights,
-    _local_derivatives,
-    _project_segment,
-    _recurrent_weights,
-    _segment_gates,
-    _segment_products,
-    _time_major_rows,
+from .step import (
+    activate_halved,
+    gate_reader,
+    halved_weights,
+    local_derivatives,
+    project_segment,
+    recurrent_weights,
+    segment_products,
+    time_major_rows,
 )
 
 MIN_GROUP_ROWS = 8
@@ -71,7 +70,7 @@ def _running(stored_lengths: np.ndarray, group: tuple[int, int], t_x: int) -> np
 def _rows(array: np.ndarray, order: np.ndarray | None, start: int, stop: int) -> np.ndarray:
     """``array[:, :, start:stop]`` (seed layout) as time-major rows in storage order."""
     if order is None:
-        return _time_major_rows(array, start, stop)
+        return time_major_rows(array, start, stop)
     segment = np.take(array[:, :, start:stop].transpose(2, 1, 0), order, axis=1)
     return segment.reshape(-1, array.shape[0])  # np.take made it C-contiguous
 
@@ -109,7 +108,7 @@ def _forward_group(
         z = gates[t - offset, rows]
         np.matmul(h[t, rows], recurrent_T, out=recurrent[:k])
         z += recurrent[:k]
-        _activate_halved(z, n_a)
+        activate_halved(z, n_a)
         i, f, o, g = (z[:, j * n_a : (j + 1) * n_a] for j in range(4))
         c_t = c[t + 1, rows]
         np.multiply(f, c[t, rows], out=c_t)
@@ -129,7 +128,7 @@ def _forward_group(
 
 
 def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> SequenceCache:
-    """Run the sequence (see :func:`xlstm._engine.forward`)."""
+    """Run the sequence; ``x`` is the seed-layout ``(n_x, m, T)`` view (see :mod:`.engine`)."""
     _, m, t_x = x.shape
     n_a = h0.shape[1]
     dtype = x.dtype
@@ -141,7 +140,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     groups = _groups(stored)
     running = [_running(stored, group, t_x) for group in groups]
     t_end = int(stored.max())
-    weights = _halved_weights(W, b, n_a, rows=int(np.sum(lengths)))
+    weights = halved_weights(W, b, n_a, rows=int(np.sum(lengths)))
     recurrent_T = weights.recurrent_T
 
     h = np.empty((t_x + 1, m, n_a), dtype)
@@ -159,7 +158,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     for start in range(0, t_end, step):
         stop = min(t_end, start + step)
         offset = start if recompute else 0
-        _project_segment(
+        project_segment(
             _rows(x, order, start, stop),
             h,
             weights,
@@ -199,7 +198,7 @@ def _backward_group(
     n_a = c.shape[2]
     span = stop - start
     rows = slice(first, last)
-    _local_derivatives(
+    local_derivatives(
         gates[:span, rows], c[start:stop, rows], tanh_c[:span, rows],
         dz_segment[:span, rows], dc_from_dh[:span, rows], n_a,
     )  # fmt: skip
@@ -227,13 +226,20 @@ def _backward_group(
             dz[first + k : last] = 0
 
 
+def cache_reason(cache: SequenceCache) -> str | None:
+    """Why :func:`backward` cannot read ``cache`` (``None``: it can).
+
+    It needs the rows in at most two runs of decreasing length, as :func:`forward`
+    stores them; a cache from another engine (batch order) usually is not.
+    """
+    if len(_groups(cache.lengths)) > 2:
+        return "the cache's rows are not grouped by decreasing length (made by another engine)"
+    return None
+
+
 def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
-    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+    """Backpropagation through time; returns ``dx`` time-major ``(T, m, n_x)``."""
     groups = _groups(cache.lengths)
-    if len(groups) > 2:
-        # Rows not in (at most two) runs of decreasing length, e.g. a cache made by the
-        # generic engine: the prefix trick does not apply; the generic engine reads any cache.
-        return _engine.backward(cache, x, da_tm, dc_tm, xp=compat_numpy, dh_n=dh_n, dc_n=dc_n)
     n_x, m, t_x = x.shape
     h, c, W, order = cache.h, cache.c, cache.W, cache.order
     n_a = h.shape[2]
@@ -241,9 +247,9 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     running = [_running(cache.lengths, group, t_x) for group in groups]
     t_end = int(cache.lengths.max())
     work = 2 * int(np.sum(cache.lengths)) * 4 * n_a * n_a
-    w_h, w_x = _recurrent_weights(W, n_a), W[:, n_a:]
+    w_h, w_x = recurrent_weights(W, n_a), W[:, n_a:]
     step = segment_length(t_x, m, n_a, cache.recompute)
-    segment_gates = _segment_gates(cache, step)
+    read_gates = gate_reader(cache, step)
 
     def storage(state):
         if state is None:
@@ -260,7 +266,7 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
     for stop in range(t_end, 0, -step):
         start = max(0, stop - step)
         x_rows = _rows(x, order, start, stop)
-        gates, tanh_c = segment_gates(x_rows, start, stop)
+        gates, tanh_c = read_gates(x_rows, start, stop)
         da_segment = _time_rows(da_tm, order, start, stop)
         dc_segment = None if dc_tm is None else _time_rows(dc_tm, order, start, stop)
         bodies = [
@@ -271,11 +277,11 @@ def backward(cache: SequenceCache, x, da_tm, dc_tm, *, dh_n=None, dc_n=None):
             for group, counts in zip(groups, running, strict=True)
         ]  # fmt: skip
         _run_groups(bodies, work)
-        _segment_products(
+        segment_products(
             dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, first=stop == t_end
         )
     if order is not None:
         inverse = inverse_order(order)
         dx_tm = np.take(dx_tm, inverse, axis=1)
         dh_next, dc_next = dh_next[inverse], dc_next[inverse]
-    return dx_tm.transpose(2, 1, 0), dh_next, dc_next, d_weights, d_bias
+    return dx_tm, dh_next, dc_next, d_weights, d_bias

@@ -1,7 +1,7 @@
 """CuPy fast path of the sequence engine: fused step kernels, optional graph replay.
 
-Same algorithm, layout and :class:`~xlstm._engine.SequenceCache` as the generic
-engine (:mod:`xlstm._engine`), so caches move freely between engines; tests
+Same algorithm, layout and :class:`~xlstm._engines.cache.SequenceCache` as the generic
+engine (:mod:`xlstm._engines.generic`), so caches move freely between engines; tests
 check that both give the same numbers.  Why it exists: on CuPy the generic path
 launches a dozen small kernels per step and is bound by launch overhead.  Here
 each step is two launches:
@@ -16,7 +16,7 @@ each step is two launches:
 The input projection of a segment of steps is one product before its loop;
 the weight, bias and input gradients are a few large products after it
 (``dW = dZ^T [H_prev | X]``, ``db = 1^T dZ``, ``dX = dZ W_x``), per segment of
-:func:`~xlstm._engine.segment_length` steps, as in the NumPy fast path.  Why
+:func:`~xlstm._engines.cache.segment_length` steps, as in the NumPy fast path.  Why
 the kernel, not ``cupy.matmul``, adds the input projection: ``cupy.matmul``
 always overwrites its output (cuBLAS beta = 0), so the recurrent product goes
 to its own buffer and the kernel sums the two parts while it reads them anyway.
@@ -37,8 +37,9 @@ and every product writes into a contiguous ``out=`` (``cupy.matmul`` makes no
 temporary then).
 
 Variable-length batches (``lengths``) and final-state gradients are not
-implemented here (no ``SUPPORTS_LENGTHS``): ``fused="auto"`` gives such calls to
-the generic engine, ``fused=True`` refuses them with a ValueError.
+implemented here (its :class:`~xlstm._engines.contract.EngineSpec` says so):
+``engine="auto"`` gives such calls to the generic engine, ``engine="cupy"`` refuses
+them with a ValueError.
 
 The engine reaches CuPy only through :func:`_runtime`, one small object, so that
 its bookkeeping (segments, buffers, capture, copy-in and copy-out) can also be
@@ -59,8 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _engine
-from .._engine import SequenceCache
+from ..cache import SequenceCache, segment_length
 from . import _kernels
 
 GRAPH_ENV = "XLSTM_CUPY_GRAPHS"
@@ -80,7 +80,7 @@ _graph_override: bool | None = None
 # --------------------------------------------------------------------------- switches
 
 
-def unsupported_reason(xp: Any, dtype: Any) -> str | None:
+def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
     """Why the fused kernels cannot run for ``dtype`` (``None``: they can).
 
     float32 and float64 are supported.  float16 is not: the kernels would need
@@ -213,7 +213,7 @@ class _Dims:
     @classmethod
     def of(cls, x: Any, n_a: int, recompute: bool) -> _Dims:
         n_x, m, t_x = (int(s) for s in x.shape)
-        step = _engine.segment_length(t_x, m, int(n_a), recompute)
+        step = segment_length(t_x, m, int(n_a), recompute)
         return cls(n_x, m, t_x, int(n_a), step)
 
     def segments(self) -> list[tuple[int, int]]:
@@ -424,7 +424,7 @@ def _fill_inputs(xp, inputs: dict, x: Any, W: Any, b: Any, n_a: int) -> None:
 
 def _results(grads: dict) -> tuple:
     return (
-        grads["dx_tm"].transpose(2, 1, 0),
+        grads["dx_tm"],
         grads["dh"],
         grads["dc"],
         grads["d_weights"],
@@ -661,8 +661,16 @@ def _backward_replayed(rt, cache: SequenceCache, x, da_tm, dc_tm) -> tuple:
 # --------------------------------------------------------------------------- the protocol
 
 
-def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCache:
-    """Run the sequence (see :func:`xlstm._engine.forward`)."""
+def forward(
+    x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None
+) -> SequenceCache:
+    """Run the sequence (contract: :class:`~xlstm._engines.contract.EngineModule`).
+
+    ``x`` is time-major ``(T, m, n_x)``; the kernels read the seed-layout view of it.
+    """
+    if lengths is not None:
+        raise ValueError("the CuPy engine does not support `lengths` (the dispatcher knows)")
+    x = x.transpose(2, 1, 0)
     rt = _runtime()
     with rt.device(x):
         if graph_replay_enabled():
@@ -670,8 +678,14 @@ def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool) -> SequenceCach
         return _forward_eager(rt, x, h0, c0, W, b, recompute)
 
 
-def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None):
-    """Backpropagation through time (see :func:`xlstm._engine.backward`)."""
+def backward(
+    cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n: Any = None, dc_n: Any = None
+):
+    """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
+    if dh_n is not None or dc_n is not None or cache.lengths is not None:
+        msg = "the CuPy engine does not support final-state gradients or `lengths` caches"
+        raise ValueError(msg)
+    x = x.transpose(2, 1, 0)
     rt = _runtime()
     with rt.device(x):
         if graph_replay_enabled():

@@ -1,12 +1,8 @@
-"""NumPy fast path of the sequence engine.
+"""The pieces of a NumPy LSTM step shared by the padded and the variable-length loops.
 
-Same algorithm, layout and :class:`~xlstm._engine.SequenceCache` as the generic
-engine (:mod:`xlstm._engine`), but every array is preallocated once per call
-and every element-wise operation writes with ``out=`` into it.  Why: the
-generic path allocates a dozen temporaries per step, and at the sizes people
-run on a CPU the allocator and the extra passes over memory cost as much as
-the recurrent matrix product itself.  The generic engine stays the reference;
-tests check that both give the same numbers.
+Both loops (:mod:`.padded`, :mod:`.masked`) use the same weights layout, input
+projection, activation, backward factors and per-segment products; only the
+per-step loop differs (whole batch, or a shrinking prefix of rows sorted by length).
 
 Two folds save passes over the gates:
 
@@ -15,25 +11,22 @@ Two folds save passes over the gates:
   pre-activations come out of the products already halved;
 * the input projection of a whole segment of steps is one product written
   straight into the gate buffer, which the recurrent product then adds to.
+
+Every temporary lives in the per-thread workspace (:mod:`.workspace`).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from .._engine import SequenceCache, segment_length
-from .._layout import N_SIGMOID_GATES
+from ..._layout import N_SIGMOID_GATES
+from ..cache import SequenceCache
 from . import workspace
 
 
-def unsupported_reason(xp: Any, dtype: Any) -> str | None:
-    """NumPy's fast path accepts every real floating dtype."""
-    return None
-
-
-def _time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+def time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     """``x[:, :, start:stop]`` as rows ``(k * m, n_x)`` in time-major order.
 
     The copy only swaps the last two axes, ``(n_x, m, k) -> (n_x, k, m)``: each
@@ -48,11 +41,11 @@ def _time_major_rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     return swapped.reshape(n_x, -1).T
 
 
-def _swap_last_axes(array_tm: np.ndarray, start: int, stop: int, name: str) -> np.ndarray:
+def swap_last_axes(array_tm: np.ndarray, start: int, stop: int, name: str) -> np.ndarray:
     """Steps ``start:stop`` of a ``(T, m, n)`` view of an ``(n, m, T)`` array, as ``(n, k, m)``.
 
     The copy swaps only the last two axes of the caller's ``(n, m, T)`` array
-    (fast, see :func:`_time_major_rows`); step ``t`` is then ``[:, t].T``, an
+    (fast, see :func:`time_major_rows`); step ``t`` is then ``[:, t].T``, an
     ``(m, n)`` view whose reads stay within one small block.  The copy is the
     workspace buffer ``name``.
     """
@@ -62,7 +55,7 @@ def _swap_last_axes(array_tm: np.ndarray, start: int, stop: int, name: str) -> n
     return swapped
 
 
-#: Rows of ``W`` per block of the transposing copy in :func:`_halved_weights`:
+#: Rows of ``W`` per block of the transposing copy in :func:`halved_weights`:
 #: one block's rows and its columns of the result stay in cache (a plain
 #: transposing copy is 3-5x slower at ``n_a >= 512``; 32-128 measured alike).
 TRANSPOSE_BLOCK = 64
@@ -95,7 +88,7 @@ class HalvedWeights(NamedTuple):
     bias: np.ndarray
 
 
-def _halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, *, rows: int) -> HalvedWeights:
+def halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, *, rows: int) -> HalvedWeights:
     """Copies of ``W``, ``b`` with the sigmoid gates' rows halved (see :class:`HalvedWeights`).
 
     ``rows``: the rows the per-step products ``h_{t-1} W_h^T`` will see in all
@@ -115,7 +108,7 @@ def _halved_weights(W: np.ndarray, b: np.ndarray, n_a: int, *, rows: int) -> Hal
     return HalvedWeights(recurrent_T, np.multiply(W[:, n_a:], column, out=inputs), b * scale)
 
 
-def _activate_halved(z: np.ndarray, n_a: int) -> None:
+def activate_halved(z: np.ndarray, n_a: int) -> None:
     """In place: ``z`` holds ``[z_ifo / 2, z_g]`` and becomes the activations.
 
     One ``tanh`` over all four blocks (the sigmoid gates' halving is already in
@@ -130,7 +123,7 @@ def _activate_halved(z: np.ndarray, n_a: int) -> None:
     sigmoid_block += half
 
 
-def _project_segment(
+def project_segment(
     x_rows: np.ndarray,
     h: np.ndarray,
     weights: HalvedWeights,
@@ -143,7 +136,7 @@ def _project_segment(
     """Write the (halved) pre-activations of steps ``start:stop`` into ``out``.
 
     ``x_rows`` are the segment's inputs as time-major rows ``(k * m, n_x)`` (see
-    :func:`_time_major_rows`).  ``with_recurrent`` adds ``h_{t-1} W_h^T`` for
+    :func:`time_major_rows`).  ``with_recurrent`` adds ``h_{t-1} W_h^T`` for
     every step at once (used when recomputing, where all ``h_{t-1}`` are known).
     """
     n_a = h.shape[2]
@@ -155,81 +148,7 @@ def _project_segment(
     rows += weights.bias
 
 
-#: ``forward`` takes ``lengths``, ``backward`` takes ``dh_n``/``dc_n`` (see :mod:`xlstm._engine`).
-SUPPORTS_LENGTHS = True
-
-
-def forward(
-    x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None
-) -> SequenceCache:
-    """Run the sequence (see :func:`xlstm._engine.forward`)."""
-    if lengths is not None:
-        from . import masked  # variable lengths: sorted rows, shrinking batch
-
-        return masked.forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths)
-    _, m, t_x = x.shape
-    n_a = h0.shape[1]
-    dtype = x.dtype
-    weights = _halved_weights(W, b, n_a, rows=t_x * m)
-    recurrent_T = weights.recurrent_T
-
-    h = np.empty((t_x + 1, m, n_a), dtype)
-    c = np.empty((t_x + 1, m, n_a), dtype)
-    h[0] = h0
-    c[0] = c0
-    step = segment_length(t_x, m, n_a, recompute)
-    if recompute:
-        # Per-segment temporaries: the cache keeps only h and c.
-        gates = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
-        tanh_c = workspace.scratch("tanh_step", (1, m, n_a), dtype)
-    else:
-        gates = np.empty((t_x, m, 4 * n_a), dtype)
-        tanh_c = np.empty((t_x, m, n_a), dtype)
-    recurrent = workspace.scratch("recurrent", (m, 4 * n_a), dtype)
-    product = workspace.scratch("product", (m, n_a), dtype)
-    # Views over all steps, made once: the loop then only indexes them by step.
-    # At small sizes (S1) a step is a dozen NumPy calls on tiny arrays, and
-    # slicing each step's gates anew cost a tenth of the forward pass.
-    sigmoid_gates = gates[..., : N_SIGMOID_GATES * n_a]
-    gate_i, gate_f, gate_o, gate_g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
-    half = dtype.type(0.5)  # a typed scalar: see _activate_halved
-    tanh, multiply, add = np.tanh, np.multiply, np.add
-    for start in range(0, t_x, step):
-        stop = min(t_x, start + step)
-        offset = start if recompute else 0
-        _project_segment(
-            _time_major_rows(x, start, stop),
-            h,
-            weights,
-            start,
-            stop,
-            gates[start - offset :],
-            with_recurrent=False,
-        )
-
-        for t in range(start, stop):
-            j = t - offset
-            z = gates[j]
-            np.matmul(h[t], recurrent_T, out=recurrent)
-            add(z, recurrent, out=z)
-            # _activate_halved, inlined.
-            tanh(z, out=z)
-            sigmoid = sigmoid_gates[j]
-            multiply(sigmoid, half, out=sigmoid)
-            add(sigmoid, half, out=sigmoid)
-            c_t = c[t + 1]
-            multiply(gate_f[j], c[t], out=c_t)
-            multiply(gate_i[j], gate_g[j], out=product)
-            add(c_t, product, out=c_t)
-            tanh_t = tanh_c[0 if recompute else t]
-            tanh(c_t, out=tanh_t)
-            multiply(gate_o[j], tanh_t, out=h[t + 1])
-    if recompute:
-        return SequenceCache(h, c, None, None, W, b)
-    return SequenceCache(h, c, gates, tanh_c, W, b)
-
-
-def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
+def local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     """Per-step factors of the backward pass that need no recurrent gradient.
 
     For a whole segment at once (few large calls instead of many small ones
@@ -241,7 +160,7 @@ def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
         dz_o = dh * [tanh_c o (1 - o)]   dz_g = dc * [i (1 - g^2)]
         dc  += dh * [o (1 - tanh_c^2)]
     """
-    one = gates.dtype.type(1)  # a typed scalar: see _activate_halved
+    one = gates.dtype.type(1)  # a typed scalar: see activate_halved
     i, f, o, g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
     dz_i, dz_f, dz_o, dz_g = (dz[..., k * n_a : (k + 1) * n_a] for k in range(4))
     # s (1 - s) of the three sigmoid gates as one block: 3x longer rows, fewer
@@ -263,14 +182,14 @@ def _local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     dc_from_dh *= o
 
 
-def _recurrent_weights(W: np.ndarray, n_a: int) -> np.ndarray:
+def recurrent_weights(W: np.ndarray, n_a: int) -> np.ndarray:
     """``W_h`` as a C-contiguous workspace copy, for the per-step product ``dz W_h``."""
     w_h = workspace.scratch("w_h", (W.shape[0], n_a), W.dtype)
     np.copyto(w_h, W[:, :n_a])
     return w_h
 
 
-def _segment_gates(cache: SequenceCache, step: int):
+def gate_reader(cache: SequenceCache, step: int):
     """A function ``(x_rows, start, stop) -> (gates, tanh_c)`` of steps ``start:stop``.
 
     With stored gates, slices of the cache; in the memory-saving mode, recomputed
@@ -282,21 +201,21 @@ def _segment_gates(cache: SequenceCache, step: int):
         return lambda x_rows, start, stop: (cache.gates[start:stop], cache.tanh_c[start:stop])
     h, c = cache.h, cache.c
     m, n_a, dtype = h.shape[1], h.shape[2], h.dtype
-    weights = _halved_weights(cache.W, cache.b, n_a, rows=0)
+    weights = halved_weights(cache.W, cache.b, n_a, rows=0)
     gate_segment = workspace.scratch("gate_segment", (step, m, 4 * n_a), dtype)
     tanh_segment = workspace.scratch("tanh_segment", (step, m, n_a), dtype)
 
     def recomputed(x_rows, start, stop):
         k = stop - start
-        _project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
-        _activate_halved(gate_segment[:k], n_a)
+        project_segment(x_rows, h, weights, start, stop, gate_segment, with_recurrent=True)
+        activate_halved(gate_segment[:k], n_a)
         np.tanh(c[start + 1 : stop + 1], out=tanh_segment[:k])
         return gate_segment[:k], tanh_segment[:k]
 
     return recomputed
 
 
-def _segment_products(
+def segment_products(
     dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, *, first: bool
 ) -> None:
     """The large products of segment ``start:stop`` once its ``dz`` are known.
@@ -320,74 +239,3 @@ def _segment_products(
         inputs += dz_rows.T @ x_rows
         d_bias += dz_rows.sum(axis=0)
     np.matmul(dz_rows, w_x, out=dx_tm[start:stop].reshape(k * m, w_x.shape[1]))
-
-
-def backward(cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n=None, dc_n=None):
-    """Backpropagation through time (see :func:`xlstm._engine.backward`).
-
-    Each segment of steps is done in two phases: the local derivative factors
-    of all its steps at once (:func:`_local_derivatives`), then the recurrence
-    proper, which per step is only a handful of multiplications by ``dh`` and
-    ``dc`` and the product ``dz W_h``; the segment's weight gradients and
-    ``dx`` follow as large products.
-    """
-    if cache.lengths is not None:
-        from . import masked
-
-        return masked.backward(cache, x, da_tm, dc_tm, dh_n=dh_n, dc_n=dc_n)
-    n_x, m, t_x = x.shape
-    h, c, W = cache.h, cache.c, cache.W
-    n_a = h.shape[2]
-    dtype = x.dtype
-    w_h, w_x = _recurrent_weights(W, n_a), W[:, n_a:]
-    step = segment_length(t_x, m, n_a, cache.recompute)
-    segment_gates = _segment_gates(cache, step)
-
-    # dx is filled time-major (contiguous products) and returned as a
-    # (n_x, m, T) view: scattering into an (n_x, m, T) array costs more.
-    dx_tm = np.empty((t_x, m, n_x), dtype)
-    d_weights = np.empty((4 * n_a, n_a + n_x), dtype)
-    d_bias = np.empty(4 * n_a, dtype)
-    dz_segment = workspace.scratch("dz_segment", (step, m, 4 * n_a), dtype)
-    dc_from_dh = workspace.scratch("dc_from_dh", (step, m, n_a), dtype)
-    # Gradients reaching the final state (if any) start the recurrence.
-    dh_next = np.zeros((m, n_a), dtype) if dh_n is None else np.array(dh_n, dtype, copy=True)
-    dc_next = np.zeros((m, n_a), dtype) if dc_n is None else np.array(dc_n, dtype, copy=True)
-    dh = workspace.scratch("dh", (m, n_a), dtype)
-    dc = workspace.scratch("dc", (m, n_a), dtype)
-    dc_across_gates = dc[:, None, :]
-    multiply, add = np.multiply, np.add
-
-    for stop in range(t_x, 0, -step):
-        start = max(0, stop - step)
-        k = stop - start
-        # The segment's inputs, used by the recomputation and by dW_x.
-        x_rows = _time_major_rows(x, start, stop)
-        gates, tanh_c = segment_gates(x_rows, start, stop)
-        # One cheap copy per segment (see _swap_last_axes) keeps the loop's reads local.
-        da_segment = _swap_last_axes(da_tm, start, stop, "da_segment")
-        dc_segment = None if dc_tm is None else _swap_last_axes(dc_tm, start, stop, "dc_segment")
-
-        _local_derivatives(gates, c[start:stop], tanh_c, dz_segment[:k], dc_from_dh[:k], n_a)
-        # Views over the segment, made once (see forward); step t is [t - start].
-        da_steps = da_segment.transpose(1, 2, 0)
-        dc_steps = None if dc_segment is None else dc_segment.transpose(1, 2, 0)
-        # dz_i and dz_f are adjacent: one broadcast multiply by dc.
-        dz_input_forget = dz_segment[:k, :, : 2 * n_a].reshape(k, m, 2, n_a)
-        dz_o, dz_g = dz_segment[:k, :, 2 * n_a : 3 * n_a], dz_segment[:k, :, 3 * n_a :]
-        gate_f = gates[..., n_a : 2 * n_a]
-        for local in range(k - 1, -1, -1):
-            add(da_steps[local], dh_next, out=dh)
-            multiply(dh, dc_from_dh[local], out=dc)
-            add(dc, dc_next, out=dc)
-            if dc_steps is not None:
-                add(dc, dc_steps[local], out=dc)
-            multiply(dz_input_forget[local], dc_across_gates, out=dz_input_forget[local])
-            multiply(dz_g[local], dc, out=dz_g[local])
-            multiply(dz_o[local], dh, out=dz_o[local])
-            multiply(dc, gate_f[local], out=dc_next)
-            np.matmul(dz_segment[local], w_h, out=dh_next)
-        _segment_products(
-            dz_segment, h, x_rows, w_x, start, stop, d_weights, d_bias, dx_tm, first=stop == t_x
-        )
-    return dx_tm.transpose(2, 1, 0), dh_next, dc_next, d_weights, d_bias

@@ -14,7 +14,7 @@ two threads) and grow to the largest request seen; :func:`release` frees them.
 A thread keeps at most :data:`MAX_KEPT_BYTES` in all; a request beyond that
 gets a fresh array that is not kept.  What is kept is bounded by the
 problem, not by ``T``: about one backward segment's gates (at most
-:data:`xlstm._engine.SEGMENT_ELEMENTS` elements) and its copies of ``x`` and
+:data:`xlstm._engines.cache.SEGMENT_ELEMENTS` elements) and its copies of ``x`` and
 ``da``, plus one and a half copies of the stacked weights (float32: 35 MiB at
 S3, 82 MiB at S5).  Nothing taken from
 here is ever returned to the caller of the public functions: results are

@@ -1,4 +1,4 @@
-"""Variable-length batches: checking ``lengths``, engines that take them, reversing in place.
+"""Variable-length batches: checking ``lengths`` and reversing each sequence within its length.
 
 A batch of sequences of different lengths is padded on the right to ``T`` steps;
 ``lengths[j]`` is the number of real steps of sequence ``j`` (``1 <= lengths[j] <= T``).
@@ -9,15 +9,12 @@ backend with ``xp.asarray``.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from . import _engine
-from ._backend import to_host
-from ._dispatch import select_engine
+from .._backend import to_host
 
 
 def check_lengths(lengths: Any, m: int, t_x: int) -> np.ndarray | None:
@@ -59,32 +56,6 @@ def check_lengths(lengths: Any, m: int, t_x: int) -> np.ndarray | None:
     if np.all(host == t_x):
         return None
     return host.astype(np.int64, copy=True)
-
-
-def choose_engine(xp: Any, dtype: Any, fused: Any, *, needs_lengths: bool) -> ModuleType:
-    """:func:`~xlstm._dispatch.select_engine`, passing over fast paths without lengths.
-
-    ``needs_lengths``: the call has ``lengths`` or final-state gradients.  A fast
-    path that lacks them gives way to the generic engine, or to a ``ValueError``
-    when ``fused=True`` asked for it.
-    """
-    engine = select_engine(xp, dtype, fused)
-    if not needs_lengths or getattr(engine, "SUPPORTS_LENGTHS", False):
-        return engine
-    if fused is True:
-        msg = (
-            "`fused=True` but this backend's fast path does not support `lengths` "
-            "or final-state gradients; pass fused='auto' or False"
-        )
-        raise ValueError(msg)
-    return _engine
-
-
-def engine_of(cache: _engine.SequenceCache, engine: ModuleType) -> ModuleType:
-    """The engine to run backward on a cache: ``engine`` unless it cannot read it."""
-    if cache.lengths is None or getattr(engine, "SUPPORTS_LENGTHS", False):
-        return engine
-    return _engine
 
 
 def reverse_index(lengths: np.ndarray | None, t_x: int, m: int) -> np.ndarray:

@@ -1,1 +1,0 @@
-"""NumPy fast path: the generic engine's algorithm with preallocated buffers."""
