@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from _helpers import PARAM_KEYS, backend_name, rel_err, to_numpy
 
+from xlstm._layout import GATE_KEYS, layer_key
+
 from xlstm.training import (
     SGD,
     Adam,
@@ -25,6 +27,9 @@ from xlstm.training import (
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 8
 VOCAB = "".join(sorted(set(TEXT)))
+
+MODEL_KEYS = tuple(layer_key(k, 0) if k in GATE_KEYS else k for k in PARAM_KEYS)
+"""A one-layer model's keys: the seed's gate keys of layer 0, then Wy, by."""
 
 
 def char_model(backend="numpy", **options):
@@ -57,7 +62,7 @@ def test_train_step_equals_loss_and_gradients_plus_update():
     before = model.parameters
     _, grads, _ = model.loss_and_gradients(inputs, targets)
     model.train_step(inputs, targets)
-    for key in PARAM_KEYS:
+    for key in MODEL_KEYS:
         assert rel_err(model.parameters[key], before[key] - 0.5 * grads["d" + key]) < 1e-14
         assert model.parameters[key] is not before[key]
 
@@ -83,15 +88,15 @@ def test_to_moves_parameters_and_optimizer_state():
     moved = model.to("torch")
     assert moved.backend == "torch"
     assert model.backend == "numpy"
-    assert isinstance(moved.parameters["Wf"], torch.Tensor)
-    assert isinstance(moved.opt_state["m"]["Wf"], torch.Tensor)
+    assert isinstance(moved.parameters["Wf_l0"], torch.Tensor)
+    assert isinstance(moved.opt_state["m"]["Wf_l0"], torch.Tensor)
     assert moved.step == model.step == 1
     a, _ = model.loss(inputs, targets)
     b, _ = moved.loss(inputs, targets)
     assert float(a) == pytest.approx(float(b), rel=1e-12)
     model.train_step(inputs, targets)
     moved.train_step(inputs, targets)
-    for key in PARAM_KEYS:
+    for key in MODEL_KEYS:
         assert rel_err(moved.parameters[key], model.parameters[key]) < 1e-12
 
 
@@ -115,12 +120,12 @@ def test_save_load_round_trip_resumes_exactly(tmp_path, save_on, load_on):
     assert loaded.optimizer == reference.optimizer
     assert loaded.clip_norm == reference.clip_norm
     assert loaded.extra == {"note": {"epoch": 2}}
-    for key in PARAM_KEYS:
+    for key in MODEL_KEYS:
         assert np.array_equal(to_numpy(loaded.parameters[key]), to_numpy(reference.parameters[key]))
     for inputs, targets in chunks[3:5]:
         reference.train_step(inputs, targets)
         loaded.train_step(inputs, targets)
-    for key in PARAM_KEYS:
+    for key in MODEL_KEYS:
         assert rel_err(loaded.parameters[key], reference.parameters[key]) < 1e-12
 
 
@@ -177,13 +182,13 @@ def test_corrupt_or_mismatched_checkpoints_give_a_clear_error(tmp_path):
         "format version 99": _edit_meta(version=99),
         "dtype 'float16'": _edit_meta(dtype="float16"),
         "vocabulary does not match": _edit_meta(vocab=VOCAB[:-1]),
-        r"`param/Wf` has shape \(16, 30\); the config says": _edit_meta(n_x=13, n_y=13,
+        r"`param/Wf_l0` has shape \(16, 30\); the config says": _edit_meta(n_x=13, n_y=13,
                                                                         vocab=VOCAB[:13]),
         "`param/Wy` is missing": lambda a: a.pop("param/Wy"),
         "has dtype float32": lambda a: a.update({"param/by": a["param/by"].astype(np.float32)}),
         "no `meta` record": lambda a: a.pop("meta"),
-        "optimiser slot 'v' lacks buffers for \\['Wf'\\]": lambda a: a.pop("opt/v/Wf"),
-        "optimiser state has slots": lambda a: [a.pop(f"opt/v/{k}") for k in PARAM_KEYS],
+        "optimiser slot 'v' lacks buffers for \\['Wf_l0'\\]": lambda a: a.pop("opt/v/Wf_l0"),
+        "optimiser state has slots": lambda a: [a.pop(f"opt/v/{k}") for k in MODEL_KEYS],
     }  # fmt: skip
     for message, change in cases.items():
         with pytest.raises(CheckpointError, match=message):
@@ -237,7 +242,9 @@ def test_model_errors():
     with pytest.raises(TypeError, match="`state` must be None or the"):
         model.loss(*batches(model)[0], state=[1, 2])
     params = LSTMModel(3, 4, 2, seed=0).parameters
-    with pytest.raises(ValueError, match=r"sizes \(n_x, n_a, n_y\) = \(3, 4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"expected \(5, 8\) for sizes \(n_x, n_a, n_y\) = \(3, 5, 2\)"
+    ):
         LSTMModel(3, 5, 2, parameters=params)
 
 

@@ -6,10 +6,11 @@ seed notebook (``lstm_cell_forward``, ``lstm_forward``, ``lstm_cell_backward``,
 ``lstm_backward``) with correct backpropagation through time.  Conventions are
 stated once in :mod:`xlstm._layout`.
 
-Beyond the seed: :mod:`xlstm.training` (loss, optimisers, models, ``python -m
-xlstm train``), :mod:`xlstm.layers` and :mod:`xlstm.stacked` (stacked and
-bidirectional LSTMs, variable lengths), :mod:`xlstm.convert` (PyTorch and
-Keras weights).  None of them, and nothing here, imports CuPy, PyTorch or JAX.
+Beyond the seed: :class:`xlstm.LSTM` (the model: stacked, bidirectional, variable
+lengths, save/load, PyTorch and Keras weights), :mod:`xlstm.training` (loss, optimisers,
+character model, ``python -m xlstm train``), :mod:`xlstm.layers` (the functions under the
+model), :mod:`xlstm.engines` (engine choice and switches), :mod:`xlstm.checkpoint`.
+None of them, and nothing here, imports CuPy, PyTorch, JAX, numba, dask or onnx.
 """
 
 from ._backend import BACKENDS, get_namespace, to_backend
@@ -24,6 +25,7 @@ from .engines import (
     resolve_engine,
     set_graph_replay,
 )
+from .model import LSTM, StackedLSTM
 from .parameters import init_parameters
 from .sequence import final_states, lstm_backward, lstm_forward
 
@@ -34,9 +36,11 @@ __all__ = [
     "ENGINE_CHOICES",
     "GATE_ORDER",
     "GATE_PARAMETERS",
+    "LSTM",
     "PARAMETER_KEYS",
     "CellCache",
     "SequenceCache",
+    "StackedLSTM",
     "__version__",
     "final_states",
     "get_namespace",

@@ -99,6 +99,14 @@ def namespace_of(arrays: Mapping[str, Any], *, xp: Any = None) -> ModuleType:
     for name, array in arrays.items():
         if array is None:
             raise TypeError(f"`{name}` is None; expected an array")
+        if library_name(array) == "dask":
+            # array-api-compat accepts dask arrays, but the engines need their data in
+            # memory: a lazy array would only fail (or compute silently) deep inside.
+            msg = (
+                f"`{name}` is a dask array; use xlstm.dask (same function names) to run on "
+                "dask arrays chunked along the batch"
+            )
+            raise TypeError(msg)
         if not array_api_compat.is_array_api_obj(array):
             msg = f"`{name}` must be an array, got {type(array).__name__}"
             raise TypeError(msg)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ._layout import PARAMETER_KEYS
 
 
@@ -143,3 +145,21 @@ def _check_nonempty(name: str, array: Any, m: int, t_x: int) -> None:
         raise ValueError(
             f"`{name}` has shape {shape_of(array)} with T_x = 0 time steps; expected T_x >= 1"
         )
+
+
+def check_size(name: str, value: Any) -> int:
+    """A positive int (Python or NumPy), or a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"`{name}` = {value}; expected >= 1")
+    return int(value)
+
+
+def check_dropout(dropout: Any) -> float:
+    """A float in ``[0, 1)``, or a ``TypeError``/``ValueError`` naming ``dropout``."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
+        raise TypeError(f"`dropout` must be a float in [0, 1), got {type(dropout).__name__}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"`dropout` = {dropout}; expected a value in [0, 1)")
+    return float(dropout)

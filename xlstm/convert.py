@@ -347,10 +347,22 @@ def from_keras(
     return _place(gates, xp, dtype, device)
 
 
-def to_keras(parameters: Mapping[str, Any]) -> list[np.ndarray]:
-    """``[kernel, recurrent_kernel, bias]`` for a Keras 3 ``LSTM`` layer's ``set_weights``."""
+def to_keras(parameters: Mapping[str, Any], *, use_bias: bool = True) -> list[np.ndarray]:
+    """``[kernel, recurrent_kernel, bias]`` for a Keras 3 ``LSTM`` layer's ``set_weights``.
+
+    ``use_bias=False`` matches a layer made with ``use_bias=False``: two arrays, and the
+    bias must be zero (it cannot be represented there).
+    """
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"`use_bias` must be a bool, got {type(use_bias).__name__}")
     w_ih, w_hh, b = _stacked_from_gates(parameters, KERAS_GATE_ORDER, "parameters")
-    return [np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), np.array(b, copy=True)]
+    weights = [np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)]
+    if use_bias:
+        return [*weights, np.array(b, copy=True)]
+    if np.any(b != 0):
+        msg = "`use_bias=False` but the bias is not zero: a Keras layer without bias cannot hold it"
+        raise ValueError(msg)
+    return weights
 
 
 __all__ = [
@@ -362,3 +374,122 @@ __all__ = [
     "to_keras",
     "to_torch",
 ]
+
+
+# --------------------------------------------------------------------------- ONNX
+# The code lives in xlstm._onnx, imported on call: `import xlstm` never imports onnx.
+
+
+def to_onnx(
+    model: Any,
+    path: Any = None,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_time: bool = True,
+    batch_size: int | None = None,
+    time_steps: int | None = None,
+    initial_state: bool = False,
+    sequence_lens: bool = False,
+    output: str | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """An ONNX model of an LSTM (or of a character model: LSTM plus output layer).
+
+    One ONNX ``LSTM`` node per layer; between layers the node's ``Y (T, D, m, n_a)`` becomes
+    ``(T, m, D n_a)``.  Gate order: xlstm (i, f, o, g) is written as ONNX's (i, o, f, c);
+    the bias goes into ``Wb`` and zeros into ``Rb`` of ``B (D, 8 n_a)``.
+
+    Parameters
+    ----------
+    model : xlstm.LSTM, LSTMWeights or character model
+        Anything with ``layers``, ``bidirectional``, ``n_x``, ``n_a`` (torch order, any
+        backend), or a model whose ``parameters`` hold ``Wy (n_y, n_a)``, ``by (n_y, 1)``
+        and whose ``.lstm`` is the recurrent part (a one-layer model holding the seed's
+        flat dict ``Wf ... by`` also works).  float32 or float64.
+    path : str or path, optional
+        Also write the model there (atomically: a temporary file, then ``os.replace``).
+    opset : int, optional
+        Default :data:`xlstm._onnx.DEFAULT_OPSET` (21: written by onnx >= 1.16 and run by
+        onnxruntime >= 1.18, the extra's lower bounds); 13 up to what the installed onnx knows.
+    dynamic_batch, dynamic_time : bool, default True
+        Symbolic ``m`` and ``T``; with ``False``, ``batch_size`` / ``time_steps`` fix them.
+    initial_state : bool, default False
+        Add graph inputs ``initial_h``, ``initial_c`` ``(L D, m, n_a)``, torch's order;
+        without them every sequence starts from zeros.
+    sequence_lens : bool, default False
+        Add the graph input ``sequence_lens (m,)`` int32, ``1 <= sequence_lens[j] <= T``: as
+        xlstm's ``lengths``, outputs past each end are zero, ``Y_h``, ``Y_c`` are each
+        sequence's own last states and the reverse direction starts at each sequence's end.
+    output : {"softmax", "logits"}, optional
+        A character model's ``Y``: probabilities (default) or logits.  Only for such models.
+    dtype : {"float32", "float64"}, optional
+        Element type of the graph; default the model's.  ONNX Runtime's ``LSTM`` kernel
+        runs float32 only (1.32: "does not support double"): export float64 models with
+        ``dtype="float32"`` to deploy them there.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Checked with ``onnx.checker.check_model(full_check=True)``.  Graph inputs ``X (T, m,
+        n_x)`` (time-major, ONNX layout 0) and the optional ones above; outputs ``Y (T, m, D
+        n_a)`` (forward features, then reverse; ``(T, m, n_y)`` for a character model),
+        ``Y_h``, ``Y_c`` ``(L D, m, n_a)``.  Metadata: ``xlstm.model`` and, for a character
+        model, ``xlstm.output`` and ``xlstm.vocab``.
+
+    Raises
+    ------
+    ImportError
+        ``onnx`` is not installed (the ``onnx`` extra).
+    TypeError, ValueError
+        An unsupported model, dtype or option (named).
+    """
+    from . import _onnx
+
+    return _onnx.to_onnx(
+        model, path, opset=opset, dynamic_batch=dynamic_batch, dynamic_time=dynamic_time,
+        batch_size=batch_size, time_steps=time_steps, initial_state=initial_state,
+        sequence_lens=sequence_lens, output=output, dtype=dtype,
+    )  # fmt: skip
+
+
+def from_onnx(path_or_model: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
+    """An ``xlstm.LSTM`` from an ONNX graph made of ``LSTM`` nodes.
+
+    Reads what :func:`to_onnx` writes, what ``torch.onnx.export`` makes of a
+    ``torch.nn.LSTM``, and single ``LSTM`` nodes (layout 0 or 1).  Node ``k`` is layer
+    ``k``; between layers only Identity, Transpose, Squeeze of the direction axis and a
+    Reshape merging (direction, hidden) are accepted, checked to give ``(T, m, D n_a)``.
+    ONNX's gate order (i, o, f, c) is mapped to xlstm's (i, f, o, g) and ``Wb + Rb`` folded
+    into one bias.  Initial states and ``sequence_lens`` are run-time inputs, not read.
+
+    Parameters
+    ----------
+    path_or_model : str, path, bytes or onnx.ModelProto
+        An untrusted file is checked before arrays are built: ``onnx.checker``, element
+        types, shapes against ``hidden_size``, payload sizes, and bounds on every size.
+    backend : str or namespace, default "numpy"
+    dtype : optional
+        Default: the file's (float16 is read as float32).
+
+    Returns
+    -------
+    xlstm.LSTM
+        ``n_x``, ``n_a``, ``num_layers``, ``bidirectional`` from the graph.
+
+    Raises
+    ------
+    ValueError
+        What an xlstm LSTM cannot express, named: peepholes (input ``P``), ``clip``,
+        ``input_forget = 1``, activations other than Sigmoid, Tanh, Tanh, ``direction =
+        "reverse"``, a fixed nonzero initial state, other ops (an output layer), weights that
+        are graph inputs or external data; a malformed or inconsistent file.
+    ImportError
+        ``onnx`` is not installed.
+    """
+    from . import _onnx
+
+    return _onnx.from_onnx(path_or_model, backend=backend, dtype=dtype)
+
+
+__all__ += ["from_onnx", "to_onnx"]

@@ -137,13 +137,10 @@ def _check_layer_shapes(layers: Sequence[Mapping[str, Any]], n_x: int, direction
 
 
 def _check_dropout(dropout: Any, training: Any) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
-        raise TypeError(f"`dropout` must be a float in [0, 1), got {type(dropout).__name__}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"`dropout` = {dropout}; expected a value in [0, 1)")
+    rate = _validation.check_dropout(dropout)
     if not isinstance(training, bool):
         raise TypeError(f"`training` must be a bool, got {type(training).__name__}")
-    return float(dropout)
+    return rate
 
 
 def _initial_states(a0, c0, count, n_a, m, xp, dtype, device):
@@ -183,7 +180,8 @@ def multilayer_forward(
     engine: str = "auto",
     fused: Any = None,
     recompute: bool = False,
-) -> tuple[Any, tuple[Any, Any], MultiLayerCache]:
+    cache: bool = True,
+) -> tuple[Any, tuple[Any, Any], MultiLayerCache | None]:
     """Run a stacked (and optionally bidirectional) LSTM over a batch of sequences.
 
     Parameters
@@ -205,8 +203,9 @@ def multilayer_forward(
         ``False`` switches dropout off.
     a0, c0 : array, shape (num_layers * D, n_a, m), optional
         Initial states, ``torch.nn.LSTM`` order.  Default: zeros.
-    xp, engine, fused, recompute
-        As in :func:`xlstm.lstm_forward`.
+    xp, engine, fused, recompute, cache
+        As in :func:`xlstm.lstm_forward`: ``cache=False`` keeps nothing for backward
+        (inference) and returns ``None`` as the cache.
 
     Returns
     -------
@@ -237,8 +236,11 @@ def multilayer_forward(
     if m == 0 or t_x == 0:
         raise ValueError(f"`x` has shape {shape_of(x)}; expected m >= 1 and T >= 1")
     n_a = _check_layer_shapes(layers, n_x, directions)
-    if not isinstance(recompute, bool):
-        raise TypeError(f"`recompute` must be a bool, got {type(recompute).__name__}")
+    for name, flag in (("recompute", recompute), ("cache", cache)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
+    keep = cache
+    recompute = recompute or not keep  # inference keeps only the states (the outputs)
     lengths = check_lengths(lengths, m, t_x)
     device = array_api_compat.device(x)
     count = num_layers * directions
@@ -287,10 +289,13 @@ def multilayer_forward(
     finals_h = [h_n for _, _, h_n, _ in results]
     finals_c = [c_n for _, _, _, c_n in results]
 
-    cache = MultiLayerCache(
+    outputs, finals = time_major(inputs_tm, xp), (xp.stack(finals_h), xp.stack(finals_c))
+    if not keep:
+        return outputs, finals, None
+    record = MultiLayerCache(
         tuple(directions_cache), tuple(masks), lengths, num_layers, bidirectional, n_a, choice
     )
-    return time_major(inputs_tm, xp), (xp.stack(finals_h), xp.stack(finals_c)), cache
+    return outputs, finals, record
 
 
 # --------------------------------------------------------------------------- backward

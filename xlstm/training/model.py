@@ -1,32 +1,30 @@
-"""Model objects for people who prefer them: :class:`LSTMModel` and :class:`CharLSTM`.
+"""Training models: :class:`LSTMModel` and :class:`CharLSTM`, built on :class:`xlstm.LSTM`.
 
-A model holds the seed's parameter dict, its backend, device and dtype, an optimiser and the
-optimiser's state.  Every method is a thin layer over the functions of
-:mod:`xlstm.training.loss` and :mod:`xlstm.training.optim`: the arrays themselves are never
-modified in place; a training step replaces the model's dict with new arrays.
+A model holds an ``num_layers``-deep :class:`xlstm.LSTM` (its recurrent part), a softmax
+output layer, an optimiser and the optimiser's state.  One key scheme for everything:
+the parameter dict has the LSTM's flat keys (``Wf_l0, bf_l0, ..., Wf_l1, ...``) and the
+output layer's ``Wy``, ``by``; gradients are ``"d" + key``.  The arrays are never modified
+in place; a training step replaces the model's dict with new arrays.
 
-Shape legend: ``x (n_x, m, T)``, integer ``ids`` and ``targets (m, T)``, states ``a, c
-(n_a, m)``, ``y (n_y, m, T)``.  Gate order :data:`xlstm.GATE_ORDER` = (i, f, o, g).
+Shape legend: ``x (n_x, m, T)``, integer ``ids`` and ``targets (m, T)``, ``y (n_y, m, T)``.
+States: ``a, c (n_a, m)`` for one layer (the seed's), ``(num_layers, n_a, m)`` for more.
+Gate order :data:`xlstm.GATE_ORDER` = (i, f, o, g).
+
+One layer runs the seed-compatible functions (:func:`xlstm.training.loss_and_gradients`,
+with the NumPy output-layer fast path); more layers run :func:`xlstm.layers.multilayer_forward`
+/ :func:`~xlstm.layers.multilayer_backward` with dropout between layers in training steps.
 
 Truncated backpropagation through time: :meth:`LSTMModel.train_step` takes and returns the
-state ``(a, c)``; pass each chunk's final state to the next chunk of the same streams (see
+state; pass each chunk's final state to the next chunk of the same streams (see
 :func:`xlstm.training.data.tbptt_batches`).  Gradients stop at the chunk boundary.
 
-Checkpoints (:meth:`LSTMModel.save`, :func:`load_model`) are ``.npz`` files holding the
-parameters (``param/Wf`` ...), the optimiser state (``opt/m/Wf`` ...) and one JSON string
-``meta`` with the format name and version, the class, sizes, dtype, gate order, the
-vocabulary of a :class:`CharLSTM`, the optimiser's configuration and user ``extra`` data.
-They are written to a temporary file that replaces the old one only when complete, so an
-interrupted save never leaves a broken checkpoint.  Loading checks everything before it
-builds anything, and loads onto any backend.
+Checkpoints are :mod:`xlstm.checkpoint` files (:meth:`LSTMModel.save`, :func:`load_model`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,33 +32,53 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .. import _validation
+from .. import checkpoint
 from .._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
-from .._layout import GATE_ORDER, PARAMETER_KEYS
+from .._engines.dispatch import engine_option
+from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
+from .._validation import check_dropout, check_size
+from ..cell import lstm_cell_forward
+from ..layers import multilayer_backward, multilayer_forward
+from ..model import LSTM
 from ..parameters import init_parameters
 from ..sequence import lstm_forward
-from .loss import _one_hot, loss_and_gradients, sequence_loss
+from .loss import (
+    _one_hot,
+    loss_and_gradients,
+    output_backward,
+    output_forward,
+    sequence_loss,
+    softmax_cross_entropy,
+)
 from .optim import Adam, Optimizer, clip_by_global_norm, optimizer_from_config
 
-FORMAT = "xlstm-checkpoint"
-FORMAT_VERSION = 1
-DTYPES = ("float32", "float64")
+CheckpointError = checkpoint.CheckpointError
 
 
-def _dtype_name(dtype: Any) -> str:
-    for name in DTYPES:
-        if str(dtype).endswith(name):
-            return name
-    raise TypeError(f"`dtype` = {dtype!r}; expected 'float32' or 'float64'")
+def _seed_keys(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A one-layer model's dict under the seed's keys (``Wf, ..., Wy, by``)."""
+    return {
+        key: parameters[layer_key(key, 0) if key in GATE_KEYS else key] for key in PARAMETER_KEYS
+    }
+
+
+def _model_keys(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The seed's one-layer dict under the model's keys (``Wf_l0, ..., Wy, by``)."""
+    return {
+        (layer_key(key, 0) if key in GATE_KEYS else key): parameters[key] for key in PARAMETER_KEYS
+    }
 
 
 class LSTMModel:
-    """An LSTM with a softmax output layer, its optimiser and the optimiser's state.
+    """An ``num_layers``-deep LSTM with a softmax output layer, its optimiser and its state.
 
     Parameters
     ----------
     n_x, n_a, n_y : int
         Inputs, hidden units, output classes.
+    num_layers : int, default 1
+    dropout : float in [0, 1), default 0
+        Dropout on the input of every layer but the first, in training steps only.
     backend : str or namespace, optional
         ``"numpy"`` (default), ``"cupy"``, ``"torch"``, ``"jax"``, ``"array_api_strict"``;
         with ``parameters``, theirs.
@@ -69,22 +87,23 @@ class LSTMModel:
     dtype : {"float32", "float64"}, optional
         Default ``"float32"``; with ``parameters``, theirs.
     seed : int, optional
-        Seed of the initialisation (:func:`xlstm.init_parameters`): same numbers on
-        every backend.
+        Seed of the initialisation (:func:`xlstm.init_parameters`, layer by layer) and of
+        the dropout masks: same numbers on every backend.
     optimizer : Optimizer, optional
         Default ``Adam(lr=2e-3)``.
     clip_norm : float or None, default 5.0
         Clip gradients by global norm before each update (``None``: no clipping).
-    fused : {"auto", True, False}, default "auto"
-        Fast path of the recurrence, as in :func:`xlstm.lstm_forward`.
+    engine : {"auto", "generic", "numpy", "numba", "cupy"}, default "auto"
+        Engine of the recurrence, as in :func:`xlstm.lstm_forward` (``fused=`` is its alias).
     parameters : dict, optional
-        Start from these arrays instead of a fresh initialisation (they fix backend,
-        device, dtype and sizes, which must then agree).
+        Start from these arrays instead of a fresh initialisation: the model's keys
+        (``Wf_l0, ..., Wy, by``), or for one layer the seed's (``Wf, ..., Wy, by``).  They
+        fix backend, device, dtype and sizes, which must then agree.
 
     Attributes
     ----------
     parameters : dict
-        The seed's parameter dict (a new dict after every step; arrays never change).
+        The model's parameter dict (a new dict after every step; arrays never change).
     optimizer, opt_state
         The optimiser and its explicit state (``None`` until the first step).
     extra : dict
@@ -99,30 +118,32 @@ class LSTMModel:
         n_a: int,
         n_y: int,
         *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
         backend: Any = None,
         device: Any = None,
         dtype: Any = None,
         seed: Any = None,
         optimizer: Optimizer | None = None,
         clip_norm: float | None = 5.0,
-        fused: Any = "auto",
+        engine: str = "auto",
+        fused: Any = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> None:
+        self.n_x, self.n_a, self.n_y = (
+            check_size(k, v) for k, v in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
+        )
+        self.num_layers = check_size("num_layers", num_layers)
+        self.dropout = check_dropout(dropout)
+        self.engine = engine_option(engine, fused)
+        init_seed, dropout_seed = np.random.SeedSequence(_check_seed(seed)).spawn(2)
+        self._dropout_rng = np.random.default_rng(dropout_seed)
         if parameters is None:
-            parameters = init_parameters(
-                n_x,
-                n_a,
-                n_y,
-                xp="numpy" if backend is None else backend,
-                dtype="float32" if dtype is None else dtype,
-                seed=seed,
-                device=device,
-            )
+            parameters = self._initial_parameters(backend, device, dtype, seed, init_seed)
         else:
-            self._check_given_parameters(parameters, n_x, n_a, n_y, backend, dtype)
-        self._parameters = dict(parameters)
-        self.xp = namespace_of(_validation.named_parameters(self._parameters))
-        self.n_x, self.n_a, self.n_y = n_x, n_a, n_y
+            parameters = self._check_given_parameters(parameters, backend, dtype)
+        self._parameters = parameters
+        self.xp = namespace_of(self._parameters)
         if optimizer is None:
             optimizer = Adam(lr=2e-3)
         if not isinstance(optimizer, Optimizer):
@@ -131,32 +152,68 @@ class LSTMModel:
         if clip_norm is not None and not (
             isinstance(clip_norm, (int, float))
             and not isinstance(clip_norm, bool)
-            and clip_norm > 0
+            and 0 < clip_norm < float("inf")
         ):
             raise ValueError(f"`clip_norm` = {clip_norm!r}; expected a positive number or None")
         self.optimizer = optimizer
         self.clip_norm = clip_norm
-        self.fused = fused
         self.opt_state: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
 
-    @staticmethod
-    def _check_given_parameters(parameters, n_x, n_a, n_y, backend, dtype) -> None:
-        _validation.check_parameter_dict(parameters)
-        xp = namespace_of(_validation.named_parameters(parameters))
-        sizes = _validation.parameter_sizes(parameters)
-        if tuple(sizes) != (n_x, n_a, n_y):
-            msg = (
-                f"`parameters` have sizes (n_x, n_a, n_y) = {tuple(sizes)}; "
-                f"expected {(n_x, n_a, n_y)}"
+    def _initial_parameters(self, backend, device, dtype, seed, init_seed) -> dict[str, Any]:
+        options = {
+            "xp": "numpy" if backend is None else backend,
+            "dtype": "float32" if dtype is None else dtype,
+            "device": device,
+        }
+        # Layer 0 and the output layer as the seed's init_parameters makes them (a one-layer
+        # model is what it always was); deeper layers from the same generator.
+        rng = seed if self.num_layers == 1 else np.random.default_rng(init_seed)
+        first = init_parameters(self.n_x, self.n_a, self.n_y, seed=rng, **options)
+        parameters = _model_keys(first)
+        for layer in range(1, self.num_layers):
+            deeper = init_parameters(self.n_a, self.n_a, 1, seed=rng, **options)
+            parameters.update({layer_key(key, layer): deeper[key] for key in GATE_KEYS})
+        return {key: parameters[key] for key in self.parameter_keys()}
+
+    def parameter_keys(self) -> list[str]:
+        """The model's keys: the LSTM's (``torch.nn.LSTM`` order), then ``Wy``, ``by``."""
+        gates = checkpoint.parameter_shapes(self.n_x, self.n_a, self.num_layers, False)
+        return [*gates, *OUTPUT_KEYS]
+
+    def _check_given_parameters(self, parameters, backend, dtype) -> dict[str, Any]:
+        if not isinstance(parameters, Mapping):
+            raise TypeError(
+                f"`parameters` must be a dict of arrays, got {type(parameters).__name__}"
             )
-            raise ValueError(msg)
+        if self.num_layers == 1 and "Wf" in parameters:
+            parameters = _model_keys(parameters)
+        expected = checkpoint.parameter_shapes(self.n_x, self.n_a, self.num_layers, False, self.n_y)
+        missing = [key for key in expected if key not in parameters]
+        if missing:
+            raise ValueError(
+                f"`parameters` is missing {missing[0]!r} (and {len(missing) - 1} more)"
+            )
+        extra = sorted(set(parameters) - set(expected))
+        if extra:
+            raise ValueError(f"`parameters` has an unexpected key {extra[0]!r}")
+        xp = namespace_of({f"parameters[{k!r}]": parameters[k] for k in expected})
+        for key, shape in expected.items():
+            got = tuple(int(s) for s in parameters[key].shape)
+            if got != shape:
+                msg = (
+                    f"`parameters[{key!r}]` has shape {got}; expected {shape} for sizes "
+                    f"(n_x, n_a, n_y) = {(self.n_x, self.n_a, self.n_y)}"
+                )
+                raise ValueError(msg)
         if backend is not None and get_namespace(backend) is not xp:
             msg = f"`parameters` are {backend_name(xp)} arrays but `backend` = {backend!r}"
             raise TypeError(msg)
-        if dtype is not None and _dtype_name(parameters["Wf"].dtype) != _dtype_name(dtype):
-            msg = f"`parameters` have dtype {parameters['Wf'].dtype} but `dtype` = {dtype!r}"
+        found = parameters[next(iter(expected))].dtype
+        if dtype is not None and checkpoint.dtype_name(found) != checkpoint.dtype_name(dtype):
+            msg = f"`parameters` have dtype {found} but `dtype` = {dtype!r}"
             raise TypeError(msg)
+        return {key: parameters[key] for key in expected}
 
     # ------------------------------------------------------------------ properties
 
@@ -166,18 +223,27 @@ class LSTMModel:
         return dict(self._parameters)
 
     @property
+    def lstm(self) -> LSTM:
+        """The recurrent part as an :class:`xlstm.LSTM` (sharing the current arrays)."""
+        gates = {key: value for key, value in self._parameters.items() if key not in OUTPUT_KEYS}
+        return LSTM(
+            self.n_x, self.n_a, num_layers=self.num_layers, dropout=self.dropout,
+            engine=self.engine, parameters=gates,
+        )  # fmt: skip
+
+    @property
     def backend(self) -> str:
         """Backend name: ``"numpy"``, ``"torch"``, ..."""
         return backend_name(self.xp)
 
     @property
     def device(self) -> Any:
-        return array_api_compat.device(self._parameters["Wf"])
+        return array_api_compat.device(self._parameters["Wy"])
 
     @property
     def dtype(self) -> str:
         """``"float32"`` or ``"float64"``."""
-        return _dtype_name(self._parameters["Wf"].dtype)
+        return checkpoint.dtype_name(self._parameters["Wy"].dtype)
 
     @property
     def step(self) -> int:
@@ -185,11 +251,14 @@ class LSTMModel:
         return 0 if self.opt_state is None else int(self.opt_state["step"])
 
     def config(self) -> dict[str, Any]:
-        """Sizes, dtype and gate order (what a checkpoint's ``meta`` records)."""
+        """Sizes, layers, dtype and gate order (what a checkpoint's ``meta`` records)."""
         return {
             "n_x": self.n_x,
             "n_a": self.n_a,
             "n_y": self.n_y,
+            "num_layers": self.num_layers,
+            "bidirectional": False,
+            "dropout": self.dropout,
             "dtype": self.dtype,
             "gate_order": list(GATE_ORDER),
         }
@@ -197,7 +266,8 @@ class LSTMModel:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n_x={self.n_x}, n_a={self.n_a}, n_y={self.n_y}, "
-            f"backend={self.backend!r}, dtype={self.dtype!r}, step={self.step})"
+            f"num_layers={self.num_layers}, backend={self.backend!r}, dtype={self.dtype!r}, "
+            f"step={self.step})"
         )
 
     # ------------------------------------------------------------------ computing
@@ -206,26 +276,32 @@ class LSTMModel:
         """``x`` as the model's ``(n_x, m, T)`` input array.
 
         Integer ``(m, T)`` ids (a NumPy array or one of the model's backend) become one-hot
-        columns; a floating ``(n_x, m, T)`` array of the model's backend passes through.
+        columns; ids outside ``[0, n_x)`` are a ``ValueError``.  A floating
+        ``(n_x, m, T)`` array passes through (a NumPy one moves to the model's backend).
         """
-        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.integer):
-            x = self.xp.asarray(x, device=self.device)
+        moves = isinstance(x, np.ndarray) and (
+            np.issubdtype(x.dtype, np.integer) or self.backend != "numpy"
+        )
+        if moves:
+            x = self.xp.asarray(np.ascontiguousarray(x), device=self.device)
         if array_api_compat.is_array_api_obj(x) and self.xp.isdtype(x.dtype, "integral"):
             if x.ndim != 2:
                 raise ValueError(
                     f"integer `x` must be ids of shape (m, T), got shape {tuple(x.shape)}"
                 )
+            if x.shape[0] * x.shape[1] and not bool(self.xp.all((x >= 0) & (x < self.n_x))):
+                raise ValueError(f"integer `x` holds ids outside [0, n_x) = [0, {self.n_x})")
             # One-hot built time-major (T, m, n_x) and viewed as (n_x, m, T): the engine's
             # time-major reads are then contiguous.
             hot = _one_hot(
-                self.xp.permute_dims(x, (1, 0)), self.n_x, -1, self._parameters["Wf"].dtype, self.xp
+                self.xp.permute_dims(x, (1, 0)), self.n_x, -1, self._parameters["Wy"].dtype, self.xp
             )
             return self.xp.permute_dims(hot, (2, 1, 0))
         return x
 
     def _targets(self, targets: Any) -> Any:
         if isinstance(targets, np.ndarray):
-            return self.xp.asarray(targets, device=self.device)
+            return self.xp.asarray(np.ascontiguousarray(targets), device=self.device)
         return targets
 
     def _state(self, state: Any) -> tuple[Any, Any]:
@@ -236,30 +312,74 @@ class LSTMModel:
         return state
 
     def forward(self, x: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
-        """Softmax outputs ``y (n_y, m, T)`` and the final state ``(a_T, c_T)``."""
+        """Softmax outputs ``y (n_y, m, T)`` and the final state (inference: no dropout)."""
         x = self.inputs(x)
         a0, c0 = self._state(state)
-        if a0 is None:
-            a0 = self.xp.zeros((self.n_a, int(x.shape[1])), dtype=x.dtype, device=self.device)
-        a, y, c, _ = lstm_forward(x, a0, self._parameters, c0, fused=self.fused)
-        final = (self.xp.asarray(a[:, :, -1], copy=True), self.xp.asarray(c[:, :, -1], copy=True))
-        return y, final
+        if self.num_layers == 1:
+            if a0 is None:
+                a0 = self.xp.zeros((self.n_a, int(x.shape[1])), dtype=x.dtype, device=self.device)
+            a, y, c, _ = lstm_forward(
+                x, a0, _seed_keys(self._parameters), c0, engine=self.engine, cache=False
+            )
+            last = (a[:, :, -1], c[:, :, -1])
+            return y, tuple(self.xp.asarray(v, copy=True) for v in last)
+        outputs, final, _ = multilayer_forward(
+            x, self.lstm.layers, training=False, a0=a0, c0=c0, engine=self.engine, cache=False
+        )
+        logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
+        from ..activations import _softmax
+
+        return _softmax(logits, 0, self.xp), final
 
     def loss(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
         """Mean cross-entropy (no gradients): returns ``(loss, state)``."""
         a0, c0 = self._state(state)
-        return sequence_loss(
-            self.inputs(x), self._targets(targets), self._parameters, a0, c0,
-            self._targets(mask), fused=self.fused,
-        )  # fmt: skip
+        x, targets, mask = self.inputs(x), self._targets(targets), self._targets(mask)
+        if self.num_layers == 1:
+            return sequence_loss(
+                x, targets, _seed_keys(self._parameters), a0, c0, mask, engine=self.engine
+            )
+        outputs, final, _ = multilayer_forward(
+            x, self.lstm.layers, training=False, a0=a0, c0=c0, engine=self.engine, cache=False
+        )
+        logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
+        loss, _ = softmax_cross_entropy(logits, targets, mask)
+        return loss, final
 
     def loss_and_gradients(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
-        """``(loss, grads, state)`` of :func:`xlstm.training.loss_and_gradients`."""
+        """``(loss, grads, state)``: the batch's cross-entropy and every parameter's gradient.
+
+        Gradients have the keys ``"d" + key`` of :attr:`parameters`.  A training pass:
+        dropout (if any) is on.
+        """
         a0, c0 = self._state(state)
-        return loss_and_gradients(
-            self.inputs(x), self._targets(targets), self._parameters, a0, c0,
-            self._targets(mask), fused=self.fused,
+        x, targets, mask = self.inputs(x), self._targets(targets), self._targets(mask)
+        if self.num_layers == 1:
+            loss, grads, final = loss_and_gradients(
+                x, targets, _seed_keys(self._parameters), a0, c0, mask, engine=self.engine
+            )
+            return (
+                loss,
+                {"d" + k: v for k, v in _model_keys({k[1:]: v for k, v in grads.items()}).items()},
+                final,
+            )
+        lstm = self.lstm
+        outputs, final, cache = multilayer_forward(
+            x, lstm.layers, dropout=self.dropout, seed=self._dropout_rng, training=True,
+            a0=a0, c0=c0, engine=self.engine,
         )  # fmt: skip
+        Wy = self._parameters["Wy"]
+        logits = output_forward(outputs, Wy, self._parameters["by"])
+        loss, dlogits = softmax_cross_entropy(logits, targets, mask)
+        d_outputs, dWy, dby = output_backward(dlogits, outputs, Wy)
+        layer_grads = multilayer_backward(d_outputs, cache)["layers"]
+        grads = {}
+        for index, gates in enumerate(layer_grads):
+            grads.update({"d" + layer_key(key, index): gates["d" + key] for key in GATE_KEYS})
+        grads["dWy"], grads["dby"] = dWy, dby
+        # Copies: carrying the state to the next chunk keeps no engine buffer alive.
+        final = tuple(self.xp.asarray(v, copy=True) for v in final)
+        return loss, grads, final
 
     def apply_gradients(self, grads: Mapping[str, Any]) -> Any:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
@@ -309,10 +429,12 @@ class LSTMModel:
         """
         return self._copy_to(backend, device)
 
-    def _meta(self) -> dict[str, Any]:
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a ``.npz`` checkpoint atomically (:mod:`xlstm.checkpoint`); returns its path.
+
+        ``".npz"`` is appended when ``path`` has no suffix.
+        """
         meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "class": self.kind,
             **self.config(),
             "clip_norm": self.clip_norm,
@@ -320,39 +442,12 @@ class LSTMModel:
             "opt_step": None if self.opt_state is None else int(self.opt_state["step"]),
             "extra": self.extra,
         }
-        return meta
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a ``.npz`` checkpoint atomically; returns the path written.
-
-        ``".npz"`` is appended when ``path`` has no suffix.
-        """
-        path = Path(path)
-        if not path.suffix:
-            path = path.with_suffix(".npz")
-        meta = self._meta()
-        try:
-            meta_text = json.dumps(meta)
-        except TypeError as error:
-            raise TypeError(f"`extra` must be JSON-serialisable: {error}") from None
         arrays = {f"param/{k}": to_host(v) for k, v in self._parameters.items()}
         if self.opt_state is not None:
             for slot, buffers in self.opt_state.items():
                 if isinstance(buffers, Mapping):
                     arrays.update({f"opt/{slot}/{k}": to_host(v) for k, v in buffers.items()})
-        arrays["meta"] = np.asarray(meta_text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return checkpoint.write(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: Any = None, device: Any = None) -> LSTMModel:
@@ -382,7 +477,8 @@ class CharLSTM(LSTMModel):
         The distinct characters, in id order (``sorted(set(text))`` is the usual choice).
     n_a : int, default 128
     **options
-        As :class:`LSTMModel` (backend, device, dtype, seed, optimizer, clip_norm, ...).
+        As :class:`LSTMModel` (num_layers, dropout, backend, device, dtype, seed, optimizer,
+        clip_norm, engine, ...).
     """
 
     kind = "CharLSTM"
@@ -420,29 +516,37 @@ class CharLSTM(LSTMModel):
     ) -> str:
         """Generate ``length`` characters after ``prime``.
 
-        Runs on a NumPy float64 copy of the parameters (one character at a time is
-        latency-bound, and the host draws the random numbers anyway), so the text for a
-        given seed is the same on every backend.
+        One character at a time through every layer with :func:`xlstm.lstm_cell_forward`
+        on a NumPy float64 copy of the parameters (one character is latency-bound, and the
+        host draws the random numbers anyway), so the text for a given seed is the same on
+        every backend.
         """
-        if not isinstance(length, int) or length < 0:
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"`length` = {length!r}; expected a non-negative int")
-        if not temperature > 0:
+        if not temperature > 0 or not np.isfinite(temperature):
             raise ValueError(f"`temperature` = {temperature!r}; expected a positive number")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        p = {k: to_host(v).astype(np.float64) for k, v in self._parameters.items()}
-        n_a = self.n_a
-        W = np.concatenate([p["Wi"], p["Wf"], p["Wo"], p["Wc"]])
-        b = np.concatenate([p["bi"], p["bf"], p["bo"], p["bc"]])[:, 0]
-        w_h, w_x = W[:, :n_a], W[:, n_a:]
-        h, c = np.zeros(n_a), np.zeros(n_a)
+        host = {k: to_host(v).astype(np.float64) for k, v in self._parameters.items()}
+        layers = [
+            {
+                **{key: host[layer_key(key, layer)] for key in GATE_KEYS},
+                # lstm_cell_forward also computes an output layer: the last layer's is ours.
+                "Wy": host["Wy"] if layer == self.num_layers - 1 else np.zeros((1, self.n_a)),
+                "by": host["by"] if layer == self.num_layers - 1 else np.zeros((1, 1)),
+            }
+            for layer in range(self.num_layers)
+        ]
+        states = [(np.zeros((self.n_a, 1)), np.zeros((self.n_a, 1))) for _ in layers]
+        eye = np.eye(self.n_x)
 
         def step(index: int) -> np.ndarray:
-            nonlocal h, c
-            z = w_x[:, index] + w_h @ h + b
-            i, f, o = (0.5 * np.tanh(0.5 * z[k * n_a : (k + 1) * n_a]) + 0.5 for k in range(3))
-            c = f * c + i * np.tanh(z[3 * n_a :])
-            h = o * np.tanh(c)
-            logits = (p["Wy"] @ h + p["by"][:, 0]) / temperature
+            inputs = eye[:, index : index + 1]
+            for layer, parameters in enumerate(layers):
+                a, c = states[layer]
+                a, c, _, _ = lstm_cell_forward(inputs, a, c, parameters)
+                states[layer] = (a, c)
+                inputs = a
+            logits = (host["Wy"] @ inputs[:, 0] + host["by"][:, 0]) / temperature
             e = np.exp(logits - logits.max())
             return e / e.sum()
 
@@ -451,7 +555,7 @@ class CharLSTM(LSTMModel):
             step(int(index))
         current = int(prime_ids[-1])
         out = []
-        for _ in range(length):
+        for _ in range(int(length)):
             probs = step(current)
             current = int(rng.choice(self.n_y, p=probs))
             out.append(self.vocab[current])
@@ -463,107 +567,21 @@ class CharLSTM(LSTMModel):
 _CLASSES = {"LSTMModel": LSTMModel, "CharLSTM": CharLSTM}
 
 
-class CheckpointError(ValueError):
-    """A file that is not a valid xlstm checkpoint (a ``ValueError``)."""
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the file, read and CRC-checked, or :class:`CheckpointError`."""
-    with open(path, "rb") as file:  # np.load leaks its own handle when the zip is bad
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-            reason = f"{type(error).__name__}: {error}"
-            msg = f"`path` {str(path)!r} is not a readable xlstm checkpoint ({reason})"
-            raise CheckpointError(msg) from None
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and check a checkpoint: ``(meta, arrays)`` with NumPy arrays.
+    """Read and check a training model's checkpoint: ``(meta, arrays)`` (NumPy arrays).
 
-    Every consistency check of :func:`load_model` happens here, before anything is built.
+    Every check of :func:`load_model` happens here, before anything is built (see
+    :func:`xlstm.checkpoint.read`).
     """
-    path = Path(path)
-    arrays = _read_npz(path)
-
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(f"`path` {str(path)!r} is not a valid xlstm checkpoint: {reason}")
-
-    if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].ndim != 0:
-        raise fail("it has no `meta` record (was it written by LSTMModel.save?)")
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except json.JSONDecodeError as error:
-        raise fail(f"its `meta` record is not valid JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise fail(f"its format is {found!r}, expected {FORMAT!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise fail(
-            f"format version {meta.get('version')!r}; this xlstm reads version {FORMAT_VERSION}"
+    meta, arrays = checkpoint.read(
+        path, optimizer_slots=lambda config: optimizer_from_config(config).slots
+    )
+    if meta["class"] not in _CLASSES:
+        msg = (
+            f"`path` {str(path)!r} holds an {meta['class']}, not a training model: "
+            "load it with xlstm.LSTM.load"
         )
-    if meta.get("class") not in _CLASSES:
-        raise fail(f"unknown model class {meta.get('class')!r}")
-    if meta.get("gate_order") != list(GATE_ORDER):
-        raise fail(f"gate order {meta.get('gate_order')!r}; expected {list(GATE_ORDER)}")
-    if meta.get("dtype") not in DTYPES:
-        raise fail(f"dtype {meta.get('dtype')!r}; expected one of {DTYPES}")
-    sizes = [meta.get(k) for k in ("n_x", "n_a", "n_y")]
-    if not all(isinstance(s, int) and s >= 1 for s in sizes):
-        raise fail(f"sizes (n_x, n_a, n_y) = {tuple(sizes)} are not positive ints")
-    n_x, n_a, n_y = sizes
-    if meta["class"] == "CharLSTM":
-        vocab = meta.get("vocab")
-        if not isinstance(vocab, str) or len(vocab) != n_x or n_x != n_y or len(set(vocab)) != n_x:
-            raise fail("its vocabulary does not match n_x = n_y")
-    expected = {
-        **{f"param/W{g}": (n_a, n_a + n_x) for g in "fico"},
-        **{f"param/b{g}": (n_a, 1) for g in "fico"},
-        "param/Wy": (n_y, n_a),
-        "param/by": (n_y, 1),
-    }
-    for name, shape in expected.items():
-        if name not in arrays:
-            raise fail(f"`{name}` is missing")
-        if arrays[name].shape != shape:
-            raise fail(f"`{name}` has shape {arrays[name].shape}; the config says {shape}")
-    for name, value in arrays.items():
-        if name.startswith("param/") and name[6:] not in PARAMETER_KEYS:
-            raise fail(f"unexpected array `{name}`")
-        if value.dtype != np.dtype(meta["dtype"]):
-            raise fail(f"`{name}` has dtype {value.dtype}; the config says {meta['dtype']}")
-    slots: dict[str, set[str]] = {}
-    for name in arrays:
-        if name.startswith("opt/"):
-            parts = name.split("/")
-            if len(parts) != 3 or parts[2] not in PARAMETER_KEYS:
-                raise fail(f"unexpected array `{name}`")
-            slots.setdefault(parts[1], set()).add(parts[2])
-            if arrays[name].shape != expected[f"param/{parts[2]}"]:
-                raise fail(f"`{name}` has the wrong shape {arrays[name].shape}")
-        elif not name.startswith("param/"):
-            raise fail(f"unexpected array `{name}`")
-    try:
-        optimizer = optimizer_from_config(meta.get("optimizer"))
-    except (ValueError, TypeError) as error:
-        raise fail(f"bad optimiser record ({error})") from None
-    step = meta.get("opt_step")
-    if step is not None:
-        if not isinstance(step, int) or step < 0:
-            raise fail(f"optimiser step {step!r} is not a non-negative int")
-        wanted = set(optimizer.slots)
-        if set(slots) != wanted:
-            name = type(optimizer).__name__
-            raise fail(f"optimiser state has slots {sorted(slots)}; {name} needs {sorted(wanted)}")
-        for slot, keys in slots.items():
-            missing = [k for k in PARAMETER_KEYS if k not in keys]
-            if missing:
-                raise fail(f"optimiser slot {slot!r} lacks buffers for {missing}")
-    elif slots:
-        raise fail("optimiser buffers without an optimiser step")
-    if not isinstance(meta.get("extra", {}), dict):
-        raise fail("`extra` is not a dict")
+        raise CheckpointError(msg)
     return meta, arrays
 
 
@@ -580,16 +598,19 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
     Raises
     ------
     FileNotFoundError
-    ValueError (:class:`CheckpointError`)
+    ValueError (:class:`xlstm.checkpoint.CheckpointError`)
         Corrupt, truncated or inconsistent file; nothing is loaded.
     """
     meta, arrays = read_checkpoint(path)
     backend = "numpy" if backend is None else backend
     xp = get_namespace(backend)
-    parameters = {
-        k: xp.asarray(arrays[f"param/{k}"], device=device, copy=True) for k in PARAMETER_KEYS
-    }
+    keys = checkpoint.parameter_shapes(
+        meta["n_x"], meta["n_a"], meta["num_layers"], False, meta["n_y"]
+    )
+    parameters = {k: xp.asarray(arrays[f"param/{k}"], device=device, copy=True) for k in keys}
     options = {
+        "num_layers": meta["num_layers"],
+        "dropout": meta["dropout"],
         "parameters": parameters,
         "backend": backend,
         "dtype": meta["dtype"],
@@ -604,12 +625,19 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
         state: dict[str, Any] = {"step": meta["opt_step"]}
         for slot in model.optimizer.slots:
             state[slot] = {
-                k: xp.asarray(arrays[f"opt/{slot}/{k}"], device=device, copy=True)
-                for k in PARAMETER_KEYS
+                k: xp.asarray(arrays[f"opt/{slot}/{k}"], device=device, copy=True) for k in keys
             }
         model.opt_state = state
     model.extra = dict(meta.get("extra", {}))
     return model
+
+
+def _check_seed(seed: Any) -> Any:
+    if seed is None or isinstance(seed, np.random.Generator):
+        return None if seed is None else int(seed.integers(2**63))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` = {seed!r}; expected None, a non-negative int or a Generator")
+    return int(seed)
 
 
 __all__ = ["CharLSTM", "CheckpointError", "LSTMModel", "load_model", "read_checkpoint"]

@@ -1,0 +1,727 @@
+"""ONNX export and import: the code behind :func:`xlstm.convert.to_onnx` and ``from_onnx``.
+
+Shape legend (ONNX layout 0, time-major)::
+
+    X            (T, m, n_x)        graph input
+    initial_h/c  (L D, m, n_a)      optional graph inputs (``initial_state=True``)
+    sequence_lens (m,) int32        optional graph input (``sequence_lens=True``)
+    Y            (T, m, D n_a)      forward features first, then reverse (as torch.nn.LSTM)
+    Y_h, Y_c     (L D, m, n_a)      torch.nn.LSTM's order: l0, l0 reverse, l1, ...
+
+    one LSTM node per layer:  W (D, 4 n_a, n_in),  R (D, 4 n_a, n_a),  B (D, 8 n_a) = [Wb | Rb]
+    its output Y is (T, D, m, n_a), turned into (T, m, D n_a) between layers
+
+Gate orders: xlstm's :data:`xlstm.GATE_ORDER` is (i, f, o, g); ONNX's is (i, o, f, c), ``c``
+being the candidate ``g`` (:data:`ONNX_GATE_ORDER`).  Export writes the bias into ``Wb`` and
+zeros into ``Rb``; import adds the two.
+
+``onnx`` is imported inside the functions only, so ``import xlstm`` never needs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._layout import GATE_KEYS, layer_key
+from .convert import _gate_dict, _host, _place, _stacked_from_gates
+
+ONNX_GATE_ORDER = ("i", "o", "f", "g")
+"""Gate blocks of an ONNX ``LSTM`` node's ``W``, ``R``, ``B``, top to bottom (ONNX: i, o, f, c)."""
+
+DEFAULT_OPSET = 21
+"""Opset written by default: the highest one that every version the ``onnx`` extra allows
+(onnx >= 1.16, onnxruntime >= 1.18) both writes and runs, so a file made anywhere loads
+everywhere the extra installs."""
+
+MIN_OPSET = 13
+"""Lowest opset written: ``Squeeze`` takes its axes as an input from 13 on."""
+
+# Bounds for untrusted files, checked before any array is built: far above any real LSTM,
+# far below what would exhaust memory.
+_MAX_HIDDEN = 1 << 16
+_MAX_FEATURES = 1 << 20
+_MAX_ELEMENTS = 1 << 28
+_MAX_LAYERS = 1024
+_MAX_FILE_BYTES = (1 << 31) - 1  # protobuf's own limit
+
+_DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")
+_NODE_ATTRIBUTES = {
+    "hidden_size", "direction", "layout", "activations", "activation_alpha",
+    "activation_beta", "clip", "input_forget",
+}  # fmt: skip
+# Ops that only move, reshape or make constants.  A graph with anything else (a MatMul, a
+# Softmax: an output layer) computes more than an xlstm.LSTM holds.
+_PLUMBING = {
+    "Cast", "Concat", "Constant", "ConstantOfShape", "Expand", "Gather", "Identity", "Reshape",
+    "Shape", "Slice", "Split", "Squeeze", "Transpose", "Unsqueeze",
+}  # fmt: skip
+# Ops allowed on the data path from one layer's Y to the next layer's X.
+_LINK_OPS = {"Identity", "Transpose", "Reshape", "Squeeze"}
+# Ops through which a constant initial state is traced (to see whether it is zero).
+_STATE_OPS = {"Identity", "Slice", "Expand", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as error:
+        msg = "ONNX export and import need the `onnx` package: pip install 'xlstm-arrayapi[onnx]'"
+        raise ImportError(msg) from error
+    return onnx
+
+
+def _model_class() -> type:
+    """``xlstm.LSTM`` where it exists, else its former name ``xlstm.stacked.StackedLSTM``."""
+    import xlstm
+
+    cls = getattr(xlstm, "LSTM", None)
+    if cls is None:
+        from .stacked import StackedLSTM as cls
+    return cls
+
+
+# =========================================================================== export
+
+
+class _Recurrent(NamedTuple):
+    """What export needs of a model, on the host, in ONNX's gate order."""
+
+    w: list[np.ndarray]
+    """Per layer: ``W (D, 4 n_a, n_in)``."""
+    r: list[np.ndarray]
+    """Per layer: ``R (D, 4 n_a, n_a)``."""
+    b: list[np.ndarray]
+    """Per layer: ``B (D, 8 n_a)``, the bias then zeros."""
+    n_x: int
+    n_a: int
+    bidirectional: bool
+    head: tuple[np.ndarray, np.ndarray] | None
+    """``(Wy (n_y, n_a), by (n_y, 1))`` of a character model, else None."""
+    kind: str
+    vocab: str | None
+
+
+def _recurrent_part(model: Any) -> tuple[Any, Any, str]:
+    """``(recurrent, head parameters or None, kind)``, duck-typed (see :func:`to_onnx`)."""
+    parameters = getattr(model, "parameters", None)
+    if isinstance(parameters, Mapping) and "Wy" in parameters and "by" in parameters:
+        kind = type(model).__name__
+        lstm = getattr(model, "lstm", None)
+        if lstm is not None:
+            return lstm, parameters, kind
+        if all(key in parameters for key in GATE_KEYS):
+            # A single-layer model holding the seed's flat dict (Wf ... by).
+            return _SeedLayer(parameters), parameters, kind
+        msg = f"`model` ({kind}) has `Wy` and `by` but neither `.lstm` nor the seed's gate keys"
+        raise TypeError(msg)
+    needed = ("layers", "bidirectional", "n_x", "n_a")
+    if all(hasattr(model, name) for name in needed):
+        return model, None, type(model).__name__
+    msg = (
+        "`model` must be an xlstm.LSTM (or LSTMWeights) or a character model with `.lstm` "
+        f"and parameters `Wy`, `by`; got {type(model).__name__}"
+    )
+    raise TypeError(msg)
+
+
+class _SeedLayer:
+    """A one-layer, one-direction view of the seed's flat parameter dict."""
+
+    bidirectional = False
+
+    def __init__(self, parameters: Mapping[str, Any]) -> None:
+        self.layers = [{key: parameters[key] for key in GATE_KEYS}]
+        self.n_a, width = (int(s) for s in parameters["Wf"].shape)
+        self.n_x = width - self.n_a
+
+
+def _describe(model: Any, output: str | None, dtype: Any) -> _Recurrent:
+    recurrent, head_parameters, kind = _recurrent_part(model)
+    if head_parameters is None and output is not None:
+        msg = f"`output` = {output!r} is for a model with an output layer; {kind} has none"
+        raise ValueError(msg)
+    if output not in (None, "softmax", "logits"):
+        raise ValueError(f"`output` = {output!r}; expected 'softmax' or 'logits'")
+    bidirectional = bool(recurrent.bidirectional)
+    directions = 2 if bidirectional else 1
+    layers = list(recurrent.layers)
+    if not layers or len(layers) % directions:
+        raise ValueError(f"`model` has {len(layers)} layer entries for D = {directions}")
+    n_x, n_a = int(recurrent.n_x), int(recurrent.n_a)
+    w, r, b = [], [], []
+    for first in range(0, len(layers), directions):
+        stacked = [
+            _stacked_from_gates(layers[first + d], ONNX_GATE_ORDER, f"layers[{first + d}]")
+            for d in range(directions)
+        ]
+        n_in = n_x if first == 0 else directions * n_a
+        for w_ih, w_hh, _ in stacked:
+            if w_ih.shape != (4 * n_a, n_in) or w_hh.shape != (4 * n_a, n_a):
+                msg = (
+                    f"layer {first // directions} has W of shape {w_ih.shape}; expected "
+                    f"{(4 * n_a, n_in)} for n_x = {n_x}, n_a = {n_a}"
+                )
+                raise ValueError(msg)
+        w.append(np.stack([w_ih for w_ih, _, _ in stacked]))
+        r.append(np.stack([w_hh for _, w_hh, _ in stacked]))
+        b.append(np.stack([np.concatenate([bias, np.zeros_like(bias)]) for _, _, bias in stacked]))
+    head = None
+    if head_parameters is not None:
+        wy = _host("parameters['Wy']", head_parameters["Wy"])
+        by = _host("parameters['by']", head_parameters["by"])
+        if wy.ndim != 2 or wy.shape[1] != n_a or by.shape != (wy.shape[0], 1):
+            msg = f"`Wy`, `by` have shapes {wy.shape}, {by.shape}; expected (n_y, n_a), (n_y, 1)"
+            raise ValueError(msg)
+        head = (wy, by)
+    dtypes = sorted({str(array.dtype) for array in (*w, *r, *(head or ()))})
+    if dtypes not in (["float32"], ["float64"]):
+        raise TypeError(f"`model` has dtypes {dtypes}; export needs float32 or float64")
+    if dtype is not None:
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"`dtype` = {dtype!r}; expected 'float32', 'float64' or None")
+        w, r, b = ([a.astype(dtype) for a in arrays] for arrays in (w, r, b))
+        head = None if head is None else (head[0].astype(dtype), head[1].astype(dtype))
+    vocab = getattr(model, "vocab", None) if head is not None else None
+    return _Recurrent(w, r, b, n_x, n_a, bidirectional, head, kind, vocab)
+
+
+def _dimension(name: str, dynamic: Any, size: Any, symbol: str) -> str | int:
+    if not isinstance(dynamic, bool):
+        raise TypeError(f"`dynamic_{name}` must be a bool, got {type(dynamic).__name__}")
+    if dynamic:
+        if size is not None:
+            msg = f"`{_SIZE_NAMES[name]}` fixes the {name} dimension; pass dynamic_{name}=False"
+            raise ValueError(msg)
+        return symbol
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        msg = f"dynamic_{name}=False needs `{_SIZE_NAMES[name]}`, a positive int; got {size!r}"
+        raise ValueError(msg)
+    return int(size)
+
+
+_SIZE_NAMES = {"batch": "batch_size", "time": "time_steps"}
+
+
+def _check_opset(onnx: Any, opset: Any) -> int:
+    highest = onnx.defs.onnx_opset_version()
+    if opset is None:
+        return min(DEFAULT_OPSET, highest)
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"`opset` must be an int, got {type(opset).__name__}")
+    if not MIN_OPSET <= opset <= highest:
+        msg = f"`opset` = {opset}; this onnx ({onnx.__version__}) writes {MIN_OPSET} to {highest}"
+        raise ValueError(msg)
+    return int(opset)
+
+
+def to_onnx(
+    model: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_time: bool = True,
+    batch_size: int | None = None,
+    time_steps: int | None = None,
+    initial_state: bool = False,
+    sequence_lens: bool = False,
+    output: str | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """See :func:`xlstm.convert.to_onnx`."""
+    onnx = _import_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    import xlstm
+
+    spec = _describe(model, output, dtype)
+    opset = _check_opset(onnx, opset)
+    for name, value in (("initial_state", initial_state), ("sequence_lens", sequence_lens)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
+    t_dim = _dimension("time", dynamic_time, time_steps, "T")
+    m_dim = _dimension("batch", dynamic_batch, batch_size, "m")
+    elem = TensorProto.FLOAT if spec.w[0].dtype == np.float32 else TensorProto.DOUBLE
+    directions = 2 if spec.bidirectional else 1
+    num_layers, n_a = len(spec.w), spec.n_a
+    count = num_layers * directions
+
+    inputs = [helper.make_tensor_value_info("X", elem, [t_dim, m_dim, spec.n_x])]
+    if initial_state:
+        inputs += [
+            helper.make_tensor_value_info(name, elem, [count, m_dim, n_a])
+            for name in ("initial_h", "initial_c")
+        ]
+    if sequence_lens:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [m_dim]))
+    initializers: list[Any] = []
+    nodes: list[Any] = []
+
+    def constant(name: str, value: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    last = num_layers - 1
+    features = "X"
+    for layer in range(num_layers):
+        tag = f"_l{layer}"
+        states = ["", ""]
+        if initial_state and num_layers == 1:
+            states = ["initial_h", "initial_c"]
+        elif initial_state:
+            # This layer's rows [l D, (l + 1) D) of the (L D, m, n_a) states.
+            starts = constant(f"state_start{tag}", np.array([layer * directions], np.int64))
+            ends = constant(f"state_end{tag}", np.array([(layer + 1) * directions], np.int64))
+            axes = "axis_0" if layer else constant("axis_0", np.array([0], np.int64))
+            for index, name in enumerate(("initial_h", "initial_c")):
+                states[index] = f"{name}{tag}"
+                slice_inputs = [name, starts, ends, axes]
+                nodes.append(
+                    helper.make_node(
+                        "Slice", slice_inputs, [states[index]], name=f"slice_{name}{tag}"
+                    )
+                )
+        one = num_layers == 1
+        y_raw = f"Y_raw{tag}"
+        nodes.append(
+            helper.make_node(
+                "LSTM",
+                [
+                    features,
+                    constant(f"W{tag}", spec.w[layer]),
+                    constant(f"R{tag}", spec.r[layer]),
+                    constant(f"B{tag}", spec.b[layer]),
+                    "sequence_lens" if sequence_lens else "",
+                    *states,
+                ],
+                [y_raw, "Y_h" if one else f"Y_h{tag}", "Y_c" if one else f"Y_c{tag}"],
+                name=f"lstm{tag}",
+                hidden_size=n_a,
+                direction="bidirectional" if spec.bidirectional else "forward",
+            )
+        )
+        # ONNX's Y is (T, D, m, n_a); the next layer, and torch's Y, read (T, m, D n_a).
+        features = "Y" if layer == last and spec.head is None else f"Y{tag}"
+        if directions == 1:
+            axis_1 = "axis_1" if layer else constant("axis_1", np.array([1], np.int64))
+            nodes.append(
+                helper.make_node("Squeeze", [y_raw, axis_1], [features], name=f"squeeze{tag}")
+            )
+        else:
+            merge = "merge_shape" if layer else constant("merge_shape", np.array([0, 0, -1]))
+            moved = f"Y_moved{tag}"
+            nodes += [
+                helper.make_node(
+                    "Transpose", [y_raw], [moved], perm=[0, 2, 1, 3], name=f"transpose{tag}"
+                ),
+                helper.make_node("Reshape", [moved, merge], [features], name=f"merge{tag}"),
+            ]
+    if num_layers > 1:
+        for name in ("Y_h", "Y_c"):
+            parts = [f"{name}_l{layer}" for layer in range(num_layers)]
+            nodes.append(helper.make_node("Concat", parts, [name], axis=0, name=f"concat_{name}"))
+    n_out = directions * n_a
+    if spec.head is not None:
+        wy, by = spec.head
+        n_out = int(wy.shape[0])
+        # Row vectors: (T, m, n_a) @ Wy^T + by gives the logits (T, m, n_y).
+        wy_t = constant("Wy_T", np.ascontiguousarray(wy.T))
+        bias = constant("by", np.ascontiguousarray(by[:, 0]))
+        logits = "Y" if output == "logits" else "logits"
+        nodes += [
+            helper.make_node("MatMul", [features, wy_t], ["scores"], name="output_matmul"),
+            helper.make_node("Add", ["scores", bias], [logits], name="output_bias"),
+        ]
+        if output != "logits":
+            nodes.append(helper.make_node("Softmax", [logits], ["Y"], axis=-1, name="softmax"))
+    outputs = [
+        helper.make_tensor_value_info("Y", elem, [t_dim, m_dim, n_out]),
+        helper.make_tensor_value_info("Y_h", elem, [count, m_dim, n_a]),
+        helper.make_tensor_value_info("Y_c", elem, [count, m_dim, n_a]),
+    ]
+    graph = helper.make_graph(nodes, "xlstm", inputs, outputs, initializers)
+    opset_ids = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(
+        graph,
+        opset_imports=opset_ids,
+        producer_name="xlstm",
+        producer_version=xlstm.__version__,
+        # The oldest IR version that holds this opset, so older runtimes read the file.
+        ir_version=helper.find_min_ir_version_for(opset_ids),
+        doc_string=(
+            f"xlstm {spec.kind}: {num_layers} layer(s), "
+            f"{'bidirectional' if spec.bidirectional else 'forward'}, n_x = {spec.n_x}, "
+            f"n_a = {n_a}. X (T, m, n_x) -> Y (T, m, {n_out}), Y_h, Y_c (L D, m, n_a)."
+        ),
+    )
+    properties = {"xlstm.model": spec.kind}
+    if spec.head is not None:
+        properties["xlstm.output"] = output or "softmax"
+    if isinstance(spec.vocab, str):
+        properties["xlstm.vocab"] = spec.vocab
+    helper.set_model_props(proto, properties)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        write_atomic(proto.SerializeToString(), path)
+    return proto
+
+
+def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and move it there when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# =========================================================================== import
+
+
+class _Graph:
+    """Look-ups into an (untrusted) graph: producers, constants, graph inputs."""
+
+    def __init__(self, graph: Any) -> None:
+        self.producer = {name: node for node in graph.node for name in node.output if name}
+        self.constants = {tensor.name: tensor for tensor in graph.initializer}
+        self.inputs = {value.name for value in graph.input}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.constants[node.output[0]] = attribute.t
+
+    def constant(self, name: str) -> Any:
+        """The TensorProto behind ``name`` (through Identity nodes), or None."""
+        for _ in range(_MAX_LAYERS):
+            if name in self.constants:
+                return self.constants[name]
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return None
+
+
+def _attributes(onnx: Any, node: Any) -> dict[str, Any]:
+    values = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, list):
+            value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+        values[attribute.name] = value
+    return values
+
+
+def _array(onnx: Any, tensor: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``tensor`` as a NumPy array after its type, shape and payload size are checked."""
+    from onnx import TensorProto
+
+    fields = {
+        TensorProto.FLOAT: ("float_data", 4),
+        TensorProto.DOUBLE: ("double_data", 8),
+        TensorProto.FLOAT16: ("int32_data", 2),
+    }
+    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+        raise ValueError(f"{what} is stored as external data; from_onnx reads embedded tensors")
+    if tensor.data_type not in fields:
+        name = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type < 64 else "?"
+        raise ValueError(f"{what} has element type {name}; expected FLOAT, DOUBLE or FLOAT16")
+    dims = tuple(int(d) for d in tensor.dims)
+    if dims != shape:
+        raise ValueError(f"{what} has shape {dims}; expected {shape}")
+    count = math.prod(dims)
+    if count > _MAX_ELEMENTS:
+        raise ValueError(f"{what} has {count} elements; more than this reader accepts")
+    field, itemsize = fields[tensor.data_type]
+    stored = len(tensor.raw_data) if tensor.raw_data else len(getattr(tensor, field)) * itemsize
+    if stored != count * itemsize:
+        msg = f"{what} holds {stored} bytes of data for shape {dims}; expected {count * itemsize}"
+        raise ValueError(msg)
+    return onnx.numpy_helper.to_array(tensor)
+
+
+class _Layer(NamedTuple):
+    node: Any
+    w: np.ndarray  # (D, 4 n_a, n_in)
+    r: np.ndarray  # (D, 4 n_a, n_a)
+    bias: np.ndarray  # (D, 4 n_a): Wb + Rb
+    directions: int
+    n_a: int
+    layout: int
+
+
+def _read_node(onnx: Any, node: Any, index: int, graph: _Graph) -> _Layer:
+    label = f"LSTM node {index} ({node.name or 'unnamed'!r})"
+    attributes = _attributes(onnx, node)
+    unknown = sorted(set(attributes) - _NODE_ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"{label} has unknown attributes {unknown}")
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    # Everything xlstm's LSTM does not compute, named together.
+    unsupported = []
+    if inputs[7]:
+        unsupported.append("P (peepholes)")
+    if "clip" in attributes:
+        unsupported.append(f"clip = {attributes['clip']}")
+    if attributes.get("input_forget", 0) != 0:
+        unsupported.append(f"input_forget = {attributes['input_forget']}")
+    direction = attributes.get("direction", "forward")
+    if direction not in ("forward", "bidirectional"):
+        unsupported.append(f"direction = {direction!r} (xlstm has forward and bidirectional)")
+    directions = 2 if direction == "bidirectional" else 1
+    activations = attributes.get("activations")
+    if activations is not None and list(activations) != list(_DEFAULT_ACTIVATIONS * directions):
+        unsupported.append(f"activations = {list(activations)} (xlstm: Sigmoid, Tanh, Tanh)")
+    layout = attributes.get("layout", 0)
+    if layout not in (0, 1):
+        unsupported.append(f"layout = {layout}")
+    if unsupported:
+        msg = f"{label} uses what xlstm's LSTM cannot express: {', '.join(unsupported)}"
+        raise ValueError(msg)
+
+    def tensor(position: int, name: str) -> Any:
+        found = graph.constant(inputs[position])
+        if found is None:
+            where = "a graph input" if inputs[position] in graph.inputs else "computed"
+            msg = (
+                f"{label}: `{name}` ({inputs[position]!r}) is {where}, not a constant; "
+                "from_onnx reads weights stored in the model (initializers or Constant nodes)"
+            )
+            raise ValueError(msg)
+        return found
+
+    w_proto, r_proto = tensor(1, "W"), tensor(2, "R")
+    r_dims = tuple(int(d) for d in r_proto.dims)
+    n_a = attributes.get("hidden_size", r_dims[-1] if len(r_dims) == 3 else 0)
+    if not isinstance(n_a, int) or not 1 <= n_a <= _MAX_HIDDEN:
+        raise ValueError(f"{label} has hidden_size = {n_a!r}; expected 1 to {_MAX_HIDDEN}")
+    w_dims = tuple(int(d) for d in w_proto.dims)
+    if len(w_dims) != 3 or not 1 <= w_dims[2] <= _MAX_FEATURES:
+        raise ValueError(f"{label}: `W` has shape {w_dims}; expected (D, 4 n_a, n_in)")
+    n_in = w_dims[2]
+    w = _array(onnx, w_proto, (directions, 4 * n_a, n_in), f"{label}: `W`")
+    r = _array(onnx, r_proto, (directions, 4 * n_a, n_a), f"{label}: `R`")
+    if inputs[3]:
+        b = _array(onnx, tensor(3, "B"), (directions, 8 * n_a), f"{label}: `B`")
+    else:
+        b = np.zeros((directions, 8 * n_a), dtype=w.dtype)
+    if not (w.dtype == r.dtype == b.dtype):
+        raise ValueError(f"{label}: `W`, `R`, `B` have dtypes {w.dtype}, {r.dtype}, {b.dtype}")
+    # The two biases are always added: fold them (in float64, as convert.from_torch does).
+    bias = (b[:, : 4 * n_a].astype(np.float64) + b[:, 4 * n_a :]).astype(w.dtype)
+    for position, name in ((5, "initial_h"), (6, "initial_c")):
+        if inputs[position] and _fixed_nonzero(onnx, inputs[position], graph):
+            msg = (
+                f"{label}: `{name}` is a fixed nonzero constant; an xlstm.LSTM starts from "
+                "zeros or from the state passed to forward"
+            )
+            raise ValueError(msg)
+    return _Layer(node, w, r, bias, directions, n_a, layout)
+
+
+def _fixed_nonzero(onnx: Any, name: str, graph: _Graph) -> bool:
+    """Whether an initial state is a constant (through slicing and casts) that is not zero."""
+    for _ in range(_MAX_LAYERS):
+        found = graph.constant(name)
+        if found is not None:
+            dims = tuple(int(d) for d in found.dims)
+            if math.prod(dims) > _MAX_ELEMENTS:
+                raise ValueError(f"initial state {name!r} has shape {dims}; too large")
+            return bool(np.any(_array(onnx, found, dims, f"initial state {name!r}")))
+        node = graph.producer.get(name)
+        if node is None:
+            return False  # a graph input: given at run time
+        if node.op_type == "ConstantOfShape":
+            value = _attributes(onnx, node).get("value")
+            return value is not None and bool(np.any(onnx.numpy_helper.to_array(value)))
+        if node.op_type not in _STATE_OPS:
+            return False
+        name = node.input[0]
+    return False
+
+
+def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: _Graph) -> None:
+    """Check that layer ``number``'s X is the previous layer's Y as ``(T, m, D n_a)``.
+
+    The ops between them are replayed on symbolic axes; only Identity, Transpose, Squeeze of
+    the direction axis and a Reshape merging (direction, hidden) into one feature axis are
+    understood.  Anything else could mix time, batch and directions, so it is refused.
+    """
+    label = f"LSTM node {number} ({layer.node.name or 'unnamed'!r})"
+    source = previous.node.output[0] if previous.node.output else ""
+    chain, name = [], layer.node.input[0]
+    while not (source and name == source):
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in _LINK_OPS or len(chain) > _MAX_LAYERS:
+            found = "a graph input" if node is None else f"a {node.op_type} node"
+            msg = (
+                f"{label}: its input X is not the previous LSTM's output Y after layout "
+                f"changes (the path reaches {found}); from_onnx reads stacks of LSTM nodes"
+            )
+            raise ValueError(msg)
+        chain.append(node)
+        name = node.input[0]
+    directions, n_a = previous.directions, previous.n_a
+    sizes = {"D": directions, "n": n_a}
+    # Each axis is a tuple of the symbols merged into it: T time, m batch, D, n hidden.
+    axes = [("T",), ("D",), ("m",), ("n",)] if previous.layout == 0 else [
+        ("m",), ("T",), ("D",), ("n",)
+    ]  # fmt: skip
+
+    def fail(node: Any, why: str) -> ValueError:
+        return ValueError(f"{label}: the {node.op_type} between layers {why}")
+
+    for node in reversed(chain):
+        attributes = _attributes(onnx, node)
+        if node.op_type == "Transpose":
+            perm = attributes.get("perm", list(range(len(axes)))[::-1])
+            if sorted(perm) != list(range(len(axes))):
+                raise fail(node, f"has perm {perm} for rank {len(axes)}")
+            axes = [axes[p] for p in perm]
+        elif node.op_type == "Squeeze":
+            drop = attributes.get("axes")
+            if drop is None and len(node.input) > 1 and node.input[1]:
+                drop = _int_constant(onnx, node.input[1], graph, node)
+            if not drop:
+                raise fail(node, "has no explicit axes")
+            drop = {a % len(axes) for a in drop}
+            if any(math.prod(sizes.get(s, 0) for s in axes[a]) != 1 for a in drop):
+                raise fail(node, "removes an axis that is not the size-1 direction axis")
+            axes = [axis for a, axis in enumerate(axes) if a not in drop]
+        elif node.op_type == "Reshape":
+            if attributes.get("allowzero", 0):
+                raise fail(node, "has allowzero = 1")
+            shape = _int_constant(onnx, node.input[1], graph, node)
+            kept = 0
+            while kept < len(shape) and shape[kept] == 0:
+                kept += 1  # 0 copies the input's dimension
+            merged = tuple(s for axis in axes[kept:] for s in axis)
+            known = all(s in sizes for s in merged)
+            size = math.prod(sizes[s] for s in merged) if known else None
+            if len(shape) != kept + 1 or not merged or shape[kept] not in (-1, size):
+                raise fail(node, f"has shape {shape}, which is not a merge of the last axes")
+            axes = [*axes[:kept], merged]
+        # Identity changes nothing.
+    # With one direction the size-1 D may be merged into the features or squeezed away.
+    axes = [tuple(s for s in axis if s != "D" or directions == 2) or axis for axis in axes]
+    features = ("D", "n") if directions == 2 else ("n",)
+    wanted = [("T",), ("m",), features] if layer.layout == 0 else [("m",), ("T",), features]
+    if axes != wanted:
+        msg = (
+            f"{label}: its input X is the previous layer's Y with axes {axes}; expected "
+            f"{wanted} (time, batch, features: forward then reverse)"
+        )
+        raise ValueError(msg)
+
+
+def _int_constant(onnx: Any, name: str, graph: _Graph, node: Any) -> list[int]:
+    found = graph.constant(name)
+    if found is None or len(found.dims) != 1 or not 1 <= found.dims[0] <= 8:
+        raise ValueError(f"the {node.op_type} between LSTM layers has a non-constant shape/axes")
+    return [int(v) for v in onnx.numpy_helper.to_array(found)]
+
+
+def _load(onnx: Any, source: Any) -> Any:
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        size = os.stat(source).st_size
+        if size > _MAX_FILE_BYTES:
+            raise ValueError(f"`path_or_model` is {size} bytes; more than an ONNX file can be")
+        data = Path(source).read_bytes()
+    else:
+        msg = f"`path_or_model` must be a path, bytes or a ModelProto, got {type(source).__name__}"
+        raise TypeError(msg)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as error:  # protobuf's DecodeError; its module path varies by version
+        raise ValueError(f"`path_or_model` is not an ONNX model ({error})") from None
+    return model
+
+
+def from_onnx(source: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
+    """See :func:`xlstm.convert.from_onnx`."""
+    onnx = _import_onnx()
+    model = _load(onnx, source)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
+        raise ValueError(f"`path_or_model` is not a valid ONNX model: {first}") from None
+    graph = _Graph(model.graph)
+    others = sorted(
+        {
+            f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            for node in model.graph.node
+            if (node.op_type != "LSTM" and node.op_type not in _PLUMBING)
+            or node.domain not in ("", "ai.onnx")
+        }
+    )
+    if others:
+        msg = (
+            f"the graph has {', '.join(others)} nodes; from_onnx reads graphs made of LSTM "
+            "nodes (and reshaping between them): an output layer is not part of an xlstm.LSTM"
+        )
+        raise ValueError(msg)
+    nodes = [node for node in model.graph.node if node.op_type == "LSTM"]
+    if not nodes:
+        raise ValueError("the graph has no LSTM node")
+    if len(nodes) > _MAX_LAYERS:
+        raise ValueError(f"the graph has {len(nodes)} LSTM nodes; at most {_MAX_LAYERS} are read")
+    layers = [_read_node(onnx, node, index, graph) for index, node in enumerate(nodes)]
+    first = layers[0]
+    for number, (previous, layer) in enumerate(itertools.pairwise(layers), start=1):
+        if (layer.directions, layer.n_a) != (first.directions, first.n_a):
+            msg = (
+                f"LSTM node {number} has D = {layer.directions}, hidden_size = {layer.n_a}; "
+                f"node 0 has {first.directions}, {first.n_a} (an xlstm.LSTM has one of each)"
+            )
+            raise ValueError(msg)
+        n_in = first.directions * first.n_a
+        if layer.w.shape[2] != n_in:
+            reads = layer.w.shape[2]
+            msg = f"LSTM node {number}: `W` reads {reads} features; expected D n_a = {n_in}"
+            raise ValueError(msg)
+        _check_link(onnx, layer, previous, number, graph)
+    host = {}
+    for number, layer in enumerate(layers):
+        for direction in range(layer.directions):
+            gates = _gate_dict(
+                layer.w[direction], layer.r[direction], layer.bias[direction],
+                ONNX_GATE_ORDER, layer.n_a,
+            )  # fmt: skip
+            for key, value in gates.items():
+                host[layer_key(key, number, direction == 1)] = value
+    if dtype is None:
+        # float16 files become float32: xlstm's models hold float32 or float64.
+        dtype = "float64" if first.w.dtype == np.float64 else "float32"
+    parameters = _place(host, backend, dtype, None)
+    placed = str(parameters["Wf_l0"].dtype)
+    dtype_name = next(name for name in ("float16", "float32", "float64") if name in placed)
+    return _model_class()(
+        int(first.w.shape[2]), first.n_a, num_layers=len(layers),
+        bidirectional=first.directions == 2, backend=backend, dtype=dtype_name,
+        parameters=parameters,
+    )  # fmt: skip
