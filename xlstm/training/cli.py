@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="device in the backend's terms, e.g. cuda:0")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     model.add_argument("--hidden", type=_positive_int, default=128, help="hidden units n_a")
+    model.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers")
+    model.add_argument(
+        "--dropout", type=_fraction, default=0.0, help="dropout between layers (training only)"
+    )
     model.add_argument("--seed", type=int, default=0, help="seed of initialisation and batching")
     train = parser.add_argument_group("training")
     train.add_argument("--batch", type=_positive_int, default=32, help="streams per batch m")
@@ -298,6 +302,8 @@ def _setup(args: argparse.Namespace, stderr: TextIO):
             model = CharLSTM(
                 vocab,
                 args.hidden,
+                num_layers=args.layers,
+                dropout=args.dropout,
                 backend=args.backend,
                 device=args.device,
                 dtype=args.dtype,
