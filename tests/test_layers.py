@@ -1,4 +1,4 @@
-"""Stacked and bidirectional LSTMs (:mod:`xlstm.layers`, :class:`xlstm.stacked.StackedLSTM`).
+"""Stacked and bidirectional LSTMs (:mod:`xlstm.layers`, :class:`xlstm.LSTM`).
 
 Oracle: ``torch.nn.LSTM`` in float64 with the same weights (imported with
 :func:`xlstm.convert.from_torch`, random ``bias_ih`` *and* ``bias_hh``), run on a packed batch
@@ -17,7 +17,7 @@ from _helpers import asxp, backend_name, record_worst, rel_err, to_numpy
 
 from xlstm.convert import from_torch, to_torch
 from xlstm.layers import multilayer_backward, multilayer_forward
-from xlstm.stacked import StackedLSTM
+from xlstm import LSTM as StackedLSTM
 
 torch = pytest.importorskip("torch")
 
