@@ -1,9 +1,9 @@
 """Running independent recurrences side by side (NumPy on the CPU).
 
 Used for the two directions of a bidirectional layer (:func:`run_pair`).  The
-same split of one direction's batch into two halves was measured slower
-(S2-S5, float32, 2 threads: forward 1.3-1.45x and forward+backward 1.2-1.35x
-the time of the unsplit engine), so the sequence engine does not do it.
+same split of one direction's batch into two halves is slower than one thread
+with a two-thread BLAS (two half-size products cost more than one full-size
+one; ``benchmarks/RESULTS.md``), so the sequence engine does not do it.
 
 The two directions of a layer are independent recurrences.  When NumPy's BLAS may use two
 threads, running them one after the other spends most of the time in small per-step

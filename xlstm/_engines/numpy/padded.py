@@ -51,8 +51,8 @@ def forward(x, h0, c0, W, b, *, recompute: bool) -> SequenceCache:
     recurrent = workspace.scratch("recurrent", (m, 4 * n_a), dtype)
     product = workspace.scratch("product", (m, n_a), dtype)
     # Views over all steps, made once: the loop then only indexes them by step.
-    # At small sizes (S1) a step is a dozen NumPy calls on tiny arrays, and
-    # slicing each step's gates anew cost a tenth of the forward pass.
+    # At small sizes a step is a dozen NumPy calls on tiny arrays, where slicing
+    # each step's gates anew is a visible part of the time.
     sigmoid_gates = gates[..., : N_SIGMOID_GATES * n_a]
     gate_i, gate_f, gate_o, gate_g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
     half = dtype.type(0.5)  # a typed scalar: see step.activate_halved

@@ -57,13 +57,12 @@ def swap_last_axes(array_tm: np.ndarray, start: int, stop: int, name: str) -> np
 
 #: Rows of ``W`` per block of the transposing copy in :func:`halved_weights`:
 #: one block's rows and its columns of the result stay in cache (a plain
-#: transposing copy is 3-5x slower at ``n_a >= 512``; 32-128 measured alike).
+#: transposing copy strides through memory; block sizes 32-128 do alike).
 TRANSPOSE_BLOCK = 64
 
 #: Rows ``T * m`` of the whole recurrence from which ``W_h^T`` is copied
-#: contiguously (see :class:`HalvedWeights`).  The copy costs about as much as
-#: the faster per-step products save over ``T * m`` of about 1400 rows
-#: (float32, 2 threads: S5, ``T * m = 1280``, gains nothing; S3/S4, 6400, gain).
+#: contiguously (see :class:`HalvedWeights`): the copy costs about as much as
+#: the faster per-step products save over about 1400 rows.
 TRANSPOSE_MIN_ROWS = 2048
 
 
@@ -73,10 +72,9 @@ class HalvedWeights(NamedTuple):
     Attributes
     ----------
     recurrent_T : (n_a, 4 n_a)
-        ``W_h^T``.  For long enough recurrences a C-contiguous copy: the
-        per-step product ``h_{t-1} W_h^T`` then runs 10-20% faster than with a
-        transposed view (float32, 2 threads, ``n_a`` 256-1024); otherwise a
-        transposed view.
+        ``W_h^T``.  For long enough recurrences a C-contiguous copy (the
+        per-step product ``h_{t-1} W_h^T`` runs faster on it than on a
+        transposed view); otherwise a transposed view.
     inputs : (4 n_a, n_x)
         ``W_x``, used as ``inputs.T`` by the input projection (one large
         product, as fast either way).
@@ -117,7 +115,7 @@ def activate_halved(z: np.ndarray, n_a: int) -> None:
     np.tanh(z, out=z)
     sigmoid_block = z[..., : N_SIGMOID_GATES * n_a]
     # A scalar of the array's own dtype: with a Python float NumPy takes a
-    # slower loop on these strided blocks (1.4-2.6x, float32, n_a 256-1024).
+    # slower loop on these strided blocks.
     half = z.dtype.type(0.5)
     sigmoid_block *= half
     sigmoid_block += half
@@ -164,7 +162,7 @@ def local_derivatives(gates, c_prev, tanh_c, dz, dc_from_dh, n_a: int) -> None:
     i, f, o, g = (gates[..., k * n_a : (k + 1) * n_a] for k in range(4))
     dz_i, dz_f, dz_o, dz_g = (dz[..., k * n_a : (k + 1) * n_a] for k in range(4))
     # s (1 - s) of the three sigmoid gates as one block: 3x longer rows, fewer
-    # inner-loop calls (10-25% less time for this function than per gate).
+    # inner-loop calls than per gate.
     sigmoid_gates, dz_sigmoid = (
         gates[..., : N_SIGMOID_GATES * n_a],
         dz[..., : N_SIGMOID_GATES * n_a],
@@ -224,7 +222,7 @@ def segment_products(
     its ``dx = dz W_x`` into the time-major ``dx_tm``.  ``d_weights`` is the stacked
     ``(4 n_a, n_a + n_x)`` result: the first segment writes straight into its two
     column blocks (no zero fill, no concatenation of separate blocks afterwards,
-    which at S5 cost as much as a tenth of the backward pass); later segments add.
+    which costs a visible part of the backward pass); later segments add.
     """
     k, m, n_a = stop - start, h.shape[1], h.shape[2]
     dz_rows = dz_segment[:k].reshape(k * m, 4 * n_a)

@@ -4,10 +4,8 @@ Why: an LSTM call needs temporaries as large as its cache (the backward pass's
 pre-activation gradients of a segment, the time-major copies of ``x`` and
 ``da``, the rearranged weights).  Fresh memory of that size is not free: the
 C allocator hands large blocks back to the operating system when they are
-freed, so every call pays a page fault per 4 KiB page it touches again.
-Measured on the project machine (float32, 2 threads, public forward+backward):
-keeping the temporaries here made S2 1.29x and S3 1.16x faster (page faults
-per call at S2: 4094 before, none after).
+freed, so every call pays a page fault per 4 KiB page it touches again; kept
+buffers take none (figures in ``benchmarks/RESULTS.md``).
 
 The buffers are per thread (the two directions of a bidirectional layer run in
 two threads) and grow to the largest request seen; :func:`release` frees them.
@@ -15,8 +13,7 @@ A thread keeps at most :data:`MAX_KEPT_BYTES` in all; a request beyond that
 gets a fresh array that is not kept.  What is kept is bounded by the
 problem, not by ``T``: about one backward segment's gates (at most
 :data:`xlstm._engines.cache.SEGMENT_ELEMENTS` elements) and its copies of ``x`` and
-``da``, plus one and a half copies of the stacked weights (float32: 35 MiB at
-S3, 82 MiB at S5).  Nothing taken from
+``da``, plus one and a half copies of the stacked weights.  Nothing taken from
 here is ever returned to the caller of the public functions: results are
 always freshly allocated arrays.
 """
