@@ -37,6 +37,7 @@ from .._backend import backend_name, get_namespace, namespace_of, to_backend, to
 from .._engines.dispatch import engine_option
 from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
 from .._validation import check_dropout, check_size
+from ..activations import _softmax, softmax
 from ..cell import lstm_cell_forward
 from ..layers import multilayer_backward, multilayer_forward
 from ..model import LSTM
@@ -327,8 +328,6 @@ class LSTMModel:
             x, self.lstm.layers, training=False, a0=a0, c0=c0, engine=self.engine, cache=False
         )
         logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
-        from ..activations import _softmax
-
         return _softmax(logits, 0, self.xp), final
 
     def loss(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
@@ -547,8 +546,7 @@ class CharLSTM(LSTMModel):
                 states[layer] = (a, c)
                 inputs = a
             logits = (host["Wy"] @ inputs[:, 0] + host["by"][:, 0]) / temperature
-            e = np.exp(logits - logits.max())
-            return e / e.sum()
+            return softmax(logits, xp=np)
 
         prime_ids = self.encode(prime) if prime else [int(rng.integers(self.n_x))]
         for index in prime_ids[:-1]:
