@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._layout import GATE_KEYS, layer_key
+from ._layout import layer_key
 from .convert import _gate_dict, _host, _place, _stacked_from_gates
 
 ONNX_GATE_ORDER = ("i", "o", "f", "g")
@@ -117,11 +117,7 @@ def _recurrent_part(model: Any) -> tuple[Any, Any, str]:
         lstm = getattr(model, "lstm", None)
         if lstm is not None:
             return lstm, parameters, kind
-        if all(key in parameters for key in GATE_KEYS):
-            # A single-layer model holding the seed's flat dict (Wf ... by).
-            return _SeedLayer(parameters), parameters, kind
-        msg = f"`model` ({kind}) has `Wy` and `by` but neither `.lstm` nor the seed's gate keys"
-        raise TypeError(msg)
+        raise TypeError(f"`model` ({kind}) has `Wy` and `by` but no `.lstm`, its recurrent part")
     needed = ("layers", "bidirectional", "n_x", "n_a")
     if all(hasattr(model, name) for name in needed):
         return model, None, type(model).__name__
@@ -130,17 +126,6 @@ def _recurrent_part(model: Any) -> tuple[Any, Any, str]:
         f"and parameters `Wy`, `by`; got {type(model).__name__}"
     )
     raise TypeError(msg)
-
-
-class _SeedLayer:
-    """A one-layer, one-direction view of the seed's flat parameter dict."""
-
-    bidirectional = False
-
-    def __init__(self, parameters: Mapping[str, Any]) -> None:
-        self.layers = [{key: parameters[key] for key in GATE_KEYS}]
-        self.n_a, width = (int(s) for s in parameters["Wf"].shape)
-        self.n_x = width - self.n_a
 
 
 def _describe(model: Any, output: str | None, dtype: Any) -> _Recurrent:
@@ -552,7 +537,10 @@ def _fixed_nonzero(onnx: Any, name: str, graph: _Graph) -> bool:
             return False  # a graph input: given at run time
         if node.op_type == "ConstantOfShape":
             value = _attributes(onnx, node).get("value")
-            return value is not None and bool(np.any(onnx.numpy_helper.to_array(value)))
+            if value is None:
+                return False  # the default fill is a float32 zero
+            what = f"the fill value of {node.op_type} {node.name or 'unnamed'!r}"
+            return bool(np.any(_array(onnx, value, (1,), what)))
         if node.op_type not in _STATE_OPS:
             return False
         name = node.input[0]
