@@ -2,9 +2,13 @@
 
 Every test here is marked ``gpu`` and skips cleanly without CuPy or a CUDA
 device.  References: the generic array-API path on CuPy (``fused=False``), the
-NumPy path in float64, and ``torch.nn.LSTM`` on CUDA (cuDNN) in float64.  The
-same engine is checked without a GPU, with a NumPy stand-in, in
-``tests/test_cupy_cpu.py``.
+NumPy path in float64, and ``torch.nn.LSTM`` on CUDA (cuDNN, packed sequences for
+variable lengths) in float64.  Covered: float32/float64/float16, variable-length
+batches (lengths 1 and T included) and the reverse direction of the layers,
+final-state gradients, the memory-saving (inference) forward, and bitwise
+identical results run to run.  The same engine is checked without a GPU, with a
+NumPy stand-in, in ``tests/test_cupy_cpu.py`` (which also derives the float16
+tolerance, ``TOL_FLOAT16 = 8 u``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ GPU_SHAPES = {
 }
 # fused vs generic on CuPy: the same algorithm, summed in a different order.
 TOL = {"float64": 1e-12, "float32": 2e-5}
+# float16 storage, float32 math and accumulation, against float64 on the same values:
+# a few float16 roundings (u = 2**-11) per step; see tests/test_cupy_cpu.py.
+TOL_FLOAT16 = 8 * 2.0**-11
+LENGTHS = [5, 1, 3, 5]  # for the "generic" shape (T = 5, m = 4): 1 and T included
 
 
 @pytest.fixture
@@ -53,7 +61,7 @@ def _on(cp, prob, dtype):
     return arrays
 
 
-def _run(arrays, *, fused, recompute=False, with_dc=False, xp=None):
+def _run(arrays, *, fused, recompute=False, with_dc=False, lengths=None, final=False):
     a, y, c, caches = xlstm.lstm_forward(
         arrays["x"],
         arrays["a0"],
@@ -61,11 +69,21 @@ def _run(arrays, *, fused, recompute=False, with_dc=False, xp=None):
         arrays["c0"],
         fused=fused,
         recompute=recompute,
+        lengths=lengths,
     )
     dc = arrays["Gc"] if with_dc else None
-    grads = xlstm.lstm_backward(arrays["Ga"], caches, dc, fused=fused)
-    outputs = {"a": a, "y": y, "c": c, **grads}
+    finals = {"da_n": arrays["a0"] * 0.5, "dc_n": arrays["c0"] * -0.25} if final else {}
+    grads = xlstm.lstm_backward(arrays["Ga"], caches, dc, fused=fused, **finals)
+    a_n, c_n = xlstm.final_states(caches)
+    outputs = {"a": a, "y": y, "c": c, "a_n": a_n, "c_n": c_n, **grads}
     return {k: to_numpy(v) for k, v in outputs.items()}
+
+
+def _float64_reference(cp, arrays, **options):
+    """The NumPy engine in float64 on the very values of ``arrays`` (any dtype)."""
+    host = {k: to_numpy(v).astype(np.float64) for k, v in arrays.items() if k != "params"}
+    host["params"] = {k: to_numpy(v).astype(np.float64) for k, v in arrays["params"].items()}
+    return _run(host, fused="auto", **options)
 
 
 def _assert_close(actual, expected, tol, label):
@@ -191,9 +209,9 @@ def test_graph_is_captured_once_and_replayed(cp):
     cupy_engine.set_graph_replay(True)
     _run(arrays, fused=True)
     (plan,) = cupy_engine._PLANS._plans.values()
-    graphs = (plan.forward_graph, plan.backward_graphs[False])
+    graphs = (plan.forward_graph, plan.backward_graphs[("da",)])
     _run(arrays, fused=True)
-    assert (plan.forward_graph, plan.backward_graphs[False]) == graphs
+    assert (plan.forward_graph, plan.backward_graphs[("da",)]) == graphs
 
 
 def test_generic_cache_through_graph_backward(cp):
@@ -246,29 +264,230 @@ def test_saturating_preactivations_stay_finite(cp):
             assert np.isfinite(value).all(), (dtype, key)
 
 
-def test_float16_is_declined_clearly(cp):
-    prob = random_problem(36, *GPU_SHAPES["generic"])
-    arrays = _on(cp, prob, "float16")
-    with pytest.raises(ValueError, match=r"cupy fast path cannot run: dtype float16"):
-        xlstm.lstm_forward(arrays["x"], arrays["a0"], arrays["params"], fused=True)
-    a, _, _, _ = xlstm.lstm_forward(arrays["x"], arrays["a0"], arrays["params"])  # generic
-    assert a.dtype == cp.float16
+# --------------------------------------------------------------------------- float16
 
 
-def test_lengths_and_final_state_gradients_use_the_generic_path(cp):
-    """The fused engine has no variable lengths (SUPPORTS_LENGTHS): auto passes it over."""
-    arrays = _on(cp, random_problem(37, *GPU_SHAPES["generic"]), "float32")
-    lengths = [5, 3, 1, 4]
+@pytest.mark.parametrize("shape", ["generic", "medium", "T1", "m1"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_float16_against_float64(cp, shape, recompute, graph):
+    """float16 arrays run the fused kernels, within TOL_FLOAT16 of float64."""
+    arrays = _on(cp, random_problem(36, *GPU_SHAPES[shape]), "float16")
+    options = {"recompute": recompute, "with_dc": True, "final": True}
+    reference = _float64_reference(cp, arrays, **options)
+    del reference["y"]  # the output layer is the generic code's, not the engine's
+    assert xlstm.resolve_engine("cupy", "float16") == "cupy"
+    cupy_engine.set_graph_replay(graph)
+    for call in range(2):
+        fused = _run(arrays, fused=True, **options)
+        assert fused["a"].dtype == np.float16
+        worst = _assert_close(fused, reference, TOL_FLOAT16, f"float16 {shape} call {call}")
+    record_worst("cupy fused float16 vs float64", worst, shape)
+
+
+def test_float16_with_lengths(cp):
+    arrays = _on(cp, random_problem(37, *GPU_SHAPES["generic"]), "float16")
+    options = {"with_dc": True, "lengths": LENGTHS, "final": True}
+    reference = _float64_reference(cp, arrays, **options)
+    del reference["y"]  # the output layer is the generic code's, not the engine's
+    worst = _assert_close(
+        _run(arrays, fused=True, **options), reference, TOL_FLOAT16, "float16 lengths"
+    )
+    record_worst("cupy fused float16 vs float64", worst, "lengths")
+
+
+def test_bfloat16_is_declined_clearly(cp):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    reason = cupy_engine.unsupported_reason(cp, ml_dtypes.bfloat16)
+    assert "CuPy has no bfloat16 dtype" in reason
+
+
+# --------------------------------------------------------------------------- variable lengths
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("final", [False, True], ids=["no-final", "final"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_lengths_equal_generic_on_cupy(cp, dtype, recompute, final, graph):
+    """Sorted rows, shrinking batch: the generic engine's numbers; eager even with replay on."""
+    arrays = _on(cp, random_problem(38, *GPU_SHAPES["generic"]), dtype)
+    options = {"recompute": recompute, "with_dc": True, "lengths": LENGTHS, "final": final}
+    expected = _run(arrays, fused=False, **options)
+    cupy_engine.set_graph_replay(graph)
+    for call in range(2):
+        got = _run(arrays, fused=True, **options)
+        worst = _assert_close(got, expected, TOL[dtype], f"lengths call {call}")
+    assert len(cupy_engine._PLANS) == 0  # variable-length calls never capture
+    record_worst(f"cupy fused lengths vs generic {dtype}", worst, "generic")
+    # dx is zero at padded steps (external gradients there are ignored).
+    padded = np.arange(5)[None, :] >= np.array(LENGTHS)[:, None]
+    assert not got["dx"][:, padded].any()
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1, 1], [5, 5, 5, 4], [2, 3, 1, 2]])
+def test_lengths_extremes(cp, lengths):
+    """All length 1; all but one full; every sequence shorter than T (steps not run)."""
+    arrays = _on(cp, random_problem(39, *GPU_SHAPES["generic"]), "float64")
+    options = {"with_dc": True, "lengths": lengths, "final": True}
+    _assert_close(
+        _run(arrays, fused=True, **options), _run(arrays, fused=False, **options), 1e-12, "lengths"
+    )
+
+
+def test_lengths_cache_order_and_generic_cache(cp):
+    """The fused cache is sorted by length; a generic (batch-order) cache goes to generic."""
+    arrays = _on(cp, random_problem(40, *GPU_SHAPES["generic"]), "float64")
     args = (arrays["x"], arrays["a0"], arrays["params"], arrays["c0"])
-    with pytest.raises(ValueError, match=r"lengths"):
-        xlstm.lstm_forward(*args, lengths=lengths, fused=True)
-    _a, _, _, caches = xlstm.lstm_forward(*args, lengths=lengths)
-    assert caches[0].lengths is not None
-    grads = xlstm.lstm_backward(arrays["Ga"], caches)
-    assert np.isfinite(to_numpy(grads["dx"])).all()
+    _, _, _, fused_caches = xlstm.lstm_forward(*args, lengths=LENGTHS, fused=True)
+    np.testing.assert_array_equal(fused_caches[0].lengths, [5, 5, 3, 1])
+    np.testing.assert_array_equal(fused_caches[0].order, [0, 3, 2, 1])
+    _, _, _, generic_caches = xlstm.lstm_forward(*args, lengths=LENGTHS, fused=False)
+    with pytest.raises(ValueError, match=r"not sorted by decreasing length"):
+        xlstm.lstm_backward(arrays["Ga"], generic_caches, engine="cupy")
+    automatic = xlstm.lstm_backward(arrays["Ga"], generic_caches)  # generic engine
+    fused = xlstm.lstm_backward(arrays["Ga"], fused_caches)  # CuPy engine
+    _assert_close(
+        {k: to_numpy(v) for k, v in fused.items()},
+        {k: to_numpy(v) for k, v in automatic.items()},
+        1e-12,
+        "caches",
+    )
+
+
+def test_bidirectional_layers_with_lengths(cp):
+    """The reverse direction (inputs reversed within lengths by the layers) on the CuPy engine."""
+    rng = np.random.default_rng(41)
+    n_x, n_a, m, T = 6, 8, 5, 7
+    layers = []
+    for layer in range(2):
+        n_in = n_x if layer == 0 else 2 * n_a
+        for _ in range(2):
+            shapes = {**{f"W{g}": (n_a, n_a + n_in) for g in "fico"}}
+            shapes.update({f"b{g}": (n_a, 1) for g in "fico"})
+            layers.append({k: cp.asarray(0.5 * rng.standard_normal(v)) for k, v in shapes.items()})
+    x = cp.asarray(rng.standard_normal((n_x, m, T)))
+    d_out = cp.asarray(rng.standard_normal((2 * n_a, m, T)))
+    d_a_n = cp.asarray(rng.standard_normal((4, n_a, m)))
+    lengths = [7, 1, 4, 7, 2]
+    results = {}
+    for engine in ("cupy", "generic"):
+        out, (a_n, c_n), cache = xlstm.layers.multilayer_forward(
+            x, layers, bidirectional=True, lengths=lengths, engine=engine
+        )
+        grads = xlstm.layers.multilayer_backward(d_out, cache, d_a_n=d_a_n)
+        flat = {"out": out, "a_n": a_n, "c_n": c_n, "dx": grads["dx"]}
+        for k, layer_grads in enumerate(grads["layers"]):
+            flat.update({f"l{k}{name}": v for name, v in layer_grads.items()})
+        results[engine] = {key: to_numpy(value) for key, value in flat.items()}
+    _assert_close(results["cupy"], results["generic"], 1e-12, "bidirectional")
+
+
+def test_torch_packed_sequence_oracle(cp):
+    """torch.nn.LSTM on packed sequences (CUDA, float64): outputs, final states, gradients."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA device")
+    n_x, m, T, n_a, n_y = GPU_SHAPES["medium"]
+    prob = random_problem(42, n_x, m, T, n_a, n_y)
+    lengths = [12, 3, 1, 7, 12, 5, 9, 2]
+    arrays = _on(cp, prob, "float64")
+    a, _, _, caches = xlstm.lstm_forward(
+        arrays["x"], arrays["a0"], arrays["params"], arrays["c0"], lengths=lengths, fused=True
+    )
+    ours = xlstm.lstm_backward(arrays["Ga"], caches, fused=True)
+    a_n, c_n = xlstm.final_states(caches)
+
+    device = torch.device("cuda")
+    lstm = torch.nn.LSTM(n_x, n_a, dtype=torch.float64, device=device)
+    torch_gates = ("i", "f", "c", "o")  # torch's i, f, g, o as xlstm's key letters
+    W = np.concatenate([prob.params[f"W{g}"] for g in torch_gates], axis=0)
+    b = np.concatenate([prob.params[f"b{g}"] for g in torch_gates], axis=0)[:, 0]
+    with torch.no_grad():
+        lstm.weight_hh_l0.copy_(torch.from_numpy(W[:, :n_a]))
+        lstm.weight_ih_l0.copy_(torch.from_numpy(W[:, n_a:]))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(b))
+        lstm.bias_hh_l0.zero_()
+
+    def tensor(array):
+        return torch.tensor(np.ascontiguousarray(array), device=device, requires_grad=True)
+
+    x = tensor(prob.x.transpose(2, 1, 0))
+    h0, c0 = tensor(prob.a0.T[None]), tensor(prob.c0.T[None])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, (h_last, c_last) = lstm(packed, (h0, c0))
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    da = torch.from_numpy(np.ascontiguousarray(prob.Ga.transpose(2, 1, 0))).to(device)
+    padded.backward(da)
+
+    def host(t):
+        return t.detach().cpu().numpy()
+
+    expected = {
+        "a": host(padded).transpose(2, 1, 0),
+        "a_n": host(h_last)[0].T,
+        "c_n": host(c_last)[0].T,
+        "dx": host(x.grad).transpose(2, 1, 0),
+        "da0": host(h0.grad)[0].T,
+        "dc0": host(c0.grad)[0].T,
+    }
+    got = {"a": a, "a_n": a_n, "c_n": c_n, **{k: ours[k] for k in ("dx", "da0", "dc0")}}
+    worst = _assert_close({k: to_numpy(v) for k, v in got.items()}, expected, 1e-10, "packed")
+    record_worst("cupy fused lengths vs torch packed float64", worst, "medium")
+
+
+# --------------------------------------------------------------------------- inference, determinism
+
+
+def test_inference_forward_keeps_only_the_states(cp):
+    """cache=False runs the memory-saving forward: no gates kept, the same outputs."""
+    n_x, m, T, n_a, _ = GPU_SHAPES["medium"]
+    arrays = _on(cp, random_problem(43, *GPU_SHAPES["medium"]), "float32")
+    args = (arrays["x"], arrays["a0"], arrays["params"], arrays["c0"])
+    a_kept, _, _, _ = xlstm.lstm_forward(*args, fused=True)
+    a_inference, _, _, caches = xlstm.lstm_forward(*args, fused=True, cache=False)
+    assert caches is None
+    # Not bitwise: the memory-saving mode projects the inputs in shorter segments.
+    assert rel_err(to_numpy(a_inference), to_numpy(a_kept)) <= TOL["float32"]
+    pool = cp.get_default_memory_pool()
+    W, b = xlstm.parameters.pack(arrays["params"], cp)
+    x_tm = arrays["x"].transpose(2, 1, 0)
+    cp.cuda.Device().synchronize()
+    before = pool.used_bytes()
+    cache = cupy_engine.forward(x_tm, arrays["a0"].T, arrays["c0"].T, W, b, recompute=True)
+    cp.cuda.Device().synchronize()
+    assert cache.gates is None
+    assert cache.tanh_c is None
+    states = 2 * (T + 1) * m * n_a * 4  # h and c, float32
+    gates = 5 * T * m * n_a * 4  # gates and tanh(c), had they been kept
+    assert pool.used_bytes() - before < states + gates // 4  # the gate scratch was freed
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("lengths", [None, [12, 3, 1, 7, 12, 5, 9, 2]], ids=["padded", "lengths"])
+def test_runs_are_bitwise_identical(cp, graph, dtype, lengths):
+    """No atomics anywhere: the same call gives the same bits, whatever ran in between.
+
+    With graph replay the first call runs on the capture stream and later calls
+    replay the graph; cuBLAS may choose other kernels on another stream, so the
+    replays are compared with each other (its reproducibility is per stream).
+    """
+    arrays = _on(cp, random_problem(44, *GPU_SHAPES["medium"]), dtype)
+    other = _on(cp, random_problem(45, *GPU_SHAPES["medium"]), dtype)
+    options = {"with_dc": True, "lengths": lengths, "final": True}
+    cupy_engine.set_graph_replay(graph)
+    runs = []
+    for inputs in (arrays, arrays, other, arrays):
+        runs.append(_run(inputs, fused=True, **options))
+    replayed = graph and lengths is None  # variable-length calls run eagerly
+    compared = [runs[1], runs[3]] if replayed else [runs[0], runs[1], runs[3]]
+    for later in compared[1:]:
+        for key, value in compared[0].items():
+            np.testing.assert_array_equal(later[key], value, err_msg=key)
 
 
 def test_kernels_are_built_once(cp):
     device = cp.cuda.Device().id
-    for dtype in _kernels.C_TYPES:
+    for dtype in _kernels.KERNEL_TYPES:
         assert _kernels.step_kernels(dtype, device) is _kernels.step_kernels(dtype, device)

@@ -2,28 +2,46 @@
 
 What runs here, and what it proves:
 
-* the kernel source (:data:`xlstm._engines.cupy._kernels.SOURCE`, exactly as NVRTC gets
-  it) compiles with ``nvcc`` for the device, float and double (skipped without
-  ``nvcc``);
+* the kernel source (:func:`xlstm._engines.cupy._kernels.kernel_source`, exactly as
+  NVRTC gets it) compiles with ``nvcc`` for the device -- float/double, float16 and
+  the bfloat16 storage the templates also take -- with no spills and no atomic
+  instructions (skipped without ``nvcc``);
 * the same element functions, compiled by ``nvcc`` for the *host* and called
   through ctypes, compute what the generic engine computes (the kernels'
-  arithmetic, checked without a GPU);
+  arithmetic, checked without a GPU), in float16 within one float16 rounding of
+  float64;
 * the engine's bookkeeping -- segments, buffers, the order of products and
   kernels, graph capture and replay, copy-in and copy-out, no aliasing between
-  calls, no allocation inside a capture -- with a NumPy stand-in for CuPy whose
-  "graph capture" records the operations (with their fixed arrays) instead of
-  running them, as stream capture does;
-* dispatch (what ``fused="auto"`` picks, the errors for ``fused=True``), the
-  graph-replay switch, and that nothing imports CuPy before it is used.
+  calls, no allocation inside a capture, the sorted rows and shrinking batch of
+  variable-length calls, final-state gradients, no gates kept when recomputing,
+  identical bits run to run -- with a NumPy stand-in for CuPy whose "graph
+  capture" records the operations (with their fixed arrays) instead of running
+  them, as stream capture does, and whose float16 products accumulate in float32
+  as cuBLAS does on CuPy;
+* dispatch (what ``fused="auto"`` picks, the errors for ``fused=True``, the public
+  functions and layers through the CuPy engine), the graph-replay switch, and
+  that nothing imports CuPy before it is used.
 
 The same checks on a real GPU are in ``tests/test_cupy.py``.
+
+Float16 tolerance against float64 (same float16-representable inputs): the unit
+roundoff of float16 is ``u = 2**-11 = 4.9e-4``.  One kernel output is its float32
+value rounded once, so it is within ``u |ref|`` plus the float32 arithmetic
+before the rounding (``< 1e-5`` at the O(1) magnitudes used) -- the element-math
+bound.  Through a whole sequence every stored quantity (gates, states, each
+product, accumulated in float32) is rounded once per step and the errors add up
+over the few steps of these problems, damped by the forget gates: a few ``u``,
+bounded here by ``TOL_FLOAT16 = 8 u = 3.9e-3`` (relative to the largest
+magnitude, :func:`_helpers.rel_err`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +51,13 @@ import numpy as np
 import pytest
 from _helpers import SEQ_GRAD_KEYS, random_problem, rel_err
 
+import xlstm
 from xlstm._engines import cache as _cache
+from xlstm._engines import dispatch
 from xlstm._engines import generic as _engine
 from xlstm._engines.cupy import _kernels
 from xlstm._engines.cupy import engine as cupy_engine
+from xlstm._engines.numpy import engine as numpy_engine
 from xlstm._layout import GATE_ORDER, GATE_PARAMETERS
 from xlstm.parameters import pack
 
@@ -44,14 +65,41 @@ REPO = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+"""Half the spacing of the numbers near 1: the largest relative error of one rounding."""
+
+TOL_FLOAT16 = 8 * UNIT_ROUNDOFF["float16"]
+"""Whole-sequence float16 results against float64 (see the module docstring)."""
+
+TOL = {"float64": 1e-12, "float32": 2e-5, "float16": TOL_FLOAT16}
+
+# dtype name -> (entry-point suffix, storage C type, arithmetic C type): the kernels'
+# instantiations plus bfloat16, which the templates take although CuPy has no such dtype.
+HOST_TYPES = {
+    **{name: (name.replace("float", "f"), *types) for name, types in _kernels.KERNEL_TYPES.items()},
+    "bfloat16": ("bf16", "__nv_bfloat16", "float"),
+}
+
 
 # --------------------------------------------------------------------------- nvcc: device code
 
 
-def _instantiation_unit() -> str:
-    """The kernel source plus a host function that instantiates every template."""
-    uses = "\n".join(f"    (void)&{name};" for name in _kernels.NAME_EXPRESSIONS)
-    return _kernels.SOURCE + f"\nvoid xlstm_instantiate_all()\n{{\n{uses}\n}}\n"
+def _instantiation_unit(storage: str) -> str:
+    """The kernel source for ``storage`` plus a host function instantiating every template."""
+    source = _kernels.kernel_source(storage)
+    pairs = [types[1:] for types in HOST_TYPES.values()]
+    names = [
+        name
+        for pair in pairs
+        if _kernels.kernel_source(pair[0]) == source
+        for name in _kernels.kernel_names(*pair).values()
+    ]
+    return source + _instantiate(names)
+
+
+def _instantiate(names) -> str:
+    uses = "\n".join(f"    (void)&{name};" for name in names)
+    return f"\nvoid xlstm_instantiate_all()\n{{\n{uses}\n}}\n"
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +113,22 @@ def _nvcc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+DEVICE_BUILDS = [
+    ("sm_90", "float"),
+    ("sm_75", "float"),
+    ("sm_90", "__half"),
+    ("sm_75", "__half"),
+    ("sm_90", "__nv_bfloat16"),
+]
+
+
 @needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_90", "sm_75"])
-def test_kernel_source_compiles_for_the_device(build_dir, arch):
-    source = build_dir / f"kernels_{arch}.cu"
-    source.write_text(_instantiation_unit())
+@pytest.mark.parametrize(("arch", "storage"), DEVICE_BUILDS)
+def test_kernel_source_compiles_for_the_device(build_dir, arch, storage):
+    name = f"kernels_{arch}_{storage.strip('_')}"
+    (build_dir / f"{name}.cu").write_text(_instantiation_unit(storage))
     result = _nvcc(
-        f"-arch={arch}", "-Xptxas", "-v", "-c", source.name, "-o", f"{arch}.o", cwd=build_dir
+        f"-arch={arch}", "-Xptxas", "-v", "-c", f"{name}.cu", "-o", f"{name}.o", cwd=build_dir
     )
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr
@@ -83,24 +140,29 @@ def test_kernel_source_compiles_for_the_device(build_dir, arch):
 
 
 @needs_nvcc
-def test_ptx_has_every_instantiation(build_dir):
-    source = build_dir / "kernels_ptx.cu"
-    source.write_text(_instantiation_unit())
-    result = _nvcc("-arch=sm_90", "--ptx", source.name, "-o", "kernels.ptx", cwd=build_dir)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_ptx_has_every_instantiation_and_no_atomics(build_dir, dtype):
+    """Each module holds what the engine looks up; no kernel reduces with atomics."""
+    source, names = _kernels.module_of(dtype)
+    (build_dir / f"ptx_{dtype}.cu").write_text(source + _instantiate(names))
+    result = _nvcc("-arch=sm_90", "--ptx", f"ptx_{dtype}.cu", "-o", f"{dtype}.ptx", cwd=build_dir)
     assert result.returncode == 0, result.stderr
-    ptx = (build_dir / "kernels.ptx").read_text()
+    ptx = (build_dir / f"{dtype}.ptx").read_text()
     entries = [line for line in ptx.splitlines() if line.startswith(".visible .entry")]
-    assert len(entries) == len(_kernels.NAME_EXPRESSIONS)  # 4 kernels x float, double
-    for base in ("xlstm_lstm_forward_step", "xlstm_lstm_backward_step", "xlstm_lstm_gates"):
-        assert sum(base in line for line in entries) == (4 if "backward" in base else 2)
+    types = 2 if dtype == "float32" else 1  # float and double share a module
+    assert len(entries) == len(names) == 4 * types
+    counts = {"forward_step": types, "backward_step": 2 * types, "gates": types}
+    for base, count in counts.items():
+        assert sum(f"xlstm_lstm_{base}" in line for line in entries) == count, base
+    # Deterministic by construction: every element is written by one thread.
+    assert not re.findall(r"^\s*(?:@!?%\w+\s+)?(?:atom|red)\.", ptx, flags=re.MULTILINE)
 
 
 def test_kernel_names_are_namespaced_and_avoid_cupy_reserved_names():
-    for name in _kernels.NAME_EXPRESSIONS:
-        assert name.startswith("xlstm_")
+    for dtype in _kernels.KERNEL_TYPES:
+        for name in _kernels.module_of(dtype)[1]:
+            assert name.startswith("xlstm_")
     # CuPy reserves `i`, `n` and names starting with `_` in kernel parameter lists.
-    import re
-
     for signature in re.findall(r"__global__ void \w+\(([^)]*)\)", _kernels.KERNELS):
         for parameter in signature.split(","):
             name = parameter.split()[-1].lstrip("*")
@@ -108,42 +170,157 @@ def test_kernel_names_are_namespaced_and_avoid_cupy_reserved_names():
             assert not name.startswith("_"), name
 
 
+def _kernel_parameters() -> dict[str, list[tuple[str, str]]]:
+    """``__global__`` name -> [(name, kind)], kind "pointer", "long long" or "int"."""
+    kernels = {}
+    for name, signature in re.findall(r"__global__ void (\w+)\(([^)]*)\)", _kernels.KERNELS):
+        parameters = []
+        for parameter in signature.split(","):
+            words = parameter.replace("*", " * ").split()
+            kind = "pointer" if "*" in words else " ".join(words[:-1])
+            parameters.append((words[-1], kind))
+        kernels[name] = parameters
+    return kernels
+
+
+class _RecordingModule:
+    """Stands in for ``cupy.RawModule``: records each launch's arguments."""
+
+    def __init__(self):
+        self.launches = []
+
+    def get_function(self, name):
+        def launch(grid, block, arguments):
+            self.launches.append((name, grid, block, arguments))
+
+        return launch
+
+
+@pytest.mark.parametrize("dtype", list(_kernels.KERNEL_TYPES))
+def test_launchers_pass_the_kernels_arguments_in_order(dtype):
+    """StepKernels (the only GPU-side code the fake runtime replaces): arguments, types, grid."""
+    module = _RecordingModule()
+    kernels = _kernels.StepKernels(module, dtype)
+    rows, units = 3, 5
+    named = {}
+
+    def array(name, *shape):
+        named[name] = np.zeros(shape, dtype)
+        return named[name]
+
+    state = ("c_prev", "c_next", "tanh_c", "h_prev", "h_next", "c", "dc", "dc_external")
+    for name in (*state, "dh_external", "dh_recurrent"):
+        array(name, rows, units)
+    for name in ("gates", "recurrent", "dz"):
+        array(name, rows, 4 * units)
+    array("bias", 4 * units)
+    n = named
+    kernels.forward_step(
+        n["gates"], n["recurrent"], n["bias"], n["c_prev"], n["c_next"], n["tanh_c"],
+        n["h_prev"], n["h_next"], 2,
+    )  # fmt: skip
+    for external in (None, n["dc_external"]):
+        kernels.backward_step(
+            n["dh_external"], n["dh_recurrent"], external, n["dc"], n["gates"], n["c_prev"],
+            n["tanh_c"], n["dz"], 2,
+        )  # fmt: skip
+    kernels.gates(n["gates"], n["recurrent"], n["bias"], n["c"], n["tanh_c"])
+    signatures = _kernel_parameters()
+    expected_names = _kernels.kernel_names(*_kernels.KERNEL_TYPES[dtype])
+    assert [launch[0] for launch in module.launches] == [
+        expected_names[key] for key in ("forward", "backward", "backward_dc", "gates")
+    ]
+    counts = {"total": rows * units, "active": 2 * units, "units": units}
+    for index, (name, grid, block, arguments) in enumerate(module.launches):
+        parameters = signatures[name.split("<")[0]]
+        assert len(arguments) == len(parameters), name
+        for (parameter, kind), argument in zip(parameters, arguments, strict=True):
+            if kind == "pointer":
+                # Without a cell gradient the launcher passes dc there (never read).
+                expected = n["dc"] if index == 1 and parameter == "dc_external" else n[parameter]
+                assert argument is expected, (name, parameter)
+            else:
+                assert argument == counts[parameter], (name, parameter)
+                assert argument.dtype == {"long long": np.int64, "int": np.int32}[kind]
+        assert block == (_kernels.THREADS_PER_BLOCK,)
+        assert grid[0] * block[0] >= rows * units
+
+
+def test_one_module_per_source_built_once(monkeypatch):
+    """float32 and float64 share a RawModule; float16 has its own; each is built once."""
+    built = []
+
+    class FakeRawModule:
+        def __init__(self, code, name_expressions):
+            built.append((code, name_expressions))
+
+        def get_function(self, name):
+            return name
+
+    fake_cupy = type(sys)("cupy")
+    fake_cupy.RawModule = FakeRawModule
+    monkeypatch.setattr(_kernels, "import_cupy", lambda: fake_cupy)
+    _kernels._module.cache_clear()
+    _kernels.step_kernels.cache_clear()
+    try:
+        for dtype in (*_kernels.KERNEL_TYPES, "float32"):
+            _kernels.step_kernels(dtype, 0)
+        assert [names for _, names in built] == [
+            _kernels.module_of("float32")[1],
+            _kernels.module_of("float16")[1],
+        ]
+        with pytest.raises(TypeError, match=r"bfloat16 is not supported.*no bfloat16 dtype"):
+            _kernels.step_kernels("bfloat16", 0)
+    finally:
+        _kernels._module.cache_clear()
+        _kernels.step_kernels.cache_clear()
+
+
+def test_float_module_needs_no_half_header():
+    """A machine whose NVRTC cannot compile cuda_fp16.h still builds float32/float64."""
+    assert "#include" not in _kernels.SOURCE
+    assert _kernels.module_of("float64") == _kernels.module_of("float32")
+    assert "#include <cuda_fp16.h>" in _kernels.module_of("float16")[0]
+
+
 # --------------------------------------------------------------------------- nvcc: host code
 
 _HOST_SIGNATURES = {
     "forward": (
         "T* gates, const T* recurrent, const T* bias, const T* c_prev, T* c_next, "
-        "T* tanh_c, T* h_next, long long total, int units",
-        "xlstm_forward_element<T>(idx, units, gates, recurrent, bias, c_prev, c_next, "
-        "tanh_c, h_next)",
+        "T* tanh_c, const T* h_prev, T* h_next, long long total, long long active, int units",
+        "xlstm_forward_step_element<T, A>(idx, active, units, gates, recurrent, bias, c_prev, "
+        "c_next, tanh_c, h_prev, h_next)",
     ),
     "backward": (
         "const T* dh_external, const T* dh_recurrent, const T* dc_external, T* dc, "
-        "const T* gates, const T* c_prev, const T* tanh_c, T* dz, long long total, int units",
-        "xlstm_backward_element<T, false>(idx, units, dh_external, dh_recurrent, "
-        "dc_external, dc, gates, c_prev, tanh_c, dz)",
+        "const T* gates, const T* c_prev, const T* tanh_c, T* dz, long long total, "
+        "long long active, int units",
+        "xlstm_backward_step_element<T, A, false>(idx, active, units, dh_external, "
+        "dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz)",
     ),
     "backward_dc": (
         "const T* dh_external, const T* dh_recurrent, const T* dc_external, T* dc, "
-        "const T* gates, const T* c_prev, const T* tanh_c, T* dz, long long total, int units",
-        "xlstm_backward_element<T, true>(idx, units, dh_external, dh_recurrent, "
-        "dc_external, dc, gates, c_prev, tanh_c, dz)",
+        "const T* gates, const T* c_prev, const T* tanh_c, T* dz, long long total, "
+        "long long active, int units",
+        "xlstm_backward_step_element<T, A, true>(idx, active, units, dh_external, "
+        "dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz)",
     ),
     "gates": (
         "T* gates, const T* recurrent, const T* bias, const T* c, T* tanh_c, "
         "long long total, int units",
-        "xlstm_gates_element<T>(idx, units, gates, recurrent, bias, c, tanh_c)",
+        "xlstm_gates_element<T, A>(idx, units, gates, recurrent, bias, c, tanh_c)",
     ),
 }
 
 
 def _host_unit() -> str:
-    """PREAMBLE + ELEMENTS (the kernels' own strings) with C entry points looping on the host."""
-    parts = [_kernels.PREAMBLE, _kernels.ELEMENTS]
-    for c_type, suffix in (("float", "f32"), ("double", "f64")):
+    """The kernels' own strings (preamble, storage, elements), with C entry points on the host."""
+    parts = [_kernels.PREAMBLE, *_kernels.STORAGE.values(), _kernels.ELEMENTS]
+    for suffix, storage, arithmetic in HOST_TYPES.values():
         for key, (params, call) in _HOST_SIGNATURES.items():
-            params_c = params.replace("T*", f"{c_type}*")
-            call_c = call.replace("<T", f"<{c_type}")
+            params_c = params.replace("T*", f"{storage}*")
+            call_c = call.replace("<T, A", f"<{storage}, {arithmetic}")
             parts.append(
                 f'extern "C" void xlstm_host_{key}_{suffix}({params_c})\n'
                 f"{{\n    for (long long idx = 0; idx < total; ++idx) {{ {call_c}; }}\n}}\n"
@@ -168,28 +345,35 @@ class HostKernels:
     """The kernels' element functions compiled for the CPU, with StepKernels' interface."""
 
     def __init__(self, library, dtype_name: str):
-        suffix = {"float32": "f32", "float64": "f64"}[dtype_name]
+        suffix = HOST_TYPES[dtype_name][0]
         self._functions = {
             key: getattr(library, f"xlstm_host_{key}_{suffix}") for key in _HOST_SIGNATURES
         }
 
-    def _call(self, key, arrays, total, units):
+    def _call(self, key, arrays, total, units, active=None):
         for array in arrays:
             assert array.flags.c_contiguous
         pointers = [ctypes.c_void_p(array.ctypes.data) for array in arrays]
-        self._functions[key](*pointers, ctypes.c_longlong(total), ctypes.c_int(units))
+        counts = [ctypes.c_longlong(total)]
+        if active is not None:
+            counts.append(ctypes.c_longlong(active))
+        self._functions[key](*pointers, *counts, ctypes.c_int(units))
 
-    def forward_step(self, gates, recurrent, bias, c_prev, c_next, tanh_c, h_next):
+    def forward_step(
+        self, gates, recurrent, bias, c_prev, c_next, tanh_c, h_prev, h_next, active_rows
+    ):
         rows, units = c_next.shape
-        arrays = (gates, recurrent, bias, c_prev, c_next, tanh_c, h_next)
-        self._call("forward", arrays, rows * units, units)
+        arrays = (gates, recurrent, bias, c_prev, c_next, tanh_c, h_prev, h_next)
+        self._call("forward", arrays, rows * units, units, active_rows * units)
 
-    def backward_step(self, dh_external, dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz):
+    def backward_step(
+        self, dh_external, dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz, active_rows
+    ):
         rows, units = dc.shape
         key = "backward" if dc_external is None else "backward_dc"
         external = dc if dc_external is None else dc_external
         arrays = (dh_external, dh_recurrent, external, dc, gates, c_prev, tanh_c, dz)
-        self._call(key, arrays, rows * units, units)
+        self._call(key, arrays, rows * units, units, active_rows * units)
 
     def gates(self, gates, recurrent, bias, c, tanh_c):
         rows, units = c.shape
@@ -197,7 +381,11 @@ class HostKernels:
 
 
 class NumpyKernels:
-    """The same three kernels written with NumPy (reference for the host-compiled ones)."""
+    """The same kernels written with NumPy (reference for the host-compiled ones).
+
+    Like the CUDA templates, half-precision storage is computed in float32 and
+    rounded once when stored.
+    """
 
     def __getattribute__(self, name):
         method = object.__getattribute__(self, name)
@@ -206,44 +394,61 @@ class NumpyKernels:
 
         def checked(*arrays):
             for array in arrays:  # the CUDA kernels take raw pointers
-                assert array is None or array.flags.c_contiguous, name
+                assert not isinstance(array, np.ndarray) or array.flags.c_contiguous, name
             return method(*arrays)
 
         return checked
 
     @staticmethod
-    def _activate(gates, recurrent, bias):
-        z = gates + recurrent + bias
+    def _up(array):
+        return array.astype(np.float32) if array.dtype.itemsize == 2 else array
+
+    @classmethod
+    def _activate(cls, gates, recurrent, bias):
+        z = cls._up(gates) + cls._up(recurrent) + cls._up(bias)
         n_a = z.shape[1] // 4
         z[:, : 3 * n_a] = 0.5 * np.tanh(0.5 * z[:, : 3 * n_a]) + 0.5
         z[:, 3 * n_a :] = np.tanh(z[:, 3 * n_a :])
-        gates[...] = z
+        return z
 
-    def forward_step(self, gates, recurrent, bias, c_prev, c_next, tanh_c, h_next):
-        self._activate(gates, recurrent, bias)
-        i, f, o, g = np.split(gates, 4, axis=1)
-        c_next[...] = f * c_prev + i * g
-        tanh_c[...] = np.tanh(c_next)
-        h_next[...] = o * tanh_c
+    def forward_step(
+        self, gates, recurrent, bias, c_prev, c_next, tanh_c, h_prev, h_next, active_rows
+    ):
+        k = active_rows
+        z = self._activate(gates[:k], recurrent[:k], bias)
+        i, f, o, g = np.split(z, 4, axis=1)
+        cell = f * self._up(c_prev[:k]) + i * g
+        tanh_cell = np.tanh(cell)
+        gates[:k], c_next[:k], tanh_c[:k], h_next[:k] = z, cell, tanh_cell, o * tanh_cell
+        gates[k:], tanh_c[k:] = 0, 0  # finished sequences: carried, no gates
+        c_next[k:], h_next[k:] = c_prev[k:], h_prev[k:]
 
-    def backward_step(self, dh_external, dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz):
-        i, f, o, g = np.split(gates, 4, axis=1)
-        dh = dh_external + dh_recurrent
-        total = dc + (0 if dc_external is None else dc_external) + dh * o * (1 - tanh_c**2)
-        dz[...] = np.concatenate(
+    def backward_step(
+        self, dh_external, dh_recurrent, dc_external, dc, gates, c_prev, tanh_c, dz, active_rows
+    ):
+        k = active_rows
+        i, f, o, g = np.split(self._up(gates[:k]), 4, axis=1)
+        t = self._up(tanh_c[:k])
+        dh = self._up(dh_external[:k]) + self._up(dh_recurrent[:k])
+        total = self._up(dc[:k])
+        if dc_external is not None:
+            total = total + self._up(dc_external[:k])
+        total = total + dh * o * (1 - t * t)
+        dz[:k] = np.concatenate(
             [
                 total * g * i * (1 - i),
-                total * c_prev * f * (1 - f),
-                dh * tanh_c * o * (1 - o),
+                total * self._up(c_prev[:k]) * f * (1 - f),
+                dh * t * o * (1 - o),
                 total * i * (1 - g * g),
             ],
             axis=1,
         )
-        dc[...] = total * f
+        dc[:k] = total * f
+        dz[k:] = 0  # finished sequences: dc passes through unchanged
 
     def gates(self, gates, recurrent, bias, c, tanh_c):
-        self._activate(gates, recurrent, bias)
-        tanh_c[...] = np.tanh(c)
+        gates[...] = self._activate(gates, recurrent, bias)
+        tanh_c[...] = np.tanh(self._up(c))
 
 
 # --------------------------------------------------------------------------- a NumPy "CuPy"
@@ -255,12 +460,23 @@ def _root(array):
     return array
 
 
+def _product(a, b, out):
+    """``np.matmul``; float16 as cuBLAS does it for CuPy: float32 accumulation, one rounding.
+
+    (NumPy's own float16 matmul rounds every partial sum to float16.)
+    """
+    if out.dtype == np.float16:
+        np.copyto(out, np.matmul(a.astype(np.float32), b.astype(np.float32)), casting="same_kind")
+    else:
+        np.matmul(a, b, out=out)
+
+
 class CaptureError(AssertionError):
     """Something was done inside a capture that real stream capture would break on."""
 
 
 class FakeNamespace:
-    """The five array functions the engine calls, on NumPy, with stream-capture rules.
+    """The array functions the engine calls, on NumPy, with stream-capture rules.
 
     While ``runtime.capturing`` is set, operations are recorded (with the very
     arrays they were given, as a graph records addresses) instead of run, and
@@ -299,6 +515,16 @@ class FakeNamespace:
             self._no_allocation("ascontiguousarray")
         return np.ascontiguousarray(array)
 
+    def asarray(self, array):
+        self._no_allocation("asarray")
+        return np.array(array, copy=True)
+
+    def take(self, array, indices, axis):
+        self._no_allocation("take")
+        assert isinstance(indices, np.ndarray)
+        assert indices.dtype.kind == "i"
+        return np.take(array, indices, axis=axis)
+
     def copyto(self, dst, src):
         self._run(lambda: np.copyto(dst, src), dst, src)
 
@@ -314,8 +540,8 @@ class FakeNamespace:
                 raise CaptureError("matmul `out` is not C-contiguous: CuPy would copy")
             if np.shares_memory(out, a) or np.shares_memory(out, b):
                 raise CaptureError("matmul `out` overlaps an operand: CuPy would copy")
-        self._runtime.products += 1
-        self._run(lambda: np.matmul(a, b, out=out), a, b, out)
+        self._runtime.products.append((a.shape, b.shape))
+        self._run(lambda: _product(a, b, out), a, b, out)
 
 
 class TapeKernels:
@@ -328,7 +554,7 @@ class TapeKernels:
         method = getattr(self._base, name)
 
         def launch(*arrays):
-            self._runtime.launches += 1
+            self._runtime.launches.append(name)
             self._runtime.fake._run(lambda: method(*arrays), *arrays)
 
         return launch
@@ -351,8 +577,8 @@ class FakeRuntime:
         self.captures = 0
         self.replays = 0
         self.buffers: dict = {}  # id -> every allocation (a graph may only touch these)
-        self.launches = 0
-        self.products = 0
+        self.launches: list[str] = []
+        self.products: list[tuple] = []  # (shape of a, shape of b) of every product
         self.fail_capture = False
 
     def kernels(self, dtype, device_id):
@@ -406,36 +632,52 @@ def runtime(monkeypatch, kernel_factory):
     cupy_engine.set_graph_replay(None)
 
 
+@pytest.fixture
+def host_runtime(monkeypatch, host_library):
+    """The fake runtime with the host-compiled kernels only (the device arithmetic)."""
+    fake = FakeRuntime(lambda dtype_name: HostKernels(host_library, dtype_name))
+    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
+    cupy_engine.clear_graph_cache()
+    yield fake
+    cupy_engine.clear_graph_cache()
+    cupy_engine.set_graph_replay(None)
+
+
 # --------------------------------------------------------------------------- engine vs generic
 
 
 def _engine_inputs(prob, dtype):
+    """Engine-boundary arrays in ``dtype``; with ``float64`` reference copies (``ref``)."""
     params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in prob.params.items()}
     W, b = pack(params, np)
-    x = prob.x.astype(dtype)
-    return {
-        "x": _cache.time_major(x, np),
+    rng = np.random.default_rng(prob.T * 7919 + prob.m)
+    inputs = {
+        "x": _cache.time_major(prob.x.astype(dtype), np),
         "h0": prob.a0.T.astype(dtype),
         "c0": prob.c0.T.astype(dtype),
         "W": W,
         "b": b,
         "da_tm": _cache.time_major(prob.Ga.astype(dtype), np),
         "dc_tm": _cache.time_major(prob.Gc.astype(dtype), np),
+        "dh_n": rng.standard_normal((prob.m, prob.n_a)).astype(dtype),
+        "dc_n": rng.standard_normal((prob.m, prob.n_a)).astype(dtype),
     }
+    return inputs
 
 
-def _run(module, inputs, *, recompute, with_dc):
+def _as_float64(inputs):
+    """The same (rounded) values in float64: the reference for reduced precisions."""
+    return {k: v.astype(np.float64) for k, v in inputs.items()}
+
+
+def _run(module, inputs, *, recompute, with_dc, lengths=None, final=()):
     cache = module.forward(
-        inputs["x"],
-        inputs["h0"],
-        inputs["c0"],
-        inputs["W"],
-        inputs["b"],
-        xp=np,
-        recompute=recompute,
-    )
+        inputs["x"], inputs["h0"], inputs["c0"], inputs["W"], inputs["b"],
+        xp=np, recompute=recompute, lengths=lengths,
+    )  # fmt: skip
     dc_tm = inputs["dc_tm"] if with_dc else None
-    grads = module.backward(cache, inputs["x"], inputs["da_tm"], dc_tm, xp=np)
+    extra = {name: inputs[name] for name in final}
+    grads = module.backward(cache, inputs["x"], inputs["da_tm"], dc_tm, xp=np, **extra)
     return cache, grads
 
 
@@ -448,18 +690,36 @@ CPU_SHAPES = {  # (n_x, m, T, n_a)
 }
 
 
+def _batch_order(cache):
+    """The cache's arrays in batch order; gates and tanh(c) only inside each sequence."""
+    h, c = cache.h, cache.c
+    gates, tanh_c = cache.gates, cache.tanh_c
+    if cache.order is not None:
+        inverse = _cache.inverse_order(cache.order)
+        h, c = h[:, inverse], c[:, inverse]
+        if gates is not None:
+            gates, tanh_c = gates[:, inverse], tanh_c[:, inverse]
+    arrays = {"h": h, "c": c, "gates": gates, "tanh_c": tanh_c}
+    if cache.lengths is not None and gates is not None:
+        lengths = cache.lengths if cache.order is None else cache.lengths[inverse]
+        inside = np.arange(h.shape[0] - 1)[:, None, None] < lengths[None, :, None]
+        arrays["gates"], arrays["tanh_c"] = gates * inside, tanh_c * inside
+    return arrays
+
+
 def _compare(cache, grads, ref_cache, ref_grads, tol, label):
+    actual, expected = _batch_order(cache), _batch_order(ref_cache)
     for name in ("h", "c", "gates", "tanh_c"):
-        actual, expected = getattr(cache, name), getattr(ref_cache, name)
-        if expected is None:
-            assert actual is None, name
+        if expected[name] is None:
+            assert actual[name] is None, name
             continue
-        assert not np.isnan(actual).any(), f"{label}: {name} has unwritten elements"
-        assert rel_err(actual, expected) <= tol, (label, name, rel_err(actual, expected))
-    for name, actual, expected in zip(GRAD_NAMES, grads, ref_grads, strict=True):
-        assert actual.shape == expected.shape, (label, name)
-        assert not np.isnan(actual).any(), f"{label}: {name} has unwritten elements"
-        assert rel_err(actual, expected) <= tol, (label, name, rel_err(actual, expected))
+        assert not np.isnan(actual[name]).any(), f"{label}: {name} has unwritten elements"
+        err = rel_err(actual[name], expected[name])
+        assert err <= tol, (label, name, err)
+    for name, got, want in zip(GRAD_NAMES, grads, ref_grads, strict=True):
+        assert got.shape == want.shape, (label, name)
+        assert not np.isnan(got).any(), f"{label}: {name} has unwritten elements"
+        assert rel_err(got, want) <= tol, (label, name, rel_err(got, want))
 
 
 @pytest.mark.parametrize("shape", list(CPU_SHAPES), ids=list(CPU_SHAPES))
@@ -472,11 +732,10 @@ def test_engine_matches_generic(runtime, shape, dtype, recompute, with_dc, graph
     prob = random_problem(7, n_x, m, T, n_a, 2)
     inputs = _engine_inputs(prob, dtype)
     ref_cache, ref_grads = _run(_engine, inputs, recompute=recompute, with_dc=with_dc)
-    tol = 1e-12 if dtype == "float64" else 2e-5
     cupy_engine.set_graph_replay(graph)
     for call in range(3):  # eager/capture on the first call, replays after
         cache, grads = _run(cupy_engine, inputs, recompute=recompute, with_dc=with_dc)
-        _compare(cache, grads, ref_cache, ref_grads, tol, f"call {call}")
+        _compare(cache, grads, ref_cache, ref_grads, TOL[dtype], f"call {call}")
     if graph:
         assert runtime.captures == 2  # forward once, backward once
         assert runtime.replays == 4
@@ -484,17 +743,19 @@ def test_engine_matches_generic(runtime, shape, dtype, recompute, with_dc, graph
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
 @pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
-def test_several_segments(runtime, monkeypatch, graph, recompute):
+@pytest.mark.parametrize("lengths", [None, [7, 2, 5]], ids=["padded", "lengths"])
+def test_several_segments(runtime, monkeypatch, graph, recompute, lengths):
     """Segments of 2 steps (T = 7): weight gradients summed over segments."""
-    n_x, m, T, n_a = 3, 2, 7, 4
+    n_x, m, T, n_a = 3, 3, 7, 4
     monkeypatch.setattr(_cache, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)
     assert _cache.segment_length(T, m, n_a) == 2
     prob = random_problem(3, n_x, m, T, n_a, 2)
     inputs = _engine_inputs(prob, "float64")
-    ref = _run(_engine, inputs, recompute=recompute, with_dc=True)
+    lengths = None if lengths is None else np.array(lengths)
+    ref = _run(_engine, inputs, recompute=recompute, with_dc=True, lengths=lengths)
     cupy_engine.set_graph_replay(graph)
     for _ in range(2):
-        cache, grads = _run(cupy_engine, inputs, recompute=recompute, with_dc=True)
+        cache, grads = _run(cupy_engine, inputs, recompute=recompute, with_dc=True, lengths=lengths)
         _compare(cache, grads, *ref, 1e-12, "segments")
 
 
@@ -577,75 +838,407 @@ def test_two_operations_per_step(runtime):
     inputs = _engine_inputs(random_problem(2, 3, 2, T, 4, 2), "float32")
     cupy_engine.set_graph_replay(False)
     _run(cupy_engine, inputs, recompute=False, with_dc=True)
-    assert runtime.launches == 2 * T  # T forward kernels, T backward kernels
+    assert len(runtime.launches) == 2 * T  # T forward kernels, T backward kernels
     # forward: input projection + T recurrent; backward: T recurrent + dW_h, dW_x, db, dx
-    assert runtime.products == (1 + T) + (T + 4)
+    assert len(runtime.products) == (1 + T) + (T + 4)
+
+
+# --------------------------------------------------------------------------- variable lengths
+
+# (T, lengths): each sequence has 1..T steps; includes 1 and T, ties, a single row, every
+# length below T (steps past the longest are not run), lengths already sorted (no order).
+LENGTHS = {
+    "mixed": (7, [3, 7, 1, 5]),
+    "ties": (6, [4, 2, 4, 2, 6]),
+    "sorted": (5, [5, 4, 2, 1]),
+    "all-one": (4, [1, 1, 1]),
+    "short": (6, [2, 4, 3]),
+    "m1": (5, [3]),
+}
+
+
+def _lengths_problem(name, dtype="float64", seed=11):
+    T, lengths = LENGTHS[name]
+    prob = random_problem(seed, 3, len(lengths), T, 4, 2)
+    return _engine_inputs(prob, dtype), np.array(lengths, dtype=np.int64)
+
+
+@pytest.mark.parametrize("name", list(LENGTHS))
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("with_dc", [False, True], ids=["no-dc", "dc"])
+@pytest.mark.parametrize("final", [(), ("dh_n", "dc_n")], ids=["no-final", "final"])
+def test_lengths_match_generic(runtime, name, recompute, with_dc, final):
+    inputs, lengths = _lengths_problem(name)
+    options = {"recompute": recompute, "with_dc": with_dc, "lengths": lengths, "final": final}
+    ref_cache, ref_grads = _run(_engine, inputs, **options)
+    cache, grads = _run(cupy_engine, inputs, **options)
+    _compare(cache, grads, ref_cache, ref_grads, 1e-12, name)
+    # dx is zero at padded steps: external gradients there are ignored.
+    padded = np.arange(inputs["x"].shape[0])[:, None] >= lengths[None, :]
+    assert not grads[0][padded].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+def test_lengths_in_reduced_precision(runtime, dtype, recompute):
+    inputs, lengths = _lengths_problem("mixed", dtype)
+    options = {"recompute": recompute, "with_dc": True, "lengths": lengths, "final": ("dh_n",)}
+    reference = _run(_engine, _as_float64(inputs), **options)
+    _compare(*_run(cupy_engine, inputs, **options), *reference, TOL[dtype], dtype)
+
+
+def test_lengths_cache_layout(runtime):
+    """Rows sorted by decreasing length (stable); zeros as gates past each sequence's end."""
+    inputs, lengths = _lengths_problem("ties")
+    cache, _ = _run(cupy_engine, inputs, recompute=False, with_dc=False, lengths=lengths)
+    np.testing.assert_array_equal(cache.order, [4, 0, 2, 1, 3])
+    np.testing.assert_array_equal(cache.lengths, lengths[cache.order])
+    assert cache.lengths.dtype == np.int64
+    for row, length in enumerate(cache.lengths):
+        assert not cache.gates[length:, row].any()
+        assert not cache.tanh_c[length:, row].any()
+        assert (cache.h[length:, row] == cache.h[length, row]).all()  # carried bit for bit
+        assert (cache.c[length:, row] == cache.c[length, row]).all()
+    ref_cache, _ = _run(_engine, inputs, recompute=False, with_dc=False, lengths=lengths)
+    for got, want in zip(
+        _cache.final_state(cache, np), _cache.final_state(ref_cache, np), strict=True
+    ):
+        assert rel_err(got, want) <= 1e-12
+    # Already sorted: no order (the batch order is the storage order).
+    sorted_inputs, sorted_lengths = _lengths_problem("sorted")
+    cache, _ = _run(
+        cupy_engine, sorted_inputs, recompute=True, with_dc=False, lengths=sorted_lengths
+    )
+    assert cache.order is None
+    assert cache.gates is None
+
+
+def test_shrinking_batch(runtime):
+    """Each step's recurrent product takes only the running rows; no step past the longest."""
+    inputs, lengths = _lengths_problem("short")  # T = 6, lengths 2, 4, 3: 4 steps run
+    n_a = inputs["h0"].shape[1]
+    _run(cupy_engine, inputs, recompute=False, with_dc=False, lengths=lengths)
+    recurrent = [a[0] for a, b in runtime.products if b == (n_a, 4 * n_a)]  # h W_h^T
+    backward = [a[0] for a, b in runtime.products if b == (4 * n_a, n_a) and a[1] == 4 * n_a]
+    assert recurrent == [3, 3, 2, 1]
+    assert backward == [1, 2, 3, 3]  # dz W_h, last step first (dW_h^T products excluded)
+    assert runtime.launches == ["forward_step"] * 4 + ["backward_step"] * 4
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_lengths_run_eagerly_with_graph_replay_on(runtime, graph):
+    inputs, lengths = _lengths_problem("mixed")
+    cupy_engine.set_graph_replay(graph)
+    ref = _run(_engine, inputs, recompute=False, with_dc=True, lengths=lengths)
+    for _ in range(2):
+        got = _run(cupy_engine, inputs, recompute=False, with_dc=True, lengths=lengths)
+        _compare(*got, *ref, 1e-12, "graph switch")
+    assert runtime.captures == 0
+    assert len(cupy_engine._PLANS) == 0
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("final", [("dh_n",), ("dc_n",), ("dh_n", "dc_n")])
+def test_final_state_gradients(runtime, graph, recompute, final):
+    """Gradients of h_T, c_T start the recursion; one backward graph per set of gradients."""
+    inputs = _engine_inputs(random_problem(8, 3, 4, 5, 4, 2), "float64")
+    options = {"recompute": recompute, "with_dc": False}
+    ref = _run(_engine, inputs, **options, final=final)
+    cupy_engine.set_graph_replay(graph)
+    for _ in range(2):
+        _compare(*_run(cupy_engine, inputs, **options, final=final), *ref, 1e-12, "final")
+        _compare(
+            *_run(cupy_engine, inputs, **options), *_run(_engine, inputs, **options), 1e-12, "none"
+        )
+    if graph:
+        (plan,) = cupy_engine._PLANS._plans.values()
+        assert set(plan.backward_graphs) == {("da", *final), ("da",)}
+        assert runtime.captures == 3
+        assert runtime.replays == 5
+
+
+def test_other_engines_read_a_cupy_lengths_cache(runtime):
+    """The generic and the NumPy engine read the CuPy engine's sorted variable-length cache."""
+    inputs, lengths = _lengths_problem("mixed")
+    options = {"recompute": False, "with_dc": True, "lengths": lengths}
+    ref_cache, ref_grads = _run(_engine, inputs, **options)
+    cache, _ = _run(cupy_engine, inputs, **options)
+    assert numpy_engine.unsupported_reason(np, np.float64, cache=cache) is None
+    for module in (_engine, numpy_engine):
+        grads = module.backward(cache, inputs["x"], inputs["da_tm"], inputs["dc_tm"], xp=np)
+        _compare(cache, grads, ref_cache, ref_grads, 1e-12, module.__name__)
+
+
+def test_cupy_refuses_a_cache_in_batch_order(runtime):
+    """A generic-engine lengths cache is not sorted: "auto" reads it generically, "cupy" refuses."""
+    inputs, lengths = _lengths_problem("mixed")
+    cache, _ = _run(_engine, inputs, recompute=False, with_dc=False, lengths=lengths)
+    reason = cupy_engine.unsupported_reason(None, np.float64, cache=cache)
+    assert "not sorted by decreasing length" in reason
+    with pytest.raises(ValueError, match=r"cannot read this cache.*not sorted"):
+        cupy_engine.backward(cache, inputs["x"], inputs["da_tm"], None)
+    fake_cupy = type(sys)("cupy")
+    assert dispatch.select_engine(fake_cupy, np.float64, "auto", cache=cache).name == "generic"
+    with pytest.raises(ValueError, match=r"`engine='cupy'` cannot run.*not sorted"):
+        dispatch.select_engine(fake_cupy, np.float64, "cupy", cache=cache)
+    # A batch whose lengths happen to be sorted is read as it is.
+    sorted_inputs, sorted_lengths = _lengths_problem("sorted")
+    options = {"recompute": False, "with_dc": False, "lengths": sorted_lengths}
+    ref_cache, ref_grads = _run(_engine, sorted_inputs, **options)
+    assert cupy_engine.unsupported_reason(None, np.float64, cache=ref_cache) is None
+    grads = cupy_engine.backward(ref_cache, sorted_inputs["x"], sorted_inputs["da_tm"], None)
+    _compare(ref_cache, grads, ref_cache, ref_grads, 1e-12, "sorted generic cache")
+
+
+# --------------------------------------------------------------------------- inference, determinism
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["padded", "lengths"])
+def test_recompute_keeps_no_gates(runtime, graph, lengths):
+    """The memory-saving (inference) forward returns h and c only, in a buffer of that size."""
+    n_x, m, T, n_a = 3, 3, 5, 4
+    inputs = _engine_inputs(random_problem(9, n_x, m, T, n_a, 2), "float64")
+    lengths = None if lengths is None else np.array(lengths)
+    cupy_engine.set_graph_replay(graph)
+    cache = cupy_engine.forward(
+        inputs["x"], inputs["h0"], inputs["c0"], inputs["W"], inputs["b"],
+        recompute=True, lengths=lengths,
+    )  # fmt: skip
+    assert cache.gates is None
+    assert cache.tanh_c is None
+    assert _root(cache.h) is _root(cache.c)
+    align = cupy_engine._ALIGN_BYTES // 8
+    state = -(-(T + 1) * m * n_a // align) * align
+    assert _root(cache.h).size == 2 * state
+    ref = _engine.forward(
+        inputs["x"], inputs["h0"], inputs["c0"], inputs["W"], inputs["b"],
+        xp=np, recompute=True, lengths=lengths,
+    )  # fmt: skip
+    for got, want in zip(
+        _cache.sequence_states(cache, np), _cache.sequence_states(ref, np), strict=True
+    ):
+        assert rel_err(got, want) <= 1e-12
+
+
+def _bits(cache, grads):
+    arrays = [cache.h, cache.c, *(a for a in (cache.gates, cache.tanh_c) if a is not None)]
+    return [np.array(a, copy=True) for a in (*arrays, *grads)]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 4, 1]], ids=["padded", "lengths"])
+def test_runs_are_bitwise_identical(host_runtime, graph, lengths):
+    """Same call, same bits, whatever ran in between (no state leaks between calls)."""
+    lengths = None if lengths is None else np.array(lengths)
+    first = _engine_inputs(random_problem(12, 3, 4, 6, 5, 2), "float32")
+    other = _engine_inputs(random_problem(13, 3, 4, 6, 5, 2), "float32")
+    options = {"recompute": False, "with_dc": True, "lengths": lengths, "final": ("dh_n",)}
+    cupy_engine.set_graph_replay(graph)
+    runs = []
+    for inputs in (first, other, first, first):
+        runs.append(_bits(*_run(cupy_engine, inputs, **options)))
+    for again in (runs[2], runs[3]):
+        for a, b in zip(runs[0], again, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Graph replay issues the very operations of the eager run: bitwise equal here
+    # (on a GPU cuBLAS may pick other kernels on the capture stream; see test_cupy.py).
+    cupy_engine.set_graph_replay(not graph)
+    for a, b in zip(runs[0], _bits(*_run(cupy_engine, first, **options)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- float16
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("shape", ["generic", "medium"])
+def test_float16_against_float64(runtime, graph, recompute, shape):
+    """float16 storage, float32 math and accumulation: within TOL_FLOAT16 of float64."""
+    sizes = {"generic": (3, 4, 7, 5), "medium": (16, 8, 12, 32)}[shape]  # medium: test_cupy's
+    inputs = _engine_inputs(random_problem(14, *sizes, 2), "float16")
+    options = {"recompute": recompute, "with_dc": True, "final": ("dh_n", "dc_n")}
+    reference = _run(_engine, _as_float64(inputs), **options)
+    cupy_engine.set_graph_replay(graph)
+    for call in range(2):
+        cache, grads = _run(cupy_engine, inputs, **options)
+        assert cache.h.dtype == np.float16
+        assert grads[3].dtype == np.float16
+        _compare(cache, grads, *reference, TOL_FLOAT16, f"float16 call {call}")
 
 
 # --------------------------------------------------------------------------- kernels directly
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_host_compiled_kernels_match_numpy(host_library, dtype):
-    rng = np.random.default_rng(0)
-    rows, units = 5, 7
-    host, reference = HostKernels(host_library, dtype), NumpyKernels()
-    tol = 1e-14 if dtype == "float64" else 1e-6
+def _kernel_cases(kernels, dtype, rows, units, active, seed=0, work=None):
+    """Run every kernel once on fixed random inputs; return the outputs by name.
+
+    Inputs are values of ``dtype`` handed over in ``work`` (default: ``dtype``):
+    ``work=float64`` gives the exact results on the very same values.
+    """
+    rng = np.random.default_rng(seed)
+    stored, work = np.dtype(dtype), np.dtype(work or dtype)
+
+    def value(array):  # a value of the storage type, in the work type
+        return np.ascontiguousarray(np.asarray(array).astype(stored).astype(work))
 
     def draw(*shape, scale=1.0):
-        return np.ascontiguousarray(scale * rng.standard_normal(shape), dtype=dtype)
+        return value(scale * rng.standard_normal(shape))
 
-    # Forward with some huge pre-activations: the tanh-form sigmoid saturates, no inf/nan.
-    gates = draw(rows, 4 * units, scale=3.0)
-    gates[0, :] = 1e4
-    gates[1, :] = -1e4
-    forward_in = (gates, draw(rows, 4 * units), draw(4 * units), draw(rows, units))
-    outs = {}
-    for label, kernels in (("host", host), ("numpy", reference)):
-        g = forward_in[0].copy()
-        c_next, tanh_c, h_next = (np.empty((rows, units), dtype) for _ in range(3))
-        kernels.forward_step(g, *forward_in[1:], c_next, tanh_c, h_next)
-        outs[label] = (g, c_next, tanh_c, h_next)
-    for actual, expected in zip(outs["host"], outs["numpy"], strict=True):
-        assert np.isfinite(actual).all()
-        np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
-    assert (outs["host"][0][0, : 3 * units] == 1).all()
-    assert (outs["host"][0][1, : 3 * units] == 0).all()
+    def empty(*shape):
+        return np.full(shape, np.nan, work)
 
-    activated = outs["numpy"][0]
-    for dc_external in (None, draw(rows, units)):
-        results = {}
-        for label, kernels in (("host", host), ("numpy", reference)):
-            dc = draw(rows, units) * 0 + 0.25
-            dz = np.empty((rows, 4 * units), dtype)
-            kernels.backward_step(
-                forward_in[3] * 2,
-                forward_in[3] * -1,
-                dc_external,
-                dc,
-                activated,
-                forward_in[3],
-                outs["numpy"][2],
-                dz,
-            )
-            results[label] = (dz, dc)
-        for actual, expected in zip(results["host"], results["numpy"], strict=True):
-            np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+    gates_in = draw(rows, 4 * units, scale=3.0)
+    gates_in[0, :] = 1e4  # huge pre-activations: the sigmoid saturates (1e4 is a float16)
+    gates_in[1, :] = -1e4
+    recurrent, bias = draw(rows, 4 * units), draw(4 * units)
+    c_prev, h_prev = draw(rows, units), draw(rows, units)
+    gates, c_next, tanh_c, h_next = gates_in.copy(), *(empty(rows, units) for _ in range(3))
+    kernels.forward_step(gates, recurrent, bias, c_prev, c_next, tanh_c, h_prev, h_next, active)
+    out = {"gates": gates, "c_next": c_next, "tanh_c": tanh_c, "h_next": h_next}
+    activated = value(np.clip(0.5 * rng.standard_normal((rows, 4 * units)) + 0.5, 0, 1))
+    tanh_prev = value(np.tanh(c_prev.astype(np.float64)))
+    for label, dc_external in (("", None), ("_dc", draw(rows, units))):
+        dc, dz = draw(rows, units), empty(rows, 4 * units)
+        dh_external, dh_recurrent = draw(rows, units), draw(rows, units)
+        kernels.backward_step(
+            dh_external, dh_recurrent, dc_external, dc, activated, c_prev, tanh_prev, dz, active
+        )
+        out.update({f"dz{label}": dz, f"dc{label}": dc})
+    gates, tanh_c = gates_in.copy(), empty(rows, units)
+    kernels.gates(gates, recurrent, bias, c_prev, tanh_c)
+    out.update(recomputed=gates, recomputed_tanh=tanh_c)
+    for name, array in out.items():
+        assert array.dtype == work, name
+    return out
 
-    recomputed = {}
-    for label, kernels in (("host", host), ("numpy", reference)):
-        g = forward_in[0].copy()
-        tanh_c = np.empty((rows, units), dtype)
-        kernels.gates(g, forward_in[1], forward_in[2], outs["numpy"][1], tanh_c)
-        recomputed[label] = (g, tanh_c)
-    for actual, expected in zip(recomputed["host"], recomputed["numpy"], strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("active", [5, 3, 0], ids=["all-rows", "some-rows", "no-rows"])
+def test_host_compiled_kernels_match_numpy(host_library, dtype, active):
+    rows, units = 5, 7
+    host = _kernel_cases(HostKernels(host_library, dtype), dtype, rows, units, active)
+    reference = _kernel_cases(NumpyKernels(), dtype, rows, units, active)
+    # Same arithmetic type: only libm's last bits differ (float16: a tie may round
+    # the other way, one float16 ulp).
+    tol = {"float64": 1e-14, "float32": 1e-6, "float16": 2 * UNIT_ROUNDOFF["float16"]}[dtype]
+    for name, expected in reference.items():
+        actual = host[name]
+        assert np.isfinite(actual).all(), name
+        np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=name)
+    gates = host["gates"]
+    if active >= 2:  # the tanh-form sigmoid saturates exactly, no inf/nan
+        assert (gates[0, : 3 * units] == 1).all()
+        assert (gates[1, : 3 * units] == 0).all()
+    assert not gates[active:].any()
+    assert not host["tanh_c"][active:].any()
+    assert not host["dz"][active:].any()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_element_math_within_one_rounding(host_library, dtype):
+    """Half-precision storage, float32 math: each output within one rounding of float64.
+
+    Bound: ``|out - ref| <= u |ref| + 1e-5`` -- the float32 value rounded once to
+    the storage type, plus float32 arithmetic before it (a handful of operations
+    on O(1) values, each within 2**-24 relative).
+    """
+    storage = pytest.importorskip("ml_dtypes").bfloat16 if dtype == "bfloat16" else np.float16
+    rows, units = 6, 9
+    u = UNIT_ROUNDOFF[dtype]
+    host = _kernel_cases(HostKernels(host_library, dtype), storage, rows, units, 4, seed=3)
+    exact = _kernel_cases(NumpyKernels(), storage, rows, units, 4, seed=3, work=np.float64)
+    worst = 0.0
+    for name, expected in exact.items():
+        actual = host[name].astype(np.float64)
+        np.testing.assert_allclose(actual, expected, rtol=u, atol=1e-5, err_msg=name)
+        worst = max(worst, float(np.max(np.abs(actual - expected) / (np.abs(expected) + 1e-5))))
+    assert worst > u / 8  # the outputs really are rounded to the storage type
 
 
 def test_unsupported_reason():
-    assert cupy_engine.unsupported_reason(None, np.float32) is None
-    assert cupy_engine.unsupported_reason(None, np.dtype("float64")) is None
-    assert "float16" in cupy_engine.unsupported_reason(None, np.float16)
+    for dtype in (np.float16, np.float32, np.dtype("float64")):
+        assert cupy_engine.unsupported_reason(None, dtype) is None
+    assert "int32 is not supported" in cupy_engine.unsupported_reason(None, np.int32)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    reason = cupy_engine.unsupported_reason(None, ml_dtypes.bfloat16)
+    assert "bfloat16" in reason
+    assert "CuPy has no bfloat16 dtype" in reason
+
+
+# --------------------------------------------------------------------------- the public API
+
+
+@pytest.fixture
+def cupy_on_numpy(monkeypatch, runtime):
+    """The CuPy engine's spec, as declared, but for NumPy arrays (the fake runtime runs it)."""
+    spec = dataclasses.replace(dispatch.ENGINES["cupy"], backends=("numpy",), requires=None)
+    monkeypatch.setitem(dispatch.ENGINES, "cupy", spec)
+    dispatch._engine.cache_clear()
+    yield runtime
+    dispatch._engine.cache_clear()
+
+
+def _public(prob, engine, **options):
+    lengths = options.pop("lengths", None)
+    a, y, c, caches = xlstm.lstm_forward(
+        prob.x, prob.a0, prob.params, prob.c0, engine=engine, lengths=lengths
+    )
+    rng = np.random.default_rng(0)
+    da_n, dc_n = (rng.standard_normal(prob.a0.shape) for _ in range(2))
+    grads = xlstm.lstm_backward(prob.Ga, caches, prob.Gc, da_n=da_n, dc_n=dc_n, engine=engine)
+    inference = xlstm.lstm_forward(
+        prob.x, prob.a0, prob.params, prob.c0, engine=engine, lengths=lengths, cache=False
+    )
+    return {"a": a, "y": y, "c": c, **grads, "inference_a": inference[0]}
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 1, 3, 5]], ids=["padded", "lengths"])
+def test_public_functions_through_the_cupy_engine(cupy_on_numpy, lengths):
+    """lstm_forward/backward with lengths, final-state gradients and cache=False."""
+    prob = random_problem(16, 3, 4, 5, 4, 2)
+    got = _public(prob, "cupy", lengths=lengths)
+    want = _public(prob, "generic", lengths=lengths)
+    for key, value in want.items():
+        assert rel_err(got[key], value) <= 1e-12, key
+    assert cupy_on_numpy.launches  # the CuPy engine ran
+    chosen = xlstm.resolve_engine("numpy", "float64", "cupy", lengths=True, final_state_grads=True)
+    assert chosen == "cupy"
+
+
+def test_bidirectional_layers_through_the_cupy_engine(cupy_on_numpy):
+    """The reverse direction (inputs reversed within lengths by the layers) on the CuPy engine."""
+    rng = np.random.default_rng(17)
+    n_x, n_a, m, T = 3, 4, 5, 6
+    layers = []
+    for layer in range(2):
+        n_in = n_x if layer == 0 else 2 * n_a
+        for _ in range(2):
+            layers.append(
+                {
+                    **{f"W{g}": 0.5 * rng.standard_normal((n_a, n_a + n_in)) for g in "fico"},
+                    **{f"b{g}": 0.5 * rng.standard_normal((n_a, 1)) for g in "fico"},
+                }
+            )
+    x = rng.standard_normal((n_x, m, T))
+    lengths = [6, 2, 1, 4, 6]
+    d_out = rng.standard_normal((2 * n_a, m, T))
+    d_a_n, d_c_n = (rng.standard_normal((4, n_a, m)) for _ in range(2))
+    results = {}
+    for engine in ("cupy", "generic"):
+        out, (a_n, c_n), cache = xlstm.layers.multilayer_forward(
+            x, layers, bidirectional=True, lengths=lengths, engine=engine
+        )
+        grads = xlstm.layers.multilayer_backward(d_out, cache, d_a_n=d_a_n, d_c_n=d_c_n)
+        flat = {"out": out, "a_n": a_n, "c_n": c_n, "dx": grads["dx"]}
+        flat.update(
+            {f"l{k}{name}": v for k, g in enumerate(grads["layers"]) for name, v in g.items()}
+        )
+        results[engine] = flat
+    for key, value in results["generic"].items():
+        assert rel_err(results["cupy"][key], value) <= 1e-12, key
 
 
 # --------------------------------------------------------------------------- switches, imports

@@ -43,22 +43,38 @@ def test_naming_another_backends_engine_says_why(name):
 
 
 def test_cupy_dispatch_without_cupy():
-    """A namespace named ``cupy`` routes to the CuPy engine, which accepts float32/64."""
+    """A namespace named ``cupy`` routes to the CuPy engine: float16/32/64, lengths, finals."""
     fake_cupy = types.ModuleType("cupy")
-    for dtype in ("float32", "float64"):
+    for dtype in ("float16", "float32", "float64"):
         assert dispatch.select_engine(fake_cupy, np.dtype(dtype), "auto").name == "cupy"
         assert dispatch.select_engine(fake_cupy, np.dtype(dtype), "fast").name == "cupy"
-    assert dispatch.select_engine(fake_cupy, np.dtype("float16"), "auto").name == "generic"
-    with pytest.raises(ValueError, match=r"cupy: dtype float16 is not supported"):
-        dispatch.select_engine(fake_cupy, np.dtype("float16"), "fast")
-    # Capabilities the CuPy engine lacks send "auto" to the generic engine, and a forced
-    # "cupy" to a ValueError, before anything runs.
-    assert dispatch.select_engine(fake_cupy, np.float32, "auto", lengths=True).name == "generic"
-    with pytest.raises(ValueError, match=r"does not support variable-length"):
-        dispatch.select_engine(fake_cupy, np.float32, "cupy", lengths=True)
-    with pytest.raises(ValueError, match=r"does not support gradients of the final states"):
-        dispatch.select_engine(fake_cupy, np.float32, "cupy", final_state_grads=True)
+    assert dispatch.select_engine(fake_cupy, np.dtype("int32"), "auto").name == "generic"
+    with pytest.raises(ValueError, match=r"cupy: dtype int32 is not supported"):
+        dispatch.select_engine(fake_cupy, np.dtype("int32"), "fast")
+    with pytest.raises(ValueError, match=r"`engine='cupy'` cannot run this call: dtype int32"):
+        dispatch.select_engine(fake_cupy, np.dtype("int32"), "cupy")
+    picked = dispatch.select_engine(
+        fake_cupy, np.float32, "cupy", lengths=True, final_state_grads=True
+    )
+    assert picked.name == "cupy"
     assert cupy_engine.unsupported_reason(None, np.float32) is None
+
+
+def test_declared_capabilities_decide_before_anything_runs(monkeypatch):
+    """An engine that declares no lengths / final-state gradients is passed over by
+    "auto" and refused when named, from its spec alone."""
+    spec = dispatch.ENGINES["numpy"]
+    limited = dispatch.EngineSpec(
+        spec.name, spec.module, spec.backends, supports_lengths=False,
+        supports_final_state_grads=False, numpy_in_place=True,
+    )  # fmt: skip
+    monkeypatch.setitem(dispatch.ENGINES, "numpy", limited)
+    monkeypatch.setitem(dispatch.AUTO_ORDER, "numpy", ("numpy",))
+    assert dispatch.select_engine(np, np.float32, "auto", lengths=True).name == "generic"
+    with pytest.raises(ValueError, match=r"does not support variable-length"):
+        dispatch.select_engine(np, np.float32, "numpy", lengths=True)
+    with pytest.raises(ValueError, match=r"does not support gradients of the final states"):
+        dispatch.select_engine(np, np.float32, "numpy", final_state_grads=True)
 
 
 @pytest.mark.parametrize(

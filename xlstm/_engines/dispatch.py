@@ -35,7 +35,7 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("numpy", "xlstm._engines.numpy.engine", ("numpy",), numpy_in_place=True),
         EngineSpec(
             "cupy", "xlstm._engines.cupy.engine", ("cupy",), requires="cupy", extra="cuda12",
-            supports_lengths=False, supports_final_state_grads=False,
+            supports_lengths=True, supports_final_state_grads=True,
         ),
     )
 }  # fmt: skip

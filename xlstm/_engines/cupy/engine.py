@@ -21,6 +21,31 @@ the kernel, not ``cupy.matmul``, adds the input projection: ``cupy.matmul``
 always overwrites its output (cuBLAS beta = 0), so the recurrent product goes
 to its own buffer and the kernel sums the two parts while it reads them anyway.
 
+Variable-length batches (``lengths``), as the NumPy engine does them
+(:mod:`xlstm._engines.numpy.masked`): the rows are stored sorted by decreasing
+length (``SequenceCache.order``, ``SequenceCache.lengths`` in that order), so at
+step ``t`` the ``running[t]`` sequences still running are a prefix of the rows.
+The recurrent products of a step take only that prefix; the step kernel runs
+over every row and carries the finished rows' states (zeros as their gates), and
+backward writes ``dz = 0`` for them and lets ``dh``, ``dc`` pass through
+unchanged -- so external gradients at padded steps are ignored and ``dx`` is zero
+there.  Steps past the longest sequence are not run.  ``backward`` reads caches
+whose rows are sorted that way (its own, or any with non-increasing lengths);
+:func:`unsupported_reason` refuses the others, so ``engine="auto"`` gives them to
+the generic engine.  Gradients of the final states (``dh_n``, ``dc_n``) start the
+backward recursion, with or without lengths.
+
+Float16: arrays in float16, element math in float32 (the kernels are templates on
+a storage and an arithmetic type, see :mod:`._kernels`), products through
+``cupy.matmul``, which accumulates float16 products in float32 (CuPy's default
+cuBLAS compute type for float16).  bfloat16: see :func:`unsupported_reason`.
+
+Determinism: every kernel writes each element from one thread, and every sum
+(``dW``, ``db``, ``dx``, the per-segment totals) is a cuBLAS product or an
+element-wise add, never an atomic update; cuBLAS gives the same bits run to run
+on one device and stream (its documented reproducibility).  So two runs of the
+same call give bitwise identical results.
+
 Graph replay (off by default; :func:`set_graph_replay`, or the environment
 variable ``XLSTM_CUPY_GRAPHS=1``).  The forward time loop and the backward time
 loop are each captured once as a CUDA graph (``cupy.cuda.Stream.begin_capture``)
@@ -34,16 +59,20 @@ plan's own copy of the states and skips copying them in.  Plans are kept in a
 small LRU cache (:data:`MAX_GRAPH_PLANS`; :func:`clear_graph_cache` frees them).
 The captured region allocates nothing: every array it touches is preallocated
 and every product writes into a contiguous ``out=`` (``cupy.matmul`` makes no
-temporary then).
+temporary then).  Backward graphs are captured per set of gradients given
+(``dc``, ``dh_n``, ``dc_n``).
 
-Variable-length batches (``lengths``) and final-state gradients are not
-implemented here (its :class:`~xlstm._engines.contract.EngineSpec` says so):
-``engine="auto"`` gives such calls to the generic engine, ``engine="cupy"`` refuses
-them with a ValueError.
+Variable-length calls run eagerly even with graph replay on.  A graph fixes every
+product's shape and every launch's grid, and with a shrinking batch those follow
+the whole lengths pattern (``running[t]`` for every step): a plan keyed by it
+would be captured anew for nearly every training batch (a capture costs more than
+an eager run) and would evict the plans of fixed shapes, each holding a cache's
+worth of device memory.  Running every row and masking inside a graph would keep
+one graph per shape, but pay the padded products the shrinking batch saves.
 
 The engine reaches CuPy only through :func:`_runtime`, one small object, so that
-its bookkeeping (segments, buffers, capture, copy-in and copy-out) can also be
-exercised on a CPU with a NumPy stand-in (``tests/test_cupy_cpu.py``).
+its bookkeeping (segments, buffers, capture, copy-in and copy-out, row order) can
+also be exercised on a CPU with a NumPy stand-in (``tests/test_cupy_cpu.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +89,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import SequenceCache, segment_length
+from ..cache import SequenceCache, inverse_order, segment_length
 from . import _kernels
 
 GRAPH_ENV = "XLSTM_CUPY_GRAPHS"
@@ -72,7 +101,7 @@ GRAPH_DEFAULT = False
 MAX_GRAPH_PLANS = 4
 """At most this many shapes keep captured graphs and their static buffers."""
 
-_ALIGN = 64  # elements: every buffer carved from a slab starts 256-byte aligned or better
+_ALIGN_BYTES = 256  # every buffer carved from a slab starts this aligned (cuBLAS likes it)
 
 _graph_override: bool | None = None
 
@@ -81,15 +110,43 @@ _graph_override: bool | None = None
 
 
 def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
-    """Why the fused kernels cannot run for ``dtype`` (``None``: they can).
+    """Why the fused kernels cannot run this call (``None``: they can).
 
-    float32 and float64 are supported.  float16 is not: the kernels would need
-    float32 arithmetic on float16 storage and the products a float32
-    accumulator, and no device check has shown that path accurate yet.
+    Parameters
+    ----------
+    xp : namespace
+        The call's namespace (the dispatcher has checked it is CuPy).
+    dtype : dtype
+        float16, float32 and float64 run.  bfloat16 does not: CuPy has no bfloat16
+        dtype of its own (only an experimental one through ml_dtypes), so the
+        kernels are not instantiated for it.
+    cache : SequenceCache, optional
+        Backward: a variable-length cache must have its rows sorted by decreasing
+        length (as :func:`forward` stores them); see :func:`cache_reason`.
+
+    Returns
+    -------
+    str or None
+        The reason, phrased to follow "it cannot run this call: ".
     """
-    name = np.dtype(dtype).name
-    if name not in _kernels.C_TYPES:
-        return f"dtype {name} is not supported by the fused CUDA kernels (float32 and float64 are)"
+    reason = _kernels.dtype_reason(np.dtype(dtype).name)
+    if reason is None and cache is not None:
+        reason = cache_reason(cache)
+    return reason
+
+
+def cache_reason(cache: SequenceCache) -> str | None:
+    """Why :func:`backward` cannot read ``cache`` (``None``: it can).
+
+    With lengths, the running sequences must be a prefix of the rows at every
+    step: the stored lengths must not increase.  Caches from this engine are
+    stored so; the generic engine's keep the batch order, which usually is not.
+    """
+    if cache.lengths is not None and np.any(np.diff(cache.lengths) > 0):
+        return (
+            "the cache's rows are not sorted by decreasing length (made by another "
+            "engine); the generic engine reads it"
+        )
     return None
 
 
@@ -202,23 +259,65 @@ def _runtime() -> _CupyRuntime:
 
 @dataclass(frozen=True)
 class _Dims:
-    """Sizes of one call: inputs n_x, batch m, steps t_x, units n_a, segment length."""
+    """Sizes of one call: inputs n_x, batch m, steps t_x, units n_a, segment length.
+
+    ``t_end``: steps that run (the longest sequence; ``t_x`` without lengths).
+    """
 
     n_x: int
     m: int
     t_x: int
     n_a: int
     step: int
+    t_end: int
 
     @classmethod
-    def of(cls, x: Any, n_a: int, recompute: bool) -> _Dims:
+    def of(cls, x: Any, n_a: int, recompute: bool, t_end: int | None = None) -> _Dims:
         n_x, m, t_x = (int(s) for s in x.shape)
         step = segment_length(t_x, m, int(n_a), recompute)
-        return cls(n_x, m, t_x, int(n_a), step)
+        return cls(n_x, m, t_x, int(n_a), step, t_x if t_end is None else int(t_end))
 
     def segments(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` of each segment, in time order."""
-        return [(s, min(self.t_x, s + self.step)) for s in range(0, self.t_x, self.step)]
+        """``(start, stop)`` of each segment of the steps that run, in time order."""
+        return [(s, min(self.t_end, s + self.step)) for s in range(0, self.t_end, self.step)]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Row bookkeeping of a call, on the host: storage order and running sequences.
+
+    ``order[r]``: the batch entry stored in row ``r`` (``None``: batch order).
+    ``lengths``: in storage order, non-increasing (``None``: no lengths).
+    ``running[t]``: sequences with ``length > t``, the first rows (``None``: all).
+    """
+
+    order: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    running: np.ndarray | None = None
+
+    @classmethod
+    def sorted_by_length(cls, lengths: np.ndarray, t_x: int) -> _Rows:
+        """Rows sorted by decreasing length (stable: ties keep the batch order)."""
+        order = np.argsort(-lengths, kind="stable")
+        if np.array_equal(order, np.arange(order.shape[0])):
+            order = None
+        stored = lengths if order is None else lengths[order]
+        return cls(order, stored, _running(stored, t_x))
+
+    @classmethod
+    def of_cache(cls, cache: SequenceCache) -> _Rows:
+        t_x = int(cache.h.shape[0]) - 1
+        running = None if cache.lengths is None else _running(cache.lengths, t_x)
+        return cls(cache.order, cache.lengths, running)
+
+    @property
+    def t_end(self) -> int | None:
+        return None if self.lengths is None else int(self.lengths.max())
+
+
+def _running(stored_lengths: np.ndarray, t_x: int) -> np.ndarray:
+    """``running[t]``: lengths above ``t`` (a prefix: the lengths do not increase)."""
+    return np.count_nonzero(stored_lengths[None, :] > np.arange(t_x)[:, None], axis=1)
 
 
 @dataclass
@@ -231,10 +330,11 @@ class _Slab:
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
+        align = max(1, _ALIGN_BYTES // np.dtype(self.dtype).itemsize)
         self.offsets, total = {}, 0
         for name, shape in self.shapes.items():
             self.offsets[name] = total
-            total += -(-int(np.prod(shape)) // _ALIGN) * _ALIGN
+            total += -(-int(np.prod(shape)) // align) * align
         self.size = max(total, 1)
 
     def allocate(self, xp: Any) -> tuple[Any, dict[str, Any]]:
@@ -260,7 +360,7 @@ def _input_shapes(d: _Dims) -> dict[str, tuple[int, ...]]:
 
 
 def _state_shapes(d: _Dims, recompute: bool) -> dict[str, tuple[int, ...]]:
-    """What the forward returns (the SequenceCache arrays)."""
+    """What the forward returns (the SequenceCache arrays): no gates when recomputing."""
     shapes = {"h": (d.t_x + 1, d.m, d.n_a), "c": (d.t_x + 1, d.m, d.n_a)}
     if not recompute:
         shapes["gates"] = (d.t_x, d.m, 4 * d.n_a)
@@ -283,7 +383,7 @@ def _backward_work_shapes(d: _Dims, recompute: bool) -> dict[str, tuple[int, ...
         "d_recurrent": (4 * d.n_a, d.n_a),
         "d_input": (4 * d.n_a, d.n_x),
     }
-    if d.step < d.t_x:  # several segments: their products are summed
+    if len(d.segments()) > 1:  # several segments: their products are summed
         shapes["sum_recurrent"] = (4 * d.n_a, d.n_a)
         shapes["sum_input"] = (4 * d.n_a, d.n_x)
         shapes["sum_bias"] = (4 * d.n_a,)
@@ -305,14 +405,25 @@ def _gradient_shapes(d: _Dims) -> dict[str, tuple[int, ...]]:
     }
 
 
+def _external_shapes(d: _Dims, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Gradients from outside: ``da``, ``dc`` per step, ``dh_n``, ``dc_n`` at the end."""
+    per_step = (d.t_x, d.m, d.n_a)
+    final = (d.m, d.n_a)
+    shapes = {"da": per_step, "dc": per_step, "dh_n": final, "dc_n": final}
+    return {name: shapes[name] for name in names}
+
+
 # --------------------------------------------------------------------------- the two programs
 #
 # Each issues every device operation of one pass on the current stream, reading
 # and writing only the arrays it is given (no allocation, no host sync), so it
-# can run eagerly or be captured as a graph.
+# can run eagerly or be captured as a graph.  `running` (host counts, variable-
+# length batches only) sets how many leading rows each step computes.
 
 
-def _forward_program(xp, kernels, d: _Dims, inputs: dict, states: dict, work: dict) -> None:
+def _forward_program(
+    xp, kernels, d: _Dims, inputs: dict, states: dict, work: dict, running=None
+) -> None:
     """The forward time loop.  ``states['h'][0]``, ``states['c'][0]`` hold h0, c0."""
     m, n_a = d.m, d.n_a
     h, c = states["h"], states["c"]
@@ -320,6 +431,7 @@ def _forward_program(xp, kernels, d: _Dims, inputs: dict, states: dict, work: di
     gates = work["gates"] if recompute else states["gates"]
     tanh_c = work["tanh_c"] if recompute else states["tanh_c"]
     w_x_t, w_h_t = inputs["w_x"].T, inputs["w_h"].T  # F-contiguous: cuBLAS transposes
+    recurrent = work["recurrent"]
     for start, stop in d.segments():
         k = stop - start
         segment = gates[:k] if recompute else gates[start:stop]
@@ -329,25 +441,37 @@ def _forward_program(xp, kernels, d: _Dims, inputs: dict, states: dict, work: di
             out=segment.reshape(k * m, 4 * n_a),
         )
         for t in range(start, stop):
-            xp.matmul(h[t], w_h_t, out=work["recurrent"])
+            active = m if running is None else int(running[t])
+            xp.matmul(h[t][:active], w_h_t, out=recurrent[:active])
             kernels.forward_step(
                 segment[t - start],
-                work["recurrent"],
+                recurrent,
                 inputs["b"],
                 c[t],
                 c[t + 1],
                 tanh_c[0] if recompute else tanh_c[t],
+                h[t],
                 h[t + 1],
+                active,
             )
+    if d.t_end < d.t_x:
+        # Past the longest sequence nothing runs: every state is carried, no gates.
+        xp.copyto(h[d.t_end + 1 :], h[d.t_end])
+        xp.copyto(c[d.t_end + 1 :], c[d.t_end])
+        if not recompute:
+            xp.copyto(gates[d.t_end :], 0.0)
+            xp.copyto(tanh_c[d.t_end :], 0.0)
 
 
 def _backward_program(
-    xp, kernels, d: _Dims, inputs: dict, states: dict, external: dict, work: dict, grads: dict
-) -> None:
+    xp, kernels, d: _Dims, inputs: dict, states: dict, external: dict, work: dict,
+    grads: dict, running=None,
+) -> None:  # fmt: skip
     """Backpropagation through time, last segment first.
 
-    ``external`` holds ``da`` and optionally ``dc`` (time-major, contiguous).
-    Writes every array in ``grads``.
+    ``external`` holds ``da`` and optionally ``dc`` (time-major, contiguous) and
+    ``dh_n``, ``dc_n`` (gradients of the final states; absent: zero).  Writes
+    every array in ``grads``.
     """
     m, n_a = d.m, d.n_a
     h, c = states["h"], states["c"]
@@ -356,8 +480,8 @@ def _backward_program(
     w_x_t, w_h_t = w_x.T, w_h.T
     da, dc_external = external["da"], external.get("dc")
     dh, dc = grads["dh"], grads["dc"]
-    xp.copyto(dh, 0.0)
-    xp.copyto(dc, 0.0)
+    xp.copyto(dh, external.get("dh_n", 0.0))  # absent: no gradient reaches h_T
+    xp.copyto(dc, external.get("dc_n", 0.0))
     xp.copyto(work["ones"], 1.0)
     several = "sum_recurrent" in work
     for index, (start, stop) in enumerate(reversed(d.segments())):
@@ -383,6 +507,7 @@ def _backward_program(
         dz = work["dz"]
         for t in range(stop - 1, start - 1, -1):
             local = t - start
+            active = m if running is None else int(running[t])
             kernels.backward_step(
                 da[t],
                 dh,
@@ -392,8 +517,10 @@ def _backward_program(
                 c[t],
                 tanh_c[local],
                 dz[local],
+                active,
             )
-            xp.matmul(dz[local], w_h, out=dh)
+            # Finished rows keep dh: the gradient passes through their padded step.
+            xp.matmul(dz[local][:active], w_h, out=dh[:active])
         dz_rows = dz[:k].reshape(rows, 4 * n_a)
         dz_rows_t = dz_rows.T
         first = index == 0
@@ -410,23 +537,44 @@ def _backward_program(
             xp.add(work["d_input"], targets[1], out=work["d_input"])
             xp.add(grads["d_bias"], targets[2], out=grads["d_bias"])
         xp.matmul(dz_rows, w_x, out=grads["dx_tm"][start:stop].reshape(rows, d.n_x))
+    if d.t_end < d.t_x:
+        xp.copyto(grads["dx_tm"][d.t_end :], 0.0)  # steps past every sequence's end
     xp.copyto(grads["d_weights"][:, :n_a], work["d_recurrent"])
     xp.copyto(grads["d_weights"][:, n_a:], work["d_input"])
 
 
-def _fill_inputs(xp, inputs: dict, x: Any, W: Any, b: Any, n_a: int) -> None:
+def _in_rows(xp, array: Any, index: Any, axis: int) -> Any:
+    """``array`` with its batch axis in storage order (``index``: device order or None)."""
+    return array if index is None else xp.take(array, index, axis=axis)
+
+
+def _fill_inputs(xp, inputs: dict, x: Any, W: Any, b: Any, n_a: int, index: Any = None) -> None:
     n_x, m, t_x = x.shape
-    xp.copyto(inputs["x_rows"].reshape(t_x, m, n_x), x.transpose(2, 1, 0))
+    x_tm = _in_rows(xp, x.transpose(2, 1, 0), index, 1)
+    xp.copyto(inputs["x_rows"].reshape(t_x, m, n_x), x_tm)
     xp.copyto(inputs["w_h"], W[:, :n_a])
     xp.copyto(inputs["w_x"], W[:, n_a:])
     xp.copyto(inputs["b"], b)
 
 
-def _results(grads: dict) -> tuple:
+def _external(
+    xp, da_tm: Any, dc_tm: Any, dh_n: Any, dc_n: Any, index: Any = None
+) -> dict[str, Any]:
+    """The given external gradients, contiguous, in storage order (eager calls)."""
+    given = {"da": (da_tm, 1), "dc": (dc_tm, 1), "dh_n": (dh_n, 0), "dc_n": (dc_n, 0)}
+    return {
+        name: xp.ascontiguousarray(_in_rows(xp, array, index, axis))
+        for name, (array, axis) in given.items()
+        if array is not None
+    }
+
+
+def _results(xp, grads: dict, inverse: Any = None) -> tuple:
+    """``(dx, dh0, dc0, dW, db)`` in batch order (``inverse`` undoes the storage order)."""
     return (
-        grads["dx_tm"],
-        grads["dh"],
-        grads["dc"],
+        _in_rows(xp, grads["dx_tm"], inverse, 1),
+        _in_rows(xp, grads["dh"], inverse, 0),
+        _in_rows(xp, grads["dc"], inverse, 0),
         grads["d_weights"],
         grads["d_bias"],
     )
@@ -435,18 +583,27 @@ def _results(grads: dict) -> tuple:
 # --------------------------------------------------------------------------- eager path
 
 
-def _forward_eager(rt, x, h0, c0, W, b, recompute: bool) -> SequenceCache:
+def _device_index(xp, order: np.ndarray | None) -> Any:
+    return None if order is None else xp.asarray(order)
+
+
+def _forward_eager(rt, x, h0, c0, W, b, recompute: bool, lengths=None) -> SequenceCache:
     xp = rt.xp
-    d = _Dims.of(x, h0.shape[1], recompute)
+    rows = _Rows() if lengths is None else _Rows.sorted_by_length(lengths, int(x.shape[2]))
+    d = _Dims.of(x, h0.shape[1], recompute, rows.t_end)
     kernels = rt.kernels(x.dtype, rt.device_id(x))
+    index = _device_index(xp, rows.order)
     _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
     _, states = _Slab(_state_shapes(d, recompute), x.dtype).allocate(xp)
     _, work = _Slab(_forward_work_shapes(d, recompute), x.dtype).allocate(xp)
-    _fill_inputs(xp, inputs, x, W, b, d.n_a)
-    xp.copyto(states["h"][0], h0)
-    xp.copyto(states["c"][0], c0)
-    _forward_program(xp, kernels, d, inputs, states, work)
-    return SequenceCache(states["h"], states["c"], states.get("gates"), states.get("tanh_c"), W, b)
+    _fill_inputs(xp, inputs, x, W, b, d.n_a, index)
+    xp.copyto(states["h"][0], _in_rows(xp, h0, index, 0))
+    xp.copyto(states["c"][0], _in_rows(xp, c0, index, 0))
+    _forward_program(xp, kernels, d, inputs, states, work, rows.running)
+    return SequenceCache(
+        states["h"], states["c"], states.get("gates"), states.get("tanh_c"), W, b,
+        rows.lengths, rows.order,
+    )  # fmt: skip
 
 
 def _cache_states(xp, cache: SequenceCache) -> dict:
@@ -457,21 +614,22 @@ def _cache_states(xp, cache: SequenceCache) -> dict:
     return states
 
 
-def _backward_eager(rt, cache: SequenceCache, x, da_tm, dc_tm) -> tuple:
+def _backward_eager(rt, cache: SequenceCache, x, da_tm, dc_tm, dh_n, dc_n) -> tuple:
     xp = rt.xp
     recompute = cache.recompute
-    d = _Dims.of(x, cache.h.shape[2], recompute)
+    rows = _Rows.of_cache(cache)
+    d = _Dims.of(x, cache.h.shape[2], recompute, rows.t_end)
     kernels = rt.kernels(x.dtype, rt.device_id(x))
+    index = _device_index(xp, rows.order)
     _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
     _, work = _Slab(_backward_work_shapes(d, recompute), x.dtype).allocate(xp)
     _, grads = _Slab(_gradient_shapes(d), x.dtype).allocate(xp)
-    _fill_inputs(xp, inputs, x, cache.W, cache.b, d.n_a)
-    external = {"da": xp.ascontiguousarray(da_tm)}
-    if dc_tm is not None:
-        external["dc"] = xp.ascontiguousarray(dc_tm)
+    _fill_inputs(xp, inputs, x, cache.W, cache.b, d.n_a, index)
+    external = _external(xp, da_tm, dc_tm, dh_n, dc_n, index)
     states = _cache_states(xp, cache)
-    _backward_program(xp, kernels, d, inputs, states, external, work, grads)
-    return _results(grads)
+    _backward_program(xp, kernels, d, inputs, states, external, work, grads, rows.running)
+    inverse = None if rows.order is None else _device_index(xp, inverse_order(rows.order))
+    return _results(xp, grads, inverse)
 
 
 # --------------------------------------------------------------------------- graph replay
@@ -494,7 +652,7 @@ class _Plan:
         _, self.forward_work = _Slab(_forward_work_shapes(d, recompute), dtype).allocate(xp)
         self.forward_graph: Any = None
         self.backward_parts: dict | None = None
-        self.backward_graphs: dict[bool, Any] = {}
+        self.backward_graphs: dict[tuple[str, ...], Any] = {}
         self.fresh: tuple | None = None
         self.last_use: Any = None  # event after the latest work on the static buffers
 
@@ -517,25 +675,25 @@ class _Plan:
             for ref, array in zip(self.fresh, arrays, strict=True)
         )
 
-    def backward_buffers(self, xp, has_dc: bool) -> dict:
-        """Backward buffers, allocated on first use (``dc`` on first use with one)."""
+    def backward_buffers(self, xp, names: tuple[str, ...]) -> dict:
+        """Backward buffers, allocated on first use (each external gradient on first use)."""
         d = self.d
         if self.backward_parts is None:
-            _, external = _Slab({"da": (d.t_x, d.m, d.n_a)}, self.dtype).allocate(xp)
             _, work = _Slab(_backward_work_shapes(d, self.recompute), self.dtype).allocate(xp)
             grad_slab = _Slab(_gradient_shapes(d), self.dtype)
             grad_flat, grads = grad_slab.allocate(xp)
             self.backward_parts = {
-                "external": external,
+                "external": {},
                 "work": work,
                 "grad_slab": grad_slab,
                 "grad_flat": grad_flat,
                 "grads": grads,
             }
         parts = self.backward_parts
-        if has_dc and "dc" not in parts["external"]:
-            _, extra = _Slab({"dc": (d.t_x, d.m, d.n_a)}, self.dtype).allocate(xp)
-            parts["external"] = {**parts["external"], "dc": extra["dc"]}
+        missing = tuple(name for name in names if name not in parts["external"])
+        if missing:
+            _, extra = _Slab(_external_shapes(d, missing), self.dtype).allocate(xp)
+            parts["external"] = {**parts["external"], **extra}
         return parts
 
 
@@ -593,7 +751,7 @@ def _captured(rt, program: Callable[[], None], device_id: int, what: str) -> Any
     except Exception as error:
         msg = (
             f"capturing the {what} time loop as a CUDA graph failed ({error}); turn graph "
-            f"replay off with {GRAPH_ENV}=0 or xlstm._cupy.engine.set_graph_replay(False)"
+            f"replay off with {GRAPH_ENV}=0 or xlstm.set_graph_replay(False)"
         )
         raise RuntimeError(msg) from error
 
@@ -623,39 +781,38 @@ def _forward_replayed(rt, x, h0, c0, W, b, recompute: bool) -> SequenceCache:
     return cache
 
 
-def _backward_replayed(rt, cache: SequenceCache, x, da_tm, dc_tm) -> tuple:
+def _backward_replayed(rt, cache: SequenceCache, x, da_tm, dc_tm, dh_n, dc_n) -> tuple:
     xp = rt.xp
     recompute = cache.recompute
     d = _Dims.of(x, cache.h.shape[2], recompute)
     device_id = rt.device_id(x)
     plan = _plan_for(rt, d, x.dtype, device_id, recompute)
-    has_dc = dc_tm is not None
-    parts = plan.backward_buffers(xp, has_dc)
+    given = {"da": da_tm, "dc": dc_tm, "dh_n": dh_n, "dc_n": dc_n}
+    names = tuple(name for name, array in given.items() if array is not None)
+    parts = plan.backward_buffers(xp, names)
     _fill_inputs(xp, plan.inputs, x, cache.W, cache.b, d.n_a)
     if not plan.holds(cache):
         for name, array in plan.states.items():
             xp.copyto(array, getattr(cache, name))
         plan.remember(cache)
-    external = parts["external"]
-    xp.copyto(external["da"], da_tm)
-    if has_dc:
-        xp.copyto(external["dc"], dc_tm)
-    graph = plan.backward_graphs.get(has_dc)
+    used = {name: parts["external"][name] for name in names}
+    for name in names:
+        xp.copyto(used[name], given[name])
+    graph = plan.backward_graphs.get(names)
     if graph is None:
         kernels = rt.kernels(x.dtype, device_id)
-        used = external if has_dc else {"da": external["da"]}
 
         def program() -> None:
             _backward_program(
                 xp, kernels, d, plan.inputs, plan.states, used, parts["work"], parts["grads"]
             )
 
-        plan.backward_graphs[has_dc] = _captured(rt, program, device_id, "backward")
+        plan.backward_graphs[names] = _captured(rt, program, device_id, "backward")
     else:
         rt.launch(graph)
     grads = parts["grad_slab"].views(parts["grad_flat"].copy())
     plan.last_use = rt.record()
-    return _results(grads)
+    return _results(xp, grads)
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -667,27 +824,34 @@ def forward(
     """Run the sequence (contract: :class:`~xlstm._engines.contract.EngineModule`).
 
     ``x`` is time-major ``(T, m, n_x)``; the kernels read the seed-layout view of it.
+    ``recompute=True`` keeps only the states (``gates`` and ``tanh_c`` are ``None``;
+    the per-segment gate scratch is freed on return, or owned by the graph plan).
+    With ``lengths`` (host int64, ``1 <= lengths <= T``) the cache's rows are sorted
+    by decreasing length (``cache.order``) and the call runs eagerly.
     """
-    if lengths is not None:
-        raise ValueError("the CuPy engine does not support `lengths` (the dispatcher knows)")
     x = x.transpose(2, 1, 0)
     rt = _runtime()
     with rt.device(x):
-        if graph_replay_enabled():
+        if lengths is None and graph_replay_enabled():
             return _forward_replayed(rt, x, h0, c0, W, b, recompute)
-        return _forward_eager(rt, x, h0, c0, W, b, recompute)
+        return _forward_eager(rt, x, h0, c0, W, b, recompute, lengths)
 
 
 def backward(
     cache: SequenceCache, x, da_tm, dc_tm, *, xp: Any = None, dh_n: Any = None, dc_n: Any = None
 ):
-    """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
-    if dh_n is not None or dc_n is not None or cache.lengths is not None:
-        msg = "the CuPy engine does not support final-state gradients or `lengths` caches"
-        raise ValueError(msg)
+    """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`).
+
+    ``dh_n``, ``dc_n``: gradients reaching the final states (each sequence's last
+    state), batch order.  Variable-length caches (and any cache with a row order)
+    run eagerly; the cache must pass :func:`cache_reason`.
+    """
+    reason = cache_reason(cache)
+    if reason is not None:
+        raise ValueError(f"the CuPy engine cannot read this cache: {reason}")
     x = x.transpose(2, 1, 0)
     rt = _runtime()
     with rt.device(x):
-        if graph_replay_enabled():
-            return _backward_replayed(rt, cache, x, da_tm, dc_tm)
-        return _backward_eager(rt, cache, x, da_tm, dc_tm)
+        if cache.lengths is None and cache.order is None and graph_replay_enabled():
+            return _backward_replayed(rt, cache, x, da_tm, dc_tm, dh_n, dc_n)
+        return _backward_eager(rt, cache, x, da_tm, dc_tm, dh_n, dc_n)
