@@ -197,6 +197,7 @@ def to_backend(
     -------
     dict
         New arrays with the same keys, values and dtypes; the input is untouched.
+        Any memory layout is accepted (views with negative strides are copied first).
     """
     if not isinstance(parameters, Mapping):
         msg = f"`parameters` must be a dict of arrays, got {type(parameters).__name__}"
@@ -207,7 +208,11 @@ def to_backend(
         if not array_api_compat.is_array_api_obj(value):
             msg = f"`parameters[{key!r}]` must be an array, got {type(value).__name__}"
             raise TypeError(msg)
+        host = to_host(value)
+        if isinstance(host, np.ndarray) and not host.flags.c_contiguous:
+            # Negative strides (x[::-1]) and other views: torch refuses negative strides.
+            host = np.asarray(host, order="C")
         # copy=True keeps the result independent of the source even when both
         # live on the host and the library could share the buffer.
-        moved[key] = target.asarray(to_host(value), device=device, copy=True)
+        moved[key] = target.asarray(host, device=device, copy=True)
     return moved

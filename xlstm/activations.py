@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ._backend import namespace_of
+from ._errstate import ieee_arithmetic
 
 
 def _sigmoid(x: Any, xp: Any) -> Any:
@@ -22,6 +25,7 @@ def _softmax(x: Any, axis: int, xp: Any) -> Any:
     return exponentials / xp.sum(exponentials, axis=axis, keepdims=True)
 
 
+@ieee_arithmetic
 def sigmoid(x: Any, /, *, xp: Any = None) -> Any:
     r"""Logistic sigmoid, element-wise, without overflow.
 
@@ -43,6 +47,7 @@ def sigmoid(x: Any, /, *, xp: Any = None) -> Any:
     return _sigmoid(x, xp)
 
 
+@ieee_arithmetic
 def softmax(x: Any, /, axis: int = 0, *, xp: Any = None) -> Any:
     r"""Softmax along ``axis``, stable for any magnitude.
 
@@ -58,10 +63,21 @@ def softmax(x: Any, /, axis: int = 0, *, xp: Any = None) -> Any:
         Axis along which the entries sum to one.
     xp : str or namespace, optional
         Array namespace.  Default: inferred from ``x``.
+
+    Returns
+    -------
+    array
+        Same shape, dtype, backend and device as ``x``.  An empty ``x`` (a size-0 axis)
+        gives an empty result of the same shape.
     """
     xp = namespace_of({"x": x}, xp=xp)
-    if not isinstance(axis, int) or isinstance(axis, bool):
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"`axis` must be an int, got {type(axis).__name__}")
+    axis = int(axis)
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"`axis` = {axis} is out of range for an array of {x.ndim} dimensions")
+    if any(int(size) == 0 for size in x.shape):
+        # No entries: the (empty) result has the input's shape; the maximum of an empty
+        # slice has no value, so the formula cannot run.
+        return xp.asarray(x, copy=True)
     return _softmax(x, axis, xp)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from . import _validation
 from ._backend import namespace_of
 from ._engines.generic import cell_step, cell_step_backward
+from ._errstate import ieee_arithmetic
 from ._layout import CELL_GRADIENT_KEYS
 from .activations import _softmax
 from .parameters import pack, unpack_gradients
@@ -36,6 +37,7 @@ class CellCache(NamedTuple):
     parameters: Mapping[str, Any]
 
 
+@ieee_arithmetic
 def lstm_cell_forward(
     xt: Any, a_prev: Any, c_prev: Any, parameters: Mapping[str, Any], *, xp: Any = None
 ) -> tuple[Any, Any, Any, CellCache]:
@@ -86,6 +88,7 @@ def lstm_cell_forward(
     return a_next, c_next, yt_pred, cache
 
 
+@ieee_arithmetic
 def lstm_cell_backward(da_next: Any, dc_next: Any, cache: Any, *, xp: Any = None) -> dict[str, Any]:
     r"""Gradients of one LSTM step.
 

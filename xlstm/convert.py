@@ -168,10 +168,20 @@ def from_torch(
         A missing or misshapen key (named), an unknown key under ``prefix``, layers missing
         in between, or a ``weight_hr_l*`` key: LSTMs with ``proj_size > 0`` are not supported.
     TypeError
-        Not a mapping, or a value that is not a floating array.
+        Not a mapping, a value that is not a floating array, or a ``dtype`` that is not
+        a real floating dtype.
     """
     if not isinstance(prefix, str):
         raise TypeError(f"`prefix` must be a str, got {type(prefix).__name__}")
+    if dtype is not None:  # checked before any conversion: np.int32 would cast silently
+        namespace = get_namespace(xp)
+        try:
+            floating = namespace.isdtype(_dtype(namespace, dtype), "real floating")
+        except (TypeError, ValueError, AttributeError):
+            floating = False
+        if not floating:
+            msg = f"`dtype` = {dtype!r}; expected a real floating dtype ('float32' or 'float64')"
+            raise TypeError(msg)
     if not isinstance(state_dict, Mapping) and callable(getattr(state_dict, "state_dict", None)):
         state_dict = state_dict.state_dict()
     if not isinstance(state_dict, Mapping):
@@ -203,7 +213,8 @@ def from_torch(
         key = f"{prefix}{kind}_l{layer}{suffix}"
         if (kind, layer, suffix) not in found:
             raise ValueError(f"`state_dict` is missing {key!r}")
-        return _host(f"state_dict[{key!r}]", state_dict[key])
+        # Contiguous: NumPy sources may be views with negative strides, which torch refuses.
+        return np.ascontiguousarray(_host(f"state_dict[{key!r}]", state_dict[key]))
 
     first = get("weight_ih", 0, "")
     if first.ndim != 2 or first.shape[0] % 4 or first.shape[0] == 0:
@@ -261,6 +272,12 @@ def to_torch(
     dict
         ``weight_ih_l{k}{sfx}``, ``weight_hh_l{k}{sfx}``, ``bias_ih_l{k}{sfx}`` (the bias)
         and ``bias_hh_l{k}{sfx}`` (zeros), in the source's dtype.
+
+    Raises
+    ------
+    ValueError
+        A layer whose shapes do not chain (another ``n_a``, or an input width other than
+        ``n_x`` for layer 0 and ``D n_a`` above), an odd count for a bidirectional LSTM.
     """
     if isinstance(layers, LSTMWeights):
         if bidirectional is not None and bidirectional != layers.bidirectional:
@@ -276,9 +293,25 @@ def to_torch(
         msg = f"`layers` has {len(layers)} entries; a bidirectional LSTM needs an even number"
         raise ValueError(msg)
     state = {}
+    n_a = None
     for index, layer in enumerate(layers):
         number, suffix = divmod(index, len(suffixes))[0], suffixes[index % len(suffixes)]
         w_ih, w_hh, b = _stacked_from_gates(layer, TORCH_GATE_ORDER, f"layers[{index}]")
+        # The layers must chain as torch.nn.LSTM's do: one n_a, and every layer above the
+        # first reads the D * n_a outputs of the one below.
+        width = int(w_hh.shape[1])
+        n_in = int(w_ih.shape[1])
+        if n_a is None:
+            n_a, n_x = width, n_in
+        shape = (n_a, n_a + (n_x if number == 0 else len(suffixes) * n_a))
+        if (width, width + n_in) != shape:
+            legend = "(n_a, n_a + n_x)" if number == 0 else f"(n_a, n_a + {len(suffixes)} n_a)"
+            msg = (
+                f"`layers[{index}]['Wf']` has shape {(width, width + n_in)}; layer {number} "
+                f"of this LSTM takes {legend} = {shape} (n_a = {n_a} from `layers[0]`): "
+                "the layers do not chain"
+            )
+            raise ValueError(msg)
         tail = f"_l{number}{suffix}"
         state[f"{prefix}weight_ih{tail}"] = np.ascontiguousarray(w_ih)
         state[f"{prefix}weight_hh{tail}"] = np.ascontiguousarray(w_hh)

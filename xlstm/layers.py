@@ -43,6 +43,7 @@ from ._engines.cache import SequenceCache, final_state, sequence_states, time_ma
 from ._engines.contract import Engine
 from ._engines.dispatch import engine_option, select_engine
 from ._engines.lengths import check_lengths, reverse_time
+from ._errstate import ieee_arithmetic
 from ._layout import GATE_GRADIENT_KEYS, GATE_KEYS
 from ._validation import shape_of
 from .parameters import pack, unpack_gradients
@@ -164,6 +165,7 @@ def _dropout_mask(rng: np.random.Generator, shape, rate: float, xp, dtype, devic
     return xp.asarray(keep / (1.0 - rate), dtype=dtype, device=device)
 
 
+@ieee_arithmetic
 def multilayer_forward(
     x: Any,
     layers: Sequence[Mapping[str, Any]],
@@ -277,7 +279,7 @@ def multilayer_forward(
             work = m * t_x * 4 * n_a * (n_a + int(inputs_tm.shape[2]))
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, inputs_tm),  # noqa: B023 (run at once)
-                lambda: run_direction(first + 1, True, inputs_tm),  # noqa: B023
+                ieee_arithmetic(lambda: run_direction(first + 1, True, inputs_tm)),  # noqa: B023
                 work=work,
             )
         else:
@@ -301,6 +303,7 @@ def multilayer_forward(
 # --------------------------------------------------------------------------- backward
 
 
+@ieee_arithmetic
 def multilayer_backward(
     d_outputs: Any,
     cache: MultiLayerCache,
@@ -380,7 +383,7 @@ def multilayer_backward(
             n_in = int(cache.directions[first].x.shape[2])
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, d_inputs_tm),  # noqa: B023 (run at once)
-                lambda: run_direction(first + 1, True, d_inputs_tm),  # noqa: B023
+                ieee_arithmetic(lambda: run_direction(first + 1, True, d_inputs_tm)),  # noqa: B023
                 work=2 * m * t_x * 4 * n_a * (n_a + n_in),
             )
         else:

@@ -52,6 +52,24 @@ def _resolve_dtype(xp: Any, dtype: Any) -> Any:
     return dtype
 
 
+def _generator(seed: Any) -> np.random.Generator:
+    """``seed`` as a Generator: ``None``, a non-negative (NumPy) int, a ``SeedSequence``
+    or ``BitGenerator``, or a Generator itself (used as it is)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        msg = (
+            f"`seed` must be None, a non-negative int or a numpy.random.Generator, "
+            f"got {type(seed).__name__}"
+        )
+        raise TypeError(msg)
+    if seed < 0:
+        raise ValueError(f"`seed` = {seed}; expected a non-negative int")
+    return np.random.default_rng(int(seed))
+
+
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     # QR of a Gaussian matrix, signs fixed by diag(R), gives a Haar-uniform
     # orthogonal matrix (Mezzadri 2007).
@@ -88,11 +106,13 @@ def init_parameters(
         Backend (see :func:`get_namespace`).
     dtype : str or dtype, default "float32"
     seed : int or numpy.random.Generator, optional
+        A non-negative int (or ``SeedSequence``); a Generator is drawn from as it is.
         Random numbers are drawn on the host with NumPy, so a seed gives the
         same values on every backend.
     device : optional
         Device in the backend's terms.  Default: the backend's default.
     forget_bias : float, default 1.0
+        Must be finite.
 
     Returns
     -------
@@ -100,14 +120,24 @@ def init_parameters(
         ``Wf, Wi, Wc, Wo`` of shape ``(n_a, n_a + n_x)``, ``bf, bi, bc, bo``
         of shape ``(n_a, 1)``, ``Wy (n_y, n_a)``, ``by (n_y, 1)``.
     """
+    sizes = []
     for name, value in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
         if value < 1:
             raise ValueError(f"`{name}` = {value}; expected a positive size")
+        sizes.append(int(value))
+    n_x, n_a, n_y = sizes
+    if isinstance(forget_bias, (bool, np.bool_)) or not isinstance(
+        forget_bias, (int, float, np.integer, np.floating)
+    ):
+        kind = type(forget_bias).__name__
+        raise TypeError(f"`forget_bias` must be a real number, got {kind}")
+    if not np.isfinite(forget_bias):
+        raise ValueError(f"`forget_bias` = {forget_bias}; expected a finite number")
+    rng = _generator(seed)
     namespace = get_namespace(xp)
     target_dtype = _resolve_dtype(namespace, dtype)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     input_limit = np.sqrt(6.0 / (n_x + n_a))
     host = {}

@@ -12,11 +12,13 @@ from ._backend import namespace_of
 from ._engines.cache import SequenceCache, final_state, sequence_states, step_masks, time_major
 from ._engines.dispatch import engine_option, select_engine
 from ._engines.lengths import check_lengths
+from ._errstate import ieee_arithmetic
 from ._layout import SEQUENCE_GRADIENT_KEYS
 from .activations import _softmax
 from .parameters import pack, unpack_gradients
 
 
+@ieee_arithmetic
 def lstm_forward(
     x: Any,
     a0: Any,
@@ -181,6 +183,7 @@ def _check_caches(caches: Any) -> tuple[SequenceCache, Any]:
     return caches
 
 
+@ieee_arithmetic
 def lstm_backward(
     da: Any,
     caches: Any,

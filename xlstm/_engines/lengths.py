@@ -35,10 +35,18 @@ def check_lengths(lengths: Any, m: int, t_x: int) -> np.ndarray | None:
     if array_api_compat.is_array_api_obj(lengths):
         host = np.asarray(to_host(lengths))
     elif isinstance(lengths, (list, tuple, range)):
+        if len(lengths) != m:  # first: a huge range is not walked through
+            msg = (
+                f"`lengths` has shape ({len(lengths)},); expected (m,) = ({m},), "
+                "one length per sequence"
+            )
+            raise ValueError(msg)
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in lengths):
             msg = "`lengths` must be a sequence of ints (one per sequence in the batch)"
             raise TypeError(msg)
-        host = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        values = [int(v) for v in lengths]
+        _check_range(values, t_x)  # before int64: 2**70 is a clear error, not an OverflowError
+        host = np.asarray(values, dtype=np.int64)
     else:
         kind = type(lengths).__name__
         msg = f"`lengths` must be an integer array or a sequence of ints, got {kind}"
@@ -50,12 +58,17 @@ def check_lengths(lengths: Any, m: int, t_x: int) -> np.ndarray | None:
         raise ValueError(msg)
     bad = np.flatnonzero((host < 1) | (host > t_x))
     if bad.size:
-        j = int(bad[0])
-        msg = f"`lengths[{j}]` = {int(host[j])}; every length must be in [1, T_x] = [1, {t_x}]"
-        raise ValueError(msg)
+        _check_range([int(host[bad[0]])], t_x, int(bad[0]))
     if np.all(host == t_x):
         return None
     return host.astype(np.int64, copy=True)
+
+
+def _check_range(values: list[int], t_x: int, first: int = 0) -> None:
+    for j, value in enumerate(values, start=first):
+        if not 1 <= value <= t_x:
+            msg = f"`lengths[{j}]` = {value}; every length must be in [1, T_x] = [1, {t_x}]"
+            raise ValueError(msg)
 
 
 def reverse_index(lengths: np.ndarray | None, t_x: int, m: int) -> np.ndarray:

@@ -47,6 +47,13 @@ def unigram_entropy(text: str) -> float:
 
 def split_text(text: str, validation_fraction: float = 0.1) -> tuple[str, str]:
     """``(train, validation)``: the last ``validation_fraction`` of the text is held out."""
+    if isinstance(validation_fraction, bool) or not isinstance(
+        validation_fraction, (int, float, np.integer, np.floating)
+    ):
+        kind = type(validation_fraction).__name__
+        raise TypeError(f"`validation_fraction` must be a number in [0, 1), got {kind}")
+    if not isinstance(text, str):
+        raise TypeError(f"`text` must be a str, got {type(text).__name__}")
     if not 0.0 <= validation_fraction < 1.0:
         msg = f"`validation_fraction` = {validation_fraction}; expected a value in [0, 1)"
         raise ValueError(msg)
@@ -63,12 +70,12 @@ def tbptt_batches(
     ----------
     ids : 1-D integer array
     batch_size : int
-        Number of streams ``m``.
+        Number of streams ``m`` (a Python or NumPy integer, as are the sizes below).
     seq_len : int
         Chunk length ``T`` (the truncation length).
     offset : int, default 0
-        Characters skipped at the start (vary it between epochs so that chunk boundaries
-        move).
+        Characters skipped at the start, ``>= 0`` (vary it between epochs so that chunk
+        boundaries move).
 
     Yields
     ------
@@ -78,22 +85,40 @@ def tbptt_batches(
 
     Raises
     ------
-    ValueError
-        When the text is too short for one chunk per stream.
+    TypeError, ValueError
+        At the call, before anything is yielded: ``ids`` not a 1-D integer array, a size
+        that is not a positive integer, a negative ``offset``, or a text too short for one
+        chunk per stream.
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"`ids` must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` = {value!r}; expected a positive int")
+    batch_size = _integer("batch_size", batch_size, 1)
+    seq_len = _integer("seq_len", seq_len, 1)
+    offset = _integer("offset", offset, 0)
     n_chunks = n_tbptt_chunks(len(ids) - offset, batch_size, seq_len)
     if n_chunks < 1:
         msg = (
-            f"`ids` has {len(ids)} ids; batch_size * (seq_len + 1) = "
-            f"{batch_size * (seq_len + 1)} are needed for one chunk per stream"
+            f"`ids` has {len(ids)} ids; offset + batch_size * seq_len + 1 = "
+            f"{offset + batch_size * seq_len + 1} are needed for one chunk per stream"
         )
         raise ValueError(msg)
+    return _chunks(ids, batch_size, seq_len, offset, n_chunks)
+
+
+def _integer(name: str, value: object, low: int) -> int:
+    """A Python or NumPy integer ``>= low`` as a Python int (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < low:
+        expected = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"`{name}` = {value!r}; expected {expected}")
+    return int(value)
+
+
+def _chunks(
+    ids: np.ndarray, batch_size: int, seq_len: int, offset: int, n_chunks: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     length = n_chunks * seq_len
     inputs = ids[offset : offset + batch_size * length].reshape(batch_size, length)
     targets = ids[offset + 1 : offset + 1 + batch_size * length].reshape(batch_size, length)

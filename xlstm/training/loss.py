@@ -39,6 +39,7 @@ from .. import _validation
 from .._backend import library_name, namespace_of
 from .._engines.cache import time_major
 from .._engines.dispatch import engine_option, select_engine
+from .._errstate import ieee_arithmetic
 from .._layout import GRADIENT_KEYS
 from .._validation import shape_of
 from ..parameters import pack, unpack_gradients
@@ -181,6 +182,7 @@ def _numpy_output_cross_entropy(h_rows, Wy, by, targets, weights, count):
 # --------------------------------------------------------------------------- public layer
 
 
+@ieee_arithmetic
 def log_softmax(z: Any, /, axis: int = 0, *, xp: Any = None) -> Any:
     r"""Logarithm of the softmax along ``axis``, stable for any magnitude.
 
@@ -237,6 +239,7 @@ def one_hot(indices: Any, n_classes: int, /, *, axis: int = 0, dtype: Any = None
     return _one_hot(indices, n_classes, axis, dtype, xp)
 
 
+@ieee_arithmetic
 def softmax_cross_entropy(
     logits: Any,
     targets: Any,
@@ -396,6 +399,7 @@ def _time_major_rows(values: Any, xp: Any) -> Any:
     return xp.reshape(xp.permute_dims(values, (1, 0)), (t_x * m,))
 
 
+@ieee_arithmetic
 def loss_and_gradients(
     x: Any,
     targets: Any,
@@ -476,6 +480,7 @@ def loss_and_gradients(
     return loss, {key: grads[key] for key in GRADIENT_KEYS}, _final_state(cache, t_x, xp)
 
 
+@ieee_arithmetic
 def sequence_loss(
     x: Any,
     targets: Any,

@@ -31,17 +31,27 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .._backend import namespace_of
+from .._errstate import ieee_arithmetic
 from .._validation import shape_of
 
 
-def _check_real(name: str, value: Any, low: float, high: float = math.inf, *, open_low=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_real(
+    name: str, value: Any, low: float, high: float = math.inf, *, open_low=False, open_high=False
+):
+    """A finite real number (Python or NumPy) in the interval, else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
     below = value <= low if open_low else value < low
-    if below or value > high or math.isnan(value):
-        bound = f"({low}" if open_low else f"[{low}"
-        raise ValueError(f"`{name}` = {value}; expected a value in {bound}, {high}]")
+    above = value >= high if open_high else value > high
+    if below or above or not math.isfinite(value):
+        closed_high = not open_high and math.isfinite(high)
+        bounds = ("(" if open_low else "[") + f"{low}, {high}" + ("]" if closed_high else ")")
+        raise ValueError(f"`{name}` = {value}; expected a finite value in {bounds}")
 
 
 def _as_floats(config: Any, *names: str) -> None:
@@ -114,6 +124,7 @@ class Optimizer:
             state[slot] = {key: xp.zeros_like(value) for key, value in parameters.items()}
         return state
 
+    @ieee_arithmetic
     def update(
         self, parameters: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,7 +175,7 @@ class SGD(Optimizer):
 
     def __post_init__(self) -> None:
         _check_real("lr", self.lr, 0.0)
-        _check_real("momentum", self.momentum, 0.0, 1.0)
+        _check_real("momentum", self.momentum, 0.0, 1.0, open_high=True)
         _check_real("weight_decay", self.weight_decay, 0.0)
         _as_floats(self, "lr", "momentum", "weight_decay")
         if not isinstance(self.nesterov, bool):
@@ -269,12 +280,14 @@ def _gradient_namespace(grads: Any, xp: Any) -> Any:
     return namespace_of({f"grads[{k!r}]": v for k, v in grads.items()}, xp=xp)
 
 
+@ieee_arithmetic
 def global_norm(grads: Mapping[str, Any], /, *, xp: Any = None) -> Any:
     """The 2-norm of all arrays in ``grads`` taken together (a 0-d array)."""
     xp = _gradient_namespace(grads, xp)
     return xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
 
 
+@ieee_arithmetic
 def clip_by_global_norm(
     grads: Mapping[str, Any], /, max_norm: float, *, xp: Any = None
 ) -> tuple[dict[str, Any], Any]:
@@ -299,6 +312,7 @@ def clip_by_global_norm(
     return {key: g * scale for key, g in grads.items()}, norm
 
 
+@ieee_arithmetic
 def clip_by_value(
     grads: Mapping[str, Any], /, clip_value: float, *, xp: Any = None
 ) -> dict[str, Any]:
