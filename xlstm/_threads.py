@@ -20,6 +20,7 @@ the directions run one after the other, with the BLAS threads as they are.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -72,7 +73,9 @@ def run_pair(first: Callable[[], Any], second: Callable[[], Any], *, work: int) 
     if limiter is None:
         return first(), second()
     with limiter:
-        future = _pool().submit(second)
+        # The worker runs in a copy of this thread's context, so that context-local
+        # settings (NumPy's errstate among them) hold for both jobs alike.
+        future = _pool().submit(contextvars.copy_context().run, second)
         try:
             result = first()
         finally:

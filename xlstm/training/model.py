@@ -151,7 +151,7 @@ class LSTMModel:
             msg = f"`optimizer` must be an xlstm.training Optimizer, got {type(optimizer).__name__}"
             raise TypeError(msg)
         if clip_norm is not None and not (
-            isinstance(clip_norm, (int, float))
+            isinstance(clip_norm, (int, float, np.integer, np.floating))
             and not isinstance(clip_norm, bool)
             and 0 < clip_norm < float("inf")
         ):
