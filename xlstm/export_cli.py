@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_checkpoint(path: Path) -> Any:
     """A training model (:func:`xlstm.training.load_model`) or an ``xlstm.LSTM``."""
-    from ._onnx import _model_class
+    from .convert.onnx import _model_class
     from .training import load_model
 
     if not path.is_file():

@@ -27,11 +27,12 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from . import checkpoint, convert
+from . import checkpoint
 from ._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from ._engines.dispatch import engine_option
 from ._layout import GATE_KEYS, GATE_ORDER, layer_key
 from ._validation import check_dropout, check_size
+from .convert import weights as convert
 from .layers import multilayer_backward, multilayer_forward
 from .parameters import init_parameters
 

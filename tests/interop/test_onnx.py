@@ -30,7 +30,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from xlstm import convert  # noqa: E402
-from xlstm._onnx import DEFAULT_OPSET, MIN_OPSET, _model_class  # noqa: E402
+from xlstm.convert.onnx import DEFAULT_OPSET, MIN_OPSET, _model_class  # noqa: E402
 
 RTOL = 1e-5
 
@@ -554,14 +554,14 @@ def test_external_data_refused():
 )
 def test_tensor_checks_before_arrays_are_built(tensor, shape, match):
     # What xlstm checks itself, whatever the installed onnx.checker catches first.
-    from xlstm._onnx import _array
+    from xlstm.convert.onnx import _array
 
     with pytest.raises(ValueError, match=match):
         _array(onnx, tensor, shape, "`W`")
 
 
 def test_external_tensor_refused_by_xlstm():
-    from xlstm._onnx import _array
+    from xlstm.convert.onnx import _array
 
     tensor = raw_tensor("W", [1, 12, 2], b"")
     tensor.data_location = TensorProto.EXTERNAL

@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._layout import layer_key
-from .convert import _gate_dict, _host, _place, _stacked_from_gates
+from .._layout import layer_key
+from .weights import _gate_dict, _host, _place, _stacked_from_gates
 
 ONNX_GATE_ORDER = ("i", "o", "f", "g")
 """Gate blocks of an ONNX ``LSTM`` node's ``W``, ``R``, ``B``, top to bottom (ONNX: i, o, f, c)."""
@@ -79,13 +79,10 @@ def _import_onnx() -> Any:
 
 
 def _model_class() -> type:
-    """``xlstm.LSTM`` where it exists, else its former name ``xlstm.stacked.StackedLSTM``."""
-    import xlstm
+    """:class:`xlstm.LSTM` (imported on call: the model module imports the converters)."""
+    from ..model import LSTM
 
-    cls = getattr(xlstm, "LSTM", None)
-    if cls is None:
-        from .stacked import StackedLSTM as cls
-    return cls
+    return LSTM
 
 
 # =========================================================================== export
