@@ -7,6 +7,10 @@ as a second guard (older asv ignores ``skip_params``). Nothing here imports CuPy
 or torch at module level unless it is installed, and any xlstm version imports:
 a missing function or keyword makes the cases that need it skip.
 
+Timings run with ``XLSTM_ASV_THREADS`` (default 1) BLAS and torch threads: one thread
+per process gives the steadiest numbers on a shared machine, and what is tracked is
+xlstm's own speed from commit to commit, not the machine's parallelism.
+
 Shape legend: (n_x, n_a, m, T) = (input size, hidden size, batch, time steps).
 """
 
@@ -17,6 +21,7 @@ import importlib.util
 import inspect
 import itertools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +64,12 @@ def _module_exists(name: str) -> bool:
 HAS_SEQUENCE = _has("lstm_forward") and _has("lstm_backward")
 HAS_CELL = _has("lstm_cell_forward") and _has("lstm_cell_backward")
 HAS_FUSED_SWITCH = _accepts("lstm_forward", "fused") and _accepts("lstm_backward", "fused")
+HAS_ENGINE_SWITCH = _accepts("lstm_forward", "engine") and _accepts("lstm_backward", "engine")
+REGISTERED_ENGINES = tuple(getattr(xlstm, "ENGINE_CHOICES", ()))
 BACKWARD_TAKES_DC = _accepts("lstm_backward", "dc")
 HAS_CUPY_KERNELS = xlstm is not None and _module_exists("xlstm._engines.cupy")
 HAS_TORCH = _module_exists("torch")
+HAS_NUMBA = _module_exists("numba")
 
 
 def _cuda_available() -> bool:
@@ -78,11 +86,22 @@ HAS_CUDA = _cuda_available()
 
 # --------------------------------------------------------------------------- parameters
 
-# "numpy" and "cupy" use each backend's fast path (CuPy: fused kernels, required);
-# "cupy-graph" adds CUDA-graph replay of the time loops; the "-generic" cases force
-# the generic array-API path beside them, so that the fast path's gain is measured.
-# "torch" is xlstm running on torch CPU tensors.
-BACKENDS = ["numpy", "numpy-generic", "cupy", "cupy-graph", "cupy-generic", "torch"]
+# "<library>-<engine>" names the engine (engine=); a plain library name is what users
+# get by default (engine="auto": on NumPy the numba engine when it is there, else the
+# numpy one). "cupy" requires the fused kernels, "cupy-graph" adds CUDA-graph replay of
+# the time loops. The "-generic" cases time the array-API reference beside the fast
+# paths, so that each one's gain is measured. "torch" is xlstm on torch CPU tensors.
+ENGINES = {
+    "numpy": "auto",
+    "numpy-generic": "generic",
+    "numpy-numpy": "numpy",
+    "numpy-numba": "numba",
+    "cupy": "cupy",
+    "cupy-graph": "cupy",
+    "cupy-generic": "generic",
+    "torch": "auto",
+}
+BACKENDS = list(ENGINES)
 DTYPES = ["float32", "float64"]
 
 # Sizes come from DeepBench's LSTM training kernels (baidu-research/DeepBench,
@@ -124,11 +143,17 @@ def skip_reason(backend: str, *, cell: bool = False) -> str | None:
     """Why ``backend`` cannot run here with this xlstm (None: it can)."""
     if not (HAS_CELL if cell else HAS_SEQUENCE):
         return "this xlstm lacks the functions benchmarked here"
-    if backend.endswith("-generic"):
-        if cell:
-            return "the cell functions have no fast path, so no generic variant"
-        if not HAS_FUSED_SWITCH:
-            return "this xlstm has no `fused` switch"
+    if cell and backend not in ("numpy", "torch"):
+        return "the cell functions have no engines, so no engine variants"
+    if backend.endswith("-generic") and not (HAS_ENGINE_SWITCH or HAS_FUSED_SWITCH):
+        return "this xlstm has no `engine=` (or `fused`) switch"
+    if backend in ("numpy-numpy", "numpy-numba") and not HAS_ENGINE_SWITCH:
+        return "this xlstm has no `engine=` switch"
+    if backend == "numpy-numba":
+        if "numba" not in REGISTERED_ENGINES:
+            return "this xlstm has no numba engine"
+        if not HAS_NUMBA:
+            return "numba is not installed (pip install 'xlstm-arrayapi[cpu]')"
     if backend.startswith("cupy"):
         if not HAS_CUDA:
             return "no CUDA device (or no CuPy)"
@@ -186,11 +211,38 @@ def _library(backend: str):
 
 
 def _options(backend: str) -> dict[str, Any]:
-    if backend.endswith("-generic"):
+    engine = ENGINES[backend]
+    if HAS_ENGINE_SWITCH:
+        return {} if engine == "auto" else {"engine": engine}  # named: no silent fallback
+    # An xlstm from before engine=: its fused switch.
+    if engine == "generic":
         return {"fused": False}
-    if backend in ("cupy", "cupy-graph"):
-        return {"fused": True}  # measure the kernels; no silent fallback
+    if engine == "cupy":
+        return {"fused": True}
     return {}
+
+
+_threads = os.environ.get("XLSTM_ASV_THREADS", "1")
+if not _threads.isdigit():
+    _message = f"XLSTM_ASV_THREADS={_threads!r}; expected a number of threads (0: no limit)"
+    raise ValueError(_message)
+THREADS = int(_threads)
+
+
+def limit_threads() -> None:
+    """Limit NumPy's BLAS (threadpoolctl, when installed) and torch to ``THREADS``.
+
+    For the rest of the process: asv runs each benchmark in a process of its own.
+    ``XLSTM_ASV_THREADS=0`` leaves the libraries' own defaults.
+    """
+    if THREADS <= 0:
+        return
+    if _module_exists("threadpoolctl"):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=THREADS)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(THREADS)
 
 
 def _graph_switch():
@@ -222,6 +274,7 @@ def inputs(backend: str, dtype: str, size: str, *, cell: bool = False) -> Inputs
     key = (backend, dtype, size, cell)
     if key not in _CACHE:
         _CACHE[key] = _build(backend, dtype, size)
+        limit_threads()  # after _build, which may have imported torch
     return _CACHE[key]
 
 

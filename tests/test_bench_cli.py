@@ -1,4 +1,4 @@
-"""``python -m xlstm bench``: size parsing, the reference contestants, and short runs."""
+"""``python -m xlstm bench``: argument checks, the reference contestants, and short runs."""
 
 from __future__ import annotations
 
@@ -41,14 +41,142 @@ def test_parse_sizes_rejects(text):
         cli.parse_sizes(text)
 
 
+def one_line_error(capsys) -> str:
+    """The run's stderr, checked to be one error line and nothing on stdout."""
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("python -m xlstm bench: error: ")
+    return lines[0]
+
+
 def test_bad_sizes_exit_2_with_message(capsys):
     assert cli.main(["--sizes", "S9"]) == 2
-    assert "`--sizes` part 'S9'" in capsys.readouterr().err
+    assert "`--sizes` part 'S9'" in one_line_error(capsys)
 
 
 def test_bad_option_exit_2(capsys):
     assert cli.main(["--repeat", "0"]) == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    assert "must be an integer >= 1" in one_line_error(capsys)
+    assert cli.main(["--sizes", TINY, "--no-such-option"]) == 2
+    assert "unrecognized arguments: --no-such-option" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("text", [str(10**30), "9" * 5000, str(cli.MAX_DIMENSION + 1)])
+def test_huge_sizes_exit_2(capsys, text):
+    assert cli.main(["--sizes", f"4,6,3,{text}", *FAST]) == 2
+    assert "`--sizes` part" in one_line_error(capsys)
+
+
+def test_sizes_beyond_available_memory_exit_2(capsys, monkeypatch):
+    monkeypatch.setattr(_harness, "available_memory", lambda: 2**20)
+    assert cli.main(["--sizes", "S1", *FAST]) == 2
+    message = one_line_error(capsys)
+    assert "`--sizes` S1: the run would hold about" in message
+    assert "0.000977 GiB of memory available" in message
+
+
+def test_run_bytes_grows_with_every_size_and_contestant():
+    base = _harness.run_bytes((8, 32, 16, 100), "float32", 4, 2)
+    assert base > 4 * 4 * (8 + 32) * 16 * 100  # at least the inputs of every contestant
+    for bigger in ((16, 32, 16, 100), (8, 64, 16, 100), (8, 32, 32, 100), (8, 32, 16, 200)):
+        assert _harness.run_bytes(bigger, "float32", 4, 2) > base
+    assert _harness.run_bytes((8, 32, 16, 100), "float64", 4, 2) == 2 * base
+    assert _harness.run_bytes((8, 32, 16, 100), "float32", 5, 2) > base
+
+
+@pytest.mark.parametrize("pause", ["-0.1", "nan", "inf", "-inf", "soon"])
+def test_bad_pause_exit_2(capsys, pause):
+    assert cli.main(["--sizes", TINY, "--pause", pause]) == 2
+    assert "argument --pause" in one_line_error(capsys)
+
+
+def test_json_directory_exit_2_before_the_run(capsys, tmp_path):
+    assert cli.main(["--sizes", TINY, "--json", str(tmp_path), *FAST]) == 2
+    assert "is a directory" in one_line_error(capsys)
+
+
+def test_json_in_missing_folder_exit_2(capsys, tmp_path):
+    path = tmp_path / "missing" / "bench.json"
+    assert cli.main(["--sizes", TINY, "--json", str(path), *FAST]) == 2
+    assert "folder that does not exist" in one_line_error(capsys)
+    assert not path.parent.exists()
+
+
+def test_json_not_writable_exit_2(capsys, tmp_path, monkeypatch):
+    # os.access stands in for a read-only folder: as root every folder is writable.
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    path = tmp_path / "bench.json"
+    assert cli.main(["--sizes", TINY, "--json", str(path), *FAST]) == 2
+    assert "is not writable" in one_line_error(capsys)
+    assert not path.exists()
+
+
+def test_json_directory_from_the_command_line(tmp_path):
+    command = [sys.executable, "-m", "xlstm", "bench", "--json", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"python -m xlstm bench: error: `--json` {str(tmp_path)!r} is a directory"
+    ]
+
+
+def test_engine_that_cannot_run_exit_2(capsys):
+    assert cli.main(["--engine", "cupy", "--sizes", TINY, *FAST]) == 2
+    assert "`--engine cupy` with --backend numpy" in one_line_error(capsys)
+
+
+def test_engine_numba_runs_or_says_why(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = cli.main(
+        ["--engine", "numba", "--sizes", TINY, "--no-torch", "--json", str(path), *FAST]
+    )
+    try:
+        expected = xlstm.resolve_engine("numpy", "float32", "numba")
+    except ValueError:  # numba not installed, or its engine not registered yet
+        assert code == 2
+        assert "`--engine numba`" in one_line_error(capsys)
+        return
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["engine"]["ran"] == expected == "numba"
+    assert {r["engine"] for r in report["results"] if r["contestant"] == "xlstm"} == {"numba"}
+
+
+def test_jit_compile_time_is_read_when_the_engine_reports_one(monkeypatch):
+    from xlstm._engines.numpy import engine
+
+    assert _harness.jit_compile_seconds("numpy", "float32") is None
+    assert _harness.jit_compile_seconds("not an engine", "float32") is None
+    asked = []
+    monkeypatch.setattr(
+        engine, "compile_seconds", lambda dtype: asked.append(dtype) or 1.5, raising=False
+    )
+    assert _harness.jit_compile_seconds("numpy", "float64") == 1.5
+    assert asked == ["float64"]
+
+
+def test_run_reports_the_compile_time(tmp_path, capsys, monkeypatch):
+    from xlstm._engines.numpy import engine
+
+    monkeypatch.setattr(engine, "compile_seconds", lambda dtype: 0.25, raising=False)
+    path = tmp_path / "bench.json"
+    options = ["--engine", "numpy", "--no-torch", "--no-naive", "--json", str(path)]
+    assert cli.main(["--sizes", TINY, *options, *FAST]) == 0
+    assert "xlstm engine: --engine numpy ran 'numpy'; JIT compile 0.25 s" in capsys.readouterr().out
+    assert json.loads(path.read_text())["engine"] == {
+        "asked": "numpy",
+        "ran": "numpy",
+        "jit_compile_s": 0.25,
+    }
+
+
+def test_threads_not_limited_without_threadpoolctl(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    with cli.thread_limits(2, use_torch=False) as notes:
+        assert notes["libraries"] == ["NumPy BLAS: NOT limited (install threadpoolctl)"]
 
 
 def test_help_exit_0(capsys):
@@ -60,6 +188,7 @@ def test_help_exit_0(capsys):
 
 def test_flops():
     assert _harness.forward_flops(8, 32, 16, 100) == 2 * 100 * 16 * 4 * 32 * 40
+    assert _harness.pass_flops((8, 32, 16, 100), "inference") == 2 * 100 * 16 * 4 * 32 * 40
     assert _harness.pass_flops((8, 32, 16, 100), "forward_backward") == 3 * 2 * 100 * 16 * 128 * 40
 
 
@@ -106,6 +235,10 @@ def test_naive_does_not_mutate_inputs():
         np.testing.assert_array_equal(old, new)
 
 
+def test_default_repeat_gives_a_median_of_five():
+    assert cli.build_parser().parse_args([]).repeat >= 5
+
+
 def test_torch_peer_matches_naive():
     pytest.importorskip("torch")
     from xlstm.bench._torch_peer import TorchLSTMPeer, output_numpy
@@ -114,6 +247,9 @@ def test_torch_peer_matches_naive():
     peer = TorchLSTMPeer(p.parameters, p.x, p.a0, p.da, p.dc, dtype="float64")
     a, _, _, caches = naive_forward(p.x, p.a0, p.parameters, xp=np)
     np.testing.assert_allclose(output_numpy(peer.forward()), a, rtol=1e-12, atol=1e-12)
+    inferred = peer.inference()
+    assert not inferred[0].requires_grad  # nothing kept for backward
+    np.testing.assert_allclose(output_numpy(inferred), a, rtol=1e-12, atol=1e-12)
     peer.forward_backward()
     peer.forward_backward()  # gradients are reset, not accumulated, between calls
     expected = _harness._stack_gradients(naive_backward(p.da, caches, p.dc, xp=np))
@@ -153,12 +289,24 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     for text in ("threads: 2", "sample-steps/s", "GEMM floor", "naive (seed-style)", "check:"):
         assert text in out
+    engine = xlstm.resolve_engine("numpy", "float32")
+    assert f"xlstm engine: --engine auto ran {engine!r}" in out
+    assert "first fwd+bwd call" in out
     report = json.loads(path.read_text())
     assert report["threads"]["threads"] == 2
+    assert report["engine"]["asked"] == "auto"
+    assert report["engine"]["ran"] == engine
     names = {(r["contestant"], r["mode"]) for r in report["results"]}
     for name in ("xlstm", "xlstm generic", "xlstm recompute", "naive (seed-style)", "GEMM floor"):
         assert (name, "forward") in names
         assert (name, "forward_backward") in names
+        # recompute's inference is the plain one; the seed-style loop has none
+        assert ((name, "inference") in names) == (name in ("xlstm", "xlstm generic", "GEMM floor"))
+    for r in report["results"]:
+        assert r["first_call_s"] > 0
+        assert len(r["times_s"]) == 1
+        expected = {"xlstm": engine, "xlstm generic": "generic", "xlstm recompute": engine}
+        assert r["engine"] == expected.get(r["contestant"])
     row = next(
         r for r in report["results"] if r["contestant"] == "xlstm" and r["mode"] == "forward"
     )
@@ -196,7 +344,10 @@ def test_run_torch_backend_restores_threads(tmp_path):
     report = json.loads(path.read_text())
     assert report["torch_peer_device"] == "cpu"
     assert all(c["ok"] for c in report["checks"])
-    assert any(r["speedup_vs_torch"] for r in report["results"])
+    ratios = {(r["contestant"], r["mode"]): r["speedup_vs_torch"] for r in report["results"]}
+    for mode in ("inference", "forward", "forward_backward"):
+        assert ratios["xlstm", mode] > 0  # each against torch's same pass
+        assert ("torch.nn.LSTM", mode) in ratios
 
 
 def test_run_jax_backend(tmp_path):

@@ -8,6 +8,11 @@ backward makes twice that (gradients for ``[a_prev; x_t]`` and for the weights).
 The output layer ``y = softmax(Wy a + by)``, which xlstm's ``lstm_forward`` and
 the naive loop compute and ``torch.nn.LSTM`` does not, is not counted.
 
+Three passes are timed: "inference" (xlstm ``lstm_forward(..., cache=False)``,
+torch under ``torch.no_grad()``), "forward" keeping what backward needs (xlstm's
+default, torch with autograd recording) and "forward_backward". Inference makes the
+forward's FLOPs.
+
 The "GEMM floor" does the same FLOPs as the fewest and largest products possible,
 on the same BLAS: forward ``Z = H @ W.T`` with H (T*m, n_x + n_a) and
 W (4 n_a, n_x + n_a); forward+backward adds ``dZ @ W`` and ``dZ.T @ H``. No LSTM
@@ -17,6 +22,8 @@ can do its products faster than that (the recurrence forces T smaller products).
 from __future__ import annotations
 
 import gc
+import importlib
+import os
 import statistics
 import time
 import tracemalloc
@@ -35,7 +42,7 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 }
 """Named shapes (n_x, n_a, m, T); all five are the default set."""
 
-MODES = ("forward", "forward_backward")
+MODES = ("inference", "forward", "forward_backward")
 GATE_KEYS = ("i", "f", "c", "o")  # torch order i, f, g, o; the seed calls g "c"
 CPU_FAMILIES = frozenset({"numpy", "torch-cpu", "jax"})
 CHECK_TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
@@ -47,8 +54,35 @@ def forward_flops(n_x: int, n_a: int, m: int, T: int) -> int:
 
 
 def pass_flops(shape: tuple[int, int, int, int], mode: str) -> int:
-    """FLOPs of one call in ``mode``: forward, or forward+backward (3x forward)."""
-    return forward_flops(*shape) * (1 if mode == "forward" else 3)
+    """FLOPs of one call in ``mode``: inference and forward 1x, forward+backward 3x forward."""
+    return forward_flops(*shape) * (3 if mode == "forward_backward" else 1)
+
+
+def run_bytes(shape: tuple[int, int, int, int], dtype: str, contestants: int, n_y: int) -> int:
+    """A generous estimate of the memory one shape's run holds at once.
+
+    Per contestant: its inputs (x, da, dc), forward's cache (a, c, four gates, y),
+    backward's arrays (dx, four gate gradients) and two sets of weights-sized arrays;
+    plus one more set for the NumPy problem every contestant copies from.
+    """
+    n_x, n_a, m, T = shape
+    per_contestant = m * T * (2 * n_x + 12 * n_a + n_y) + 8 * n_a * (n_a + n_x)
+    return np.dtype(dtype).itemsize * (contestants + 1) * per_contestant
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (None: unknown on this OS)."""
+    try:
+        with open("/proc/meminfo") as meminfo:  # Linux: counts reclaimable page cache
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # other POSIX systems: the physical memory, an upper bound
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- backends
@@ -196,7 +230,7 @@ def make_problem(label: str, shape, dtype: str, n_y: int, seed: int = 0) -> Prob
 
 @dataclass
 class Contestant:
-    """Something timed: a forward and a forward+backward callable."""
+    """Something timed: one callable per pass in ``MODES`` it takes part in."""
 
     name: str
     family: str
@@ -206,6 +240,8 @@ class Contestant:
     # "a" (n_a, m, T) and the gradients (see _stack_gradients). None: not checked.
     check: Callable[[], dict[str, np.ndarray]] | None = None
     memory: Callable[[], dict[str, int]] | None = None
+    engine: str | None = None  # xlstm: the engine that ran (resolve_engine)
+    first_call_s: float | None = None  # the first, untimed forward+backward (warm_up)
     times: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
 
 
@@ -223,19 +259,28 @@ def _stack_gradients(grads: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def xlstm_contestant(
-    problem: Problem, backend: Backend, *, generic: bool = False, recompute: bool = False
+    problem: Problem, backend: Backend, *, engine: str = "auto", recompute: bool = False
 ) -> Contestant:
-    """xlstm's ``lstm_forward`` / ``lstm_backward`` on ``backend``.
+    """xlstm's ``lstm_forward`` / ``lstm_backward`` on ``backend`` with ``engine=``.
 
-    ``generic``: force the generic array-API path (``fused=False``); ``recompute``:
-    the memory-saving mode (gates recomputed in backward).
+    ``recompute``: the memory-saving mode (gates recomputed in backward); it has no
+    inference pass of its own (``cache=False`` keeps no gates in either mode).
+
+    Raises
+    ------
+    ValueError
+        ``engine`` cannot run on this backend and dtype (from :func:`xlstm.resolve_engine`).
     """
-    from xlstm import lstm_backward, lstm_forward, to_backend
+    from xlstm import lstm_backward, lstm_forward, resolve_engine, to_backend
 
+    ran = resolve_engine(backend.xp, problem.dtype, engine)
     params = to_backend(problem.parameters, backend.xp, device=backend.device)
     x, a0, da, dc = (backend.asarray(a) for a in (problem.x, problem.a0, problem.da, problem.dc))
-    options = {"fused": False} if generic else {}
-    forward_options = {**options, "recompute": True} if recompute else options
+    options = {"engine": engine}
+    forward_options = {**options, "recompute": recompute}
+
+    def inference():
+        return lstm_forward(x, a0, params, cache=False, **options)
 
     def forward():
         return lstm_forward(x, a0, params, **forward_options)
@@ -251,9 +296,27 @@ def xlstm_contestant(
     memory = _numpy_memory(forward, forward_backward) if backend.name == "numpy" else None
     if memory is None and backend.family == "torch-cuda":
         memory = _torch_cuda_memory(forward, forward_backward)
-    name = " ".join(["xlstm"] + ["generic"] * generic + ["recompute"] * recompute)
+    name = " ".join(["xlstm"] + ["generic"] * (engine == "generic") + ["recompute"] * recompute)
     calls = {"forward": forward, "forward_backward": forward_backward}
-    return Contestant(name, backend.family, backend.sync, calls, check, memory)
+    if not recompute:
+        calls = {"inference": inference, **calls}
+    return Contestant(name, backend.family, backend.sync, calls, check, memory, engine=ran)
+
+
+def jit_compile_seconds(engine: str, dtype: str) -> float | None:
+    """Compile an engine's kernels for ``dtype`` now and return the seconds it took.
+
+    Only for an engine module with a ``compile_seconds(dtype)`` hook (numba's): it
+    compiles, or loads from the on-disk cache, and reports the time. Called before
+    anything is timed, so that no timed or first call pays for compilation; ``None``
+    for engines without the hook (read with ``getattr``: they need nothing).
+    """
+    from xlstm._engines.dispatch import ENGINES
+
+    if engine not in ENGINES:
+        return None
+    hook = getattr(importlib.import_module(ENGINES[engine].module), "compile_seconds", None)
+    return None if hook is None else float(hook(dtype))
 
 
 def naive_contestant(problem: Problem, backend: Backend) -> Contestant:
@@ -276,6 +339,7 @@ def naive_contestant(problem: Problem, backend: Backend) -> Contestant:
         return {"a": to_numpy(a), **_stack_gradients(naive_backward(da, caches, dc, xp=xp))}
 
     memory = _numpy_memory(forward, forward_backward) if backend.name == "numpy" else None
+    # No inference pass: the seed-style loop always keeps its caches.
     calls = {"forward": forward, "forward_backward": forward_backward}
     return Contestant("naive (seed-style)", backend.family, backend.sync, calls, check, memory)
 
@@ -294,7 +358,7 @@ def floor_contestant(problem: Problem, backend: Backend) -> Contestant:
     def forward_backward():
         return H @ W.T, dZ @ W, dZ.T @ H
 
-    calls = {"forward": forward, "forward_backward": forward_backward}
+    calls = {"inference": forward, "forward": forward, "forward_backward": forward_backward}
     return Contestant("GEMM floor", backend.family, backend.sync, calls)
 
 
@@ -321,8 +385,14 @@ def torch_contestant(problem: Problem, device: str) -> Contestant:
     def sync(result: Any) -> None:
         peer.sync()
 
-    calls = {"forward": peer.forward, "forward_backward": peer.forward_backward}
-    memory = _torch_cuda_memory(*calls.values()) if family == "torch-cuda" else None
+    calls = {
+        "inference": peer.inference,
+        "forward": peer.forward,
+        "forward_backward": peer.forward_backward,
+    }
+    memory = None
+    if family == "torch-cuda":
+        memory = _torch_cuda_memory(peer.forward, peer.forward_backward)
     return Contestant("torch.nn.LSTM", family, sync, calls, check, memory)
 
 
@@ -388,18 +458,21 @@ def time_once(contestant: Contestant, mode: str) -> tuple[float, Any]:
 
 
 def warm_up(contestants: list[Contestant]) -> dict[str, dict[str, np.ndarray]]:
-    """One untimed forward+backward per contestant; returns the outputs to check.
+    """One untimed call per contestant and pass; returns the outputs to check.
 
-    The first call pays for one-off costs (allocations, kernel compilation, thread
-    pools start-up); it also gives the output sequence and the gradients that
-    :func:`relative_difference` compares.
+    The first call pays for one-off costs (allocations, JIT or kernel compilation,
+    thread pools starting up): its forward+backward is timed once and kept as
+    ``first_call_s``, never mixed into the timings. A further forward+backward gives
+    the output sequence and the gradients that :func:`relative_difference` compares.
     """
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for contestant in contestants:
+        contestant.first_call_s, _ = time_once(contestant, "forward_backward")
+        for mode in contestant.calls:
+            if mode != "forward_backward":
+                time_once(contestant, mode)
         if contestant.check is not None:
             outputs[contestant.name] = contestant.check()
-        else:
-            time_once(contestant, "forward_backward")
     return outputs
 
 
@@ -423,7 +496,7 @@ def run_rounds(contestants: list[Contestant], repeat: int, pause: float, progres
                 if switching and {last_family, contestant.family} & CPU_FAMILIES:
                     time.sleep(pause)
                 last_family = contestant.family
-                for mode in MODES:
+                for mode in contestant.calls:
                     seconds, result = time_once(contestant, mode)
                     del result
                     contestant.times[mode].append(seconds)

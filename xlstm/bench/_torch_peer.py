@@ -5,8 +5,10 @@ weights are the xlstm parameters mapped into torch's gate order ``i, f, g, o``:
 ``weight_ih = [Wi; Wf; Wc; Wo][:, n_a:]``, ``weight_hh = [...][:, :n_a]``,
 ``bias_ih = [bi; bf; bc; bo]``, ``bias_hh = 0`` (xlstm's ``Wc`` is gate ``g``).
 
-Forward is a training-mode forward (autograd on, inputs and initial state requiring
-grad), like xlstm's forward, which keeps what backward needs. Forward+backward
+Inference is the forward under ``torch.no_grad()`` (nothing kept for backward), like
+xlstm's ``lstm_forward(..., cache=False)``. Forward is a training-mode forward
+(autograd on, inputs and initial state requiring grad), like xlstm's default
+forward, which keeps what backward needs. Forward+backward
 backpropagates given upstream gradients on the output sequence and on the final
 ``(h, c)``, and computes every gradient xlstm computes: weights, biases, the input
 sequence and the initial state. The same gradients in xlstm's terms are
@@ -80,6 +82,11 @@ class TorchLSTMPeer:
         self.g_out = tensor(g_out)
         self.g_c = tensor(dc[:, :, -1].T[None])
         self.sync = torch.cuda.synchronize if self.x.is_cuda else _no_sync
+
+    def inference(self):
+        """Forward with autograd off (no graph kept). Returns ``(out, (h_n, c_n))``."""
+        with self.torch.no_grad():
+            return self.lstm(self.x, (self.h0, self.c0))
 
     def forward(self):
         """Training-mode forward. Returns ``(out, (h_n, c_n))``."""

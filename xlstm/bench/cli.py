@@ -2,12 +2,18 @@
 
 Shape legend: (n_x, n_a, m, T) = (input size, hidden size, batch, time steps).
 
-For every shape the contestants are warmed up once, checked against each other
-(xlstm and the naive loop must give torch's outputs and gradients), then timed
-``--repeat`` times each, interleaved round-robin, for forward and for
-forward+backward. The table reports the median and the range, throughput in
-sample-steps per second (m * T / time), GFLOP/s of the matrix products, and
-speed-ups of xlstm over torch.nn.LSTM and over the naive loop.
+For every shape each contestant makes one untimed call per pass (its first
+forward+backward, one-off costs included, is reported apart), the outputs and
+gradients are checked against each other (xlstm and the naive loop must give
+torch's), then every contestant is timed ``--repeat`` times per pass, interleaved
+round-robin in one process. Passes: inference (xlstm ``cache=False``, torch under
+``no_grad``), forward keeping what backward needs, forward+backward. The table
+reports the engine xlstm ran (:func:`xlstm.resolve_engine`), the median and the
+range, throughput in sample-steps per second (m * T / time), GFLOP/s of the
+matrix products, and speed-ups of xlstm over torch.nn.LSTM and the naive loop.
+
+Arguments are checked before anything runs: a bad one exits 2 with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
+import os
 import platform
 import sys
 import time
@@ -24,9 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import resolve_engine
 from . import _harness as H
 
 DEFAULT_SIZES = ",".join(H.SHAPES)
+ENGINES = ("auto", "generic", "numpy", "numba", "cupy")  # all names, registered or not yet
+MAX_DIMENSION = 2**20
+"""Largest n_x, n_a, m or T ``--sizes`` takes (memory is checked apart)."""
 
 EPILOG = f"""\
 named sizes (n_x, n_a, m, T): {", ".join(f"{k}={v}" for k, v in H.SHAPES.items())}
@@ -37,14 +49,25 @@ twice that. The output layer softmax(Wy a + by) that xlstm and the naive loop al
 compute (n_y = --n-y) is not counted; torch.nn.LSTM has none. "GEMM floor" is the
 same FLOPs done as one (forward) or three (forward+backward) large products on the
 same BLAS; "/floor" is time / floor time.
+
+passes: "infer" = lstm_forward(..., cache=False) vs torch under no_grad; "fwd" =
+forward keeping what backward needs (xlstm's default, torch with autograd on);
+"fwd+bwd" = forward then backward. The naive loop has no inference pass.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m xlstm bench",
-        description="Time xlstm forward and forward+backward against torch.nn.LSTM, "
-        "a seed-style naive loop and a pure-GEMM floor.",
+        description="Time xlstm inference, forward and forward+backward against "
+        "torch.nn.LSTM, a seed-style naive loop and a pure-GEMM floor.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "float64"),
         default="float32",
         help="floating dtype (default: float32)",
+    )
+    add(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="xlstm engine (engine= of lstm_forward; default: auto, the backend's fastest)",
     )
     add("--sizes", default=DEFAULT_SIZES, help=f"shapes to run (default: {DEFAULT_SIZES})")
     add(
@@ -85,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--generic",
         action="store_true",
-        help="also time xlstm's generic array-API path (fused=False)",
+        help="also time xlstm's generic array-API engine (engine='generic')",
     )
     add(
         "--recompute",
@@ -107,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--pause",
-        type=float,
+        type=_seconds,
         default=0.2,
         help="seconds to sleep when switching between CPU libraries (default: 0.2)",
     )
@@ -117,11 +146,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        msg = f"must be >= 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def check_output_file(path: str) -> None:
+    """Raise ``ValueError`` unless ``path`` can be written as a file.
+
+    Checked before the run so that minutes of timings are not lost at the end. Nothing
+    is created: a failed run leaves no empty file behind.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        problem = "is a directory"
+    elif not os.path.isdir(folder):
+        problem = f"is in a folder that does not exist ({folder})"
+    elif not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise ValueError(f"`--json` {path!r} {problem}")
+
+
+def check_memory(sizes, dtype: str, contestants: int, n_y: int) -> None:
+    """Raise ``ValueError`` if a shape would need more memory than is available.
+
+    The estimate is :func:`~xlstm.bench._harness.run_bytes` (generous); where the OS
+    does not say how much memory is available only ``MAX_DIMENSION`` applies.
+    """
+    available = H.available_memory()
+    if available is None:
+        return
+    for label, shape in sizes:
+        need = H.run_bytes(shape, dtype, contestants, n_y)
+        if need > available:
+            msg = (
+                f"`--sizes` {label}: the run would hold about {need / 2**30:.3g} GiB, more than "
+                f"the {available / 2**30:.3g} GiB of memory available; choose smaller sizes"
+            )
+            raise ValueError(msg)
 
 
 def parse_sizes(text: str) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -143,6 +221,9 @@ def parse_sizes(text: str) -> list[tuple[str, tuple[int, int, int, int]]]:
                 f"`--sizes` part {part!r} is neither names from {sorted(H.SHAPES)} "
                 "nor four positive integers n_x,n_a,m,T"
             )
+            raise ValueError(msg)
+        if max(shape) > MAX_DIMENSION:
+            msg = f"`--sizes` part {part!r} has a size above {MAX_DIMENSION} (2**20)"
             raise ValueError(msg)
         sizes.append(("x".join(map(str, shape)), shape))
     if not sizes:
@@ -232,13 +313,18 @@ def torch_peer_device(args, backend: H.Backend) -> str | None:
     return "cpu"
 
 
+def contestant_count(args, peer_device: str | None) -> int:
+    """How many contestants :func:`run_shape` builds (each holds its own arrays)."""
+    return 2 + args.generic + args.recompute + (peer_device is not None) + (not args.no_naive)
+
+
 def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, Any]:
     problem = H.make_problem(label, shape, args.dtype, args.n_y)
-    contestants = [H.xlstm_contestant(problem, backend)]
-    if args.generic:
-        contestants.append(H.xlstm_contestant(problem, backend, generic=True))
+    contestants = [H.xlstm_contestant(problem, backend, engine=args.engine)]
+    if args.generic and contestants[0].engine != "generic":
+        contestants.append(H.xlstm_contestant(problem, backend, engine="generic"))
     if args.recompute:
-        contestants.append(H.xlstm_contestant(problem, backend, recompute=True))
+        contestants.append(H.xlstm_contestant(problem, backend, engine=args.engine, recompute=True))
     if peer_device is not None:
         contestants.append(H.torch_contestant(problem, peer_device))
     if not args.no_naive:
@@ -300,12 +386,16 @@ def cross_check(outputs, dtype: str) -> list[dict[str, Any]]:
 
 
 def result_rows(label: str, shape, contestants: list[H.Contestant]) -> list[dict[str, Any]]:
-    """One row per (pass, contestant) with times, throughput and ratios."""
+    """One row per (pass, contestant) with times, throughput and ratios.
+
+    Ratios compare medians of the same pass, timed in the same rounds.
+    """
     n_x, n_a, m, T = shape
     rows = []
     for mode in H.MODES:
-        medians = {c.name: H.summary(c.times[mode])["median_s"] for c in contestants}
-        for contestant in contestants:
+        timed = [c for c in contestants if mode in c.calls]
+        medians = {c.name: H.summary(c.times[mode])["median_s"] for c in timed}
+        for contestant in timed:
             stats = H.summary(contestant.times[mode])
             median = stats["median_s"]
             flops = H.pass_flops(shape, mode)
@@ -317,6 +407,8 @@ def result_rows(label: str, shape, contestants: list[H.Contestant]) -> list[dict
                 "T": T,
                 "mode": mode,
                 "contestant": contestant.name,
+                "engine": contestant.engine,
+                "first_call_s": contestant.first_call_s,
                 "times_s": contestant.times[mode],
                 **stats,
                 "sample_steps_per_s": m * T / median,
@@ -362,10 +454,11 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-PASS_NAMES = {"forward": "fwd", "forward_backward": "fwd+bwd"}
+PASS_NAMES = {"inference": "infer", "forward": "fwd", "forward_backward": "fwd+bwd"}
 COLUMNS = (
     ("pass", "<", 8),
     ("contestant", "<", 19),
+    ("engine", "<", 7),
     ("median ms", ">", 10),
     ("min-max ms", ">", 15),
     ("sample-steps/s", ">", 15),
@@ -389,15 +482,19 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         if row["shape"] != shape:
             shape = row["shape"]
             flops = H.forward_flops(row["n_x"], row["n_a"], row["m"], row["T"])
+            firsts = {r["contestant"]: r["first_call_s"] for r in rows if r["shape"] == shape}
             lines += [
                 "",
                 f"{shape}  (n_x, n_a, m, T) = ({row['n_x']}, {row['n_a']}, {row['m']}, {row['T']})"
                 f"   forward {flops / 1e9:.3g} GFLOP, forward+backward {3 * flops / 1e9:.3g} GFLOP",
+                "first fwd+bwd call, untimed above (one-off costs: allocation, compilation) ms: "
+                + ", ".join(f"{name} {_ms(t)}" for name, t in firsts.items() if t is not None),
                 header,
             ]
         cells = [
             PASS_NAMES[row["mode"]],
             row["contestant"],
+            row["engine"] or "",
             _ms(row["median_s"]),
             f"{_ms(row['min_s'])}-{_ms(row['max_s'])}",
             _si(row["sample_steps_per_s"]),
@@ -473,8 +570,17 @@ def _versions(backend: str, use_torch: bool) -> dict[str, str]:
     return versions
 
 
+def _fail(message: str) -> int:
+    print(f"python -m xlstm bench: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m xlstm bench``; returns the exit status."""
+    """Entry point of ``python -m xlstm bench``; returns the exit status.
+
+    Every argument is checked before anything is timed: a bad one is exit status 2
+    and one line on stderr.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -482,18 +588,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         sizes = parse_sizes(args.sizes)
-    except ValueError as error:
-        parser.print_usage(sys.stderr)
-        print(f"python -m xlstm bench: error: {error}", file=sys.stderr)
-        return 2
-
-    try:
+        if args.json is not None:
+            check_output_file(args.json)
         backend = H.make_backend(args.backend, args.device, args.dtype)
-    except H.BackendUnavailable as error:
-        print(f"python -m xlstm bench: error: {error}", file=sys.stderr)
-        return 2
-    peer_device = torch_peer_device(args, backend)
+        peer_device = torch_peer_device(args, backend)
+        check_memory(sizes, args.dtype, contestant_count(args, peer_device), args.n_y)
+    except (ValueError, H.BackendUnavailable) as error:
+        return _fail(str(error))
+    try:
+        engine = resolve_engine(backend.xp, args.dtype, args.engine)
+    except ValueError as error:  # not registered (numba before it lands), or cannot run here
+        return _fail(f"`--engine {args.engine}` with --backend {args.backend}: {error}")
     use_torch = peer_device is not None or backend.name == "torch"
+    compile_s = H.jit_compile_seconds(engine, args.dtype)  # before any xlstm call
 
     progress = Progress(total=len(sizes) * (args.repeat + 1), quiet=args.quiet)
     rows, checks, memory, input_bytes = [], [], [], {}
@@ -508,9 +615,11 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = _versions(args.backend, use_torch)
     device = backend.device if backend.device is not None else "default"
+    compiled = "" if compile_s is None else f"; JIT compile {compile_s:.3g} s, before the run"
     head = [
         f"xlstm bench: backend={args.backend} (device {device}) dtype={args.dtype} "
         f"repeat={args.repeat} (median of {args.repeat}, contestants interleaved)",
+        f"xlstm engine: --engine {args.engine} ran {engine!r}{compiled}",
         f"threads: {args.threads} for every contestant ({'; '.join(threads['libraries'])})",
         f"machine: {_cpu_model()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"torch.nn.LSTM: {peer_device or 'not run'}; output layer n_y={args.n_y} "
@@ -528,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": args.backend,
             "device": str(device),
             "dtype": args.dtype,
+            "engine": {"asked": args.engine, "ran": engine, "jit_compile_s": compile_s},
             "repeat": args.repeat,
             "pause_s": args.pause,
             "n_y": args.n_y,
@@ -535,13 +645,17 @@ def main(argv: list[str] | None = None) -> int:
             "torch_peer_device": peer_device,
             "machine": _cpu_model(),
             "versions": versions,
-            "flops": "matrix products only: forward 2*T*m*4n_a*(n_x+n_a), forward_backward 3x",
+            "flops": "matrix products only: inference and forward 2*T*m*4n_a*(n_x+n_a), "
+            "forward_backward 3x",
             "results": rows,
             "checks": checks,
             "memory": [{**entry, "input_bytes": input_bytes[entry["shape"]]} for entry in memory],
         }
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=1)
+        try:
+            with open(args.json, "w") as file:
+                json.dump(report, file, indent=1)
+        except OSError as error:  # checked before the run; the disk may still fill up
+            return _fail(f"`--json` {args.json!r}: {error.strerror}")
     return 1 if any(not c["ok"] for c in checks) else 0
 
 

@@ -10,8 +10,8 @@ spinning.  Prints the median
 characters per second of each and the ratio xlstm / torch (>= 1 means xlstm is not slower),
 and the ratio of the best rounds, which is steadier on a machine shared with other work::
 
-    python benchmarks/train_vs_torch.py                     # defaults of `python -m xlstm train`
-    python benchmarks/train_vs_torch.py --hidden 256 --threads 1
+    python benchmarks/scripts/train_vs_torch.py      # defaults of `python -m xlstm train`
+    python benchmarks/scripts/train_vs_torch.py --hidden 256 --threads 1
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import time
 
 import numpy as np
 
-# asv imports every module under benchmarks/, also in virtualenvs without torch:
-# this script must import there; it only runs where torch is installed.
+# torch and threadpoolctl are optional for xlstm: main() says when they are missing.
 try:
     import torch
     from threadpoolctl import threadpool_limits

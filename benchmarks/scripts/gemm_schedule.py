@@ -14,9 +14,9 @@ alone take longer than torch's whole LSTM, no arrangement of NumPy calls can
 match torch at that shape: the element-wise work only adds to it.  Interleaved
 round-robin, 0.2 s pause between libraries, medians, 2 threads each::
 
-    python benchmarks/gemm_schedule.py                 # S2-S5, float32
-    python benchmarks/gemm_schedule.py --sizes S3 --rounds 9
-    python benchmarks/gemm_schedule.py --sizes "48,128,32,64"   # n_x,n_a,m,T
+    python benchmarks/scripts/gemm_schedule.py                 # S2-S5, float32
+    python benchmarks/scripts/gemm_schedule.py --sizes S3 --rounds 9
+    python benchmarks/scripts/gemm_schedule.py --sizes "48,128,32,64"   # n_x,n_a,m,T
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-# asv imports every module under benchmarks/, also where torch is missing.
+# torch and threadpoolctl are optional for xlstm: main() says when they are missing.
 try:
     import torch
     from threadpoolctl import threadpool_limits

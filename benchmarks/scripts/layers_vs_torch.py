@@ -12,8 +12,9 @@ reported.  Both libraries get the same number of threads (threadpoolctl for NumP
 ``torch.set_num_threads``).  Ratios: ``torch / xlstm`` (>= 1: xlstm is at least as fast) and
 ``lengths / padded`` for xlstm (<= 1: variable lengths cost no more than the padded batch)::
 
-    python benchmarks/layers_vs_torch.py                      # S3: n_x = n_a = 256, m = 64, T = 100
-    python benchmarks/layers_vs_torch.py --rounds 9 --threads 1 --configs 2x-bi 2x-bi-lengths
+    python benchmarks/scripts/layers_vs_torch.py      # S3: n_x = n_a = 256, m = 64, T = 100
+    python benchmarks/scripts/layers_vs_torch.py --rounds 9 --threads 1 \
+        --configs 2x-bi 2x-bi-lengths
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import time
 
 import numpy as np
 
-# asv imports every module under benchmarks/, also in virtualenvs without torch:
-# this script must import there; it only runs where torch is installed.
+# torch and threadpoolctl are optional for xlstm: main() says when they are missing.
 try:
     import torch
     from threadpoolctl import threadpool_limits
