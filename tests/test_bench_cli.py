@@ -58,7 +58,7 @@ def test_bad_sizes_exit_2_with_message(capsys):
 
 def test_bad_option_exit_2(capsys):
     assert cli.main(["--repeat", "0"]) == 2
-    assert "must be an integer >= 1" in one_line_error(capsys)
+    assert "expected a positive integer, got" in one_line_error(capsys)
     assert cli.main(["--sizes", TINY, "--no-such-option"]) == 2
     assert "unrecognized arguments: --no-such-option" in one_line_error(capsys)
 

@@ -23,7 +23,6 @@ import contextlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import platform
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import resolve_engine
+from .._cli import Parser, Progress, UsageError, non_negative_float, positive_int
 from . import _harness as H
 
 DEFAULT_SIZES = ",".join(H.SHAPES)
@@ -56,15 +56,8 @@ forward keeping what backward needs (xlstm's default, torch with autograd on);
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m xlstm bench",
         description="Time xlstm inference, forward and forward+backward against "
         "torch.nn.LSTM, a seed-style naive loop and a pure-GEMM floor.",
@@ -94,19 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sizes", default=DEFAULT_SIZES, help=f"shapes to run (default: {DEFAULT_SIZES})")
     add(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="timed calls per contestant and pass; reports the median (default: 5)",
     )
     add(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="CPU threads for every contestant: NumPy's BLAS and torch (default: 2)",
     )
     add(
         "--n-y",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         dest="n_y",
         help="output-layer size for xlstm and the naive loop (default: 2)",
@@ -136,33 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--pause",
-        type=_seconds,
+        type=non_negative_float,
         default=0.2,
         help="seconds to sleep when switching between CPU libraries (default: 0.2)",
     )
     add("--json", metavar="FILE", default=None, help="also write all results to FILE")
     add("--quiet", action="store_true", help="no progress display on stderr")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
-    return value
 
 
 def check_output_file(path: str) -> None:
@@ -269,32 +242,23 @@ def thread_limits(threads: int, use_torch: bool):
 # --------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """One status line on stderr (rewritten in place on a terminal)."""
+class _BenchProgress:
+    """The bench's status line: rounds done of all, elapsed seconds, the current step."""
 
     def __init__(self, total: int, quiet: bool):
-        self.total = total
-        self.done = 0
-        self.quiet = quiet
+        self.total, self.done, self.quiet = total, 0, quiet
         self.start = time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.line = Progress(sys.stderr, bar=sys.stderr.isatty())
 
     def show(self, text: str, *, advance: int = 0) -> None:
         self.done += advance
-        if self.quiet:
-            return
-        elapsed = time.perf_counter() - self.start
-        line = f"bench [{self.done}/{self.total}] {elapsed:5.1f}s  {text}"
-        if self.tty:
-            sys.stderr.write("\r\033[K" + line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.start
+            line = f"bench [{self.done}/{self.total}] {elapsed:5.1f}s  {text}"
+            self.line.update(self.done / max(1, self.total), line, force=True)
 
     def close(self) -> None:
-        if not self.quiet and self.tty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        self.line.clear()
 
 
 # --------------------------------------------------------------------------- running
@@ -584,8 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error already printed
+    except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
+    except UsageError as error:
+        return _fail(str(error))
     try:
         sizes = parse_sizes(args.sizes)
         if args.json is not None:
@@ -602,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     use_torch = peer_device is not None or backend.name == "torch"
     compile_s = H.jit_compile_seconds(engine, args.dtype)  # before any xlstm call
 
-    progress = Progress(total=len(sizes) * (args.repeat + 1), quiet=args.quiet)
+    progress = _BenchProgress(total=len(sizes) * (args.repeat + 1), quiet=args.quiet)
     rows, checks, memory, input_bytes = [], [], [], {}
     with thread_limits(args.threads, use_torch) as threads:
         for label, shape in sizes:

@@ -41,16 +41,27 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from .._backend import BACKENDS, get_namespace
+from .._cli import (
+    Parser,
+    Progress,
+    UsageError,
+    fraction,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from .data import default_corpus, n_tbptt_chunks, split_text, tbptt_batches, unigram_entropy
 from .model import CharLSTM
 from .optim import SGD, Adam, AdamW
+
+_FRACTION = fraction(0.5)  # --val-fraction and --dropout
 
 PROG = "python -m xlstm train"
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -83,17 +94,8 @@ FALLBACK_MEMORY = 64 * 2**30
 _HISTORY_KEYS = ("step", "seconds", "train_loss", "val_step", "val_loss")
 
 
-class UsageError(Exception):
-    """A bad command line or input file: reported as one line, exit status 2."""
-
-
 class _SaveError(Exception):
     """A checkpoint that could not be written (exit status 1)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -105,27 +107,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _number(text: str, convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str):
-    """``convert(text)`` if it parses and ``accept`` s it; otherwise the one-line usage error."""
-    try:
-        value = convert(text)
-    except ValueError:
-        value = None
-    if value is None or not accept(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _number(text, int, lambda value: value >= 1, "a positive integer")
-
-
-def _non_negative_int(text: str) -> int:
-    return _number(text, int, lambda value: value >= 0, "a non-negative integer")
-
-
 def _sample_length(text: str) -> int:
-    return _number(
+    return number(
         text,
         int,
         lambda value: 0 <= value <= MAX_SAMPLE_LENGTH,
@@ -139,18 +122,8 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-def _positive_float(text: str) -> float:
-    return _number(
-        text, float, lambda value: value > 0 and math.isfinite(value), "a positive number"
-    )
-
-
-def _fraction(text: str) -> float:
-    return _number(text, float, lambda value: 0.0 <= value <= 0.5, "a number in [0, 0.5]")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Train a character-level LSTM language model.",
         epilog=(
@@ -172,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"UTF-8 text, at most {MAX_TEXT_BYTES // 2**20} MiB (default: the bundled corpus)",
     )
     data.add_argument(
-        "--val-fraction", type=_fraction, default=0.1, help="held-out tail of the text"
+        "--val-fraction", type=_FRACTION, default=0.1, help="held-out tail of the text"
     )
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -180,34 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--device", default=None, help="device in the backend's terms, e.g. cuda:0")
     model.add_argument("--dtype", choices=("float32", "float64"), help=default("dtype"))
-    model.add_argument("--hidden", type=_positive_int, help=f"hidden units n_a {default('hidden')}")
+    model.add_argument("--hidden", type=positive_int, help=f"hidden units n_a {default('hidden')}")
     model.add_argument(
-        "--layers", type=_positive_int, help=f"stacked LSTM layers {default('layers')}"
+        "--layers", type=positive_int, help=f"stacked LSTM layers {default('layers')}"
     )
     model.add_argument(
-        "--dropout", type=_fraction, help=f"dropout between layers {default('dropout')}"
+        "--dropout", type=_FRACTION, help=f"dropout between layers {default('dropout')}"
     )
     model.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of initialisation and batching"
+        "--seed", type=non_negative_int, default=0, help="seed of initialisation and batching"
     )
     train = parser.add_argument_group("training")
-    train.add_argument("--batch", type=_positive_int, default=32, help="streams per batch m")
-    train.add_argument("--seq-len", type=_positive_int, default=64, help="truncated BPTT length T")
+    train.add_argument("--batch", type=positive_int, default=32, help="streams per batch m")
+    train.add_argument("--seq-len", type=positive_int, default=64, help="truncated BPTT length T")
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=default("optimizer"))
-    train.add_argument("--lr", type=_positive_float, help=f"learning rate {default('lr')}")
-    train.add_argument("--clip", type=_positive_float, help=f"global-norm clip {default('clip')}")
-    train.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
+    train.add_argument("--lr", type=positive_float, help=f"learning rate {default('lr')}")
+    train.add_argument("--clip", type=positive_float, help=f"global-norm clip {default('clip')}")
+    train.add_argument("--steps", type=positive_int, default=None, help="stop after N steps")
     train.add_argument(
-        "--time-limit", type=_positive_float, default=170.0, help="stop after this many seconds"
+        "--time-limit", type=positive_float, default=170.0, help="stop after this many seconds"
     )
     report = parser.add_argument_group("reporting and checkpoints")
-    report.add_argument("--eval-every", type=_positive_int, default=100, help="steps")
-    report.add_argument("--sample-every", type=_positive_int, default=500, help="steps")
+    report.add_argument("--eval-every", type=positive_int, default=100, help="steps")
+    report.add_argument("--sample-every", type=positive_int, default=500, help="steps")
     report.add_argument(
         "--sample-length", type=_sample_length, default=240, help="characters per sample"
     )
-    report.add_argument("--temperature", type=_positive_float, default=0.5)
-    report.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps")
+    report.add_argument("--temperature", type=positive_float, default=0.5)
+    report.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps")
     report.add_argument("--out", type=_path, default=Path("xlstm-run"), help="output directory")
     report.add_argument(
         "--resume",
@@ -517,37 +490,6 @@ class _Guarded:
             return bool(self.stream.isatty())
         except (OSError, ValueError, AttributeError):
             return False
-
-
-class Progress:
-    """A one-line progress bar on a terminal, plain log lines otherwise."""
-
-    def __init__(self, stream: TextIO, *, bar: bool) -> None:
-        self.stream = stream
-        self.bar = bar
-        self.last_draw = 0.0
-        self.width = 0
-
-    def update(self, fraction: float, text: str, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.bar:
-            if not force and now - self.last_draw < 0.2:
-                return
-            filled = int(24 * min(1.0, fraction))
-            line = f"[{'#' * filled}{'.' * (24 - filled)}] {text}"
-            self.stream.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-            self.stream.flush()
-            self.last_draw = now
-        elif force:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def clear(self) -> None:
-        if self.bar and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-            self.width = 0
 
 
 def sample_prime(train_text: str, limit: int = 600) -> str:

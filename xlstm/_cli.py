@@ -1,0 +1,124 @@
+"""What the command-line tools share: one-line usage errors, number parsers, a progress line.
+
+Every ``python -m xlstm`` command reports a bad argument as exactly one line on stderr
+and exit status 2, before any work starts; progress goes to stderr, rewritten in place on
+a terminal and as plain lines (or nothing) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+
+class UsageError(Exception):
+    """A bad command line or input file: reported as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors raise :class:`UsageError` (no exit, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+
+def number(text: str, convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str):
+    """``convert(text)`` if it parses and ``accept`` s it; otherwise a one-line usage error."""
+    try:
+        value = convert(text)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ``>= 1``."""
+    return number(text, int, lambda value: value >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer ``>= 0``."""
+    return number(text, int, lambda value: value >= 0, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    """A finite number ``> 0``."""
+    return number(
+        text, float, lambda value: value > 0 and math.isfinite(value), "a positive number"
+    )
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number ``>= 0`` (seconds, for example)."""
+    return number(
+        text, float, lambda value: value >= 0 and math.isfinite(value), "a finite number >= 0"
+    )
+
+
+def fraction(high: float) -> Callable[[str], float]:
+    """A parser of numbers in ``[0, high]``."""
+
+    def parse(text: str) -> float:
+        return number(text, float, lambda value: 0.0 <= value <= high, f"a number in [0, {high}]")
+
+    return parse
+
+
+class Progress:
+    """One progress line on a terminal (a bar, redrawn at most 5 times a second).
+
+    Parameters
+    ----------
+    stream : text stream
+        Where it goes (stderr).
+    bar : bool
+        Draw the bar in place (a terminal); otherwise only forced updates are written,
+        one plain line each.
+    """
+
+    def __init__(self, stream: TextIO, *, bar: bool) -> None:
+        self.stream = stream
+        self.bar = bar
+        self.last_draw = 0.0
+        self.width = 0
+
+    def update(self, fraction: float, text: str, *, force: bool = False) -> None:
+        """Show ``text`` with the bar ``fraction`` full (``force``: also as a plain line)."""
+        now = time.monotonic()
+        if self.bar:
+            if not force and now - self.last_draw < 0.2:
+                return
+            filled = int(24 * min(1.0, max(0.0, fraction)))
+            line = f"[{'#' * filled}{'.' * (24 - filled)}] {text}"
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            self.stream.flush()
+            self.last_draw = now
+        elif force:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        """Remove the bar (before other output)."""
+        if self.bar and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+__all__ = [
+    "Parser",
+    "Progress",
+    "UsageError",
+    "fraction",
+    "non_negative_float",
+    "non_negative_int",
+    "number",
+    "positive_float",
+    "positive_int",
+]
