@@ -124,7 +124,7 @@ DEEPBENCH_SIZES = {
 # One small shape for a CI smoke run (XLSTM_ASV_SIZES=smoke): checks that every
 # benchmark runs, in seconds; its timings mean little.
 SMOKE_SIZES = {"smoke": (16, 32, 8, 10)}
-# Not in params; for tests/test_asv_suite.py, which runs every benchmark once.
+# Not in params; for tests/tools/test_asv_suite.py, which runs every benchmark once.
 TEST_SIZES = {"tiny": (3, 5, 4, 6)}
 SIZE_SETS = {"cpu": CPU_SIZES, "deepbench": DEEPBENCH_SIZES, "smoke": SMOKE_SIZES}
 ALL_SIZES = {**CPU_SIZES, **DEEPBENCH_SIZES, **SMOKE_SIZES, **TEST_SIZES}

@@ -88,7 +88,7 @@ RUNS = {
 N_Y = 2
 REF_DIR = Path(os.environ.get("XLSTM_REF_DIR", "/tmp/xlstm_gpu_check_ref"))
 FLOAT16_TOL = 8 * 2.0**-11
-"""Fused float16 against float64 at the test shapes (tests/test_cupy_cpu.py derives it)."""
+"""Fused float16 against float64 at the test shapes (tests/engines/test_cupy_cpu.py derives it)."""
 
 
 # --------------------------------------------------------------------------- inputs, reference

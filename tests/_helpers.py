@@ -10,10 +10,13 @@ backend with ``xp.asarray(..., dtype=...)``; every comparison happens in NumPy v
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass, field
 
 import array_api_compat as aac
 import numpy as np
+import pytest
 
 PARAM_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
 GATE_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo")
@@ -234,3 +237,34 @@ def central_difference(loss, arrays: dict, names, *, step: float) -> dict:
             g[idx] = (values[0] - values[1]) / (2 * step)
         grads[name] = g
     return grads
+
+
+# --------------------------------------------------------------------------- backends
+
+BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
+
+
+@functools.cache
+def load_backend(name: str):
+    """Return (namespace, None) for an importable backend, else (None, reason)."""
+    try:
+        if name == "jax":
+            jax = importlib.import_module("jax")
+            jax.config.update("jax_enable_x64", True)
+            lib = importlib.import_module("jax.numpy")
+        else:
+            lib = importlib.import_module(name)
+        if name == "cupy" and lib.cuda.runtime.getDeviceCount() < 1:
+            return None, "cupy imports but no CUDA device is present"
+        zero = lib.asarray(0.0)
+    except Exception as exc:  # any import or device failure just means: not available here
+        return None, f"{name} not available: {type(exc).__name__}: {exc}"
+    return aac.array_namespace(zero), None
+
+
+def require_backend(name: str):
+    """The namespace of backend ``name``, or skip the test."""
+    ns, reason = load_backend(name)
+    if ns is None:
+        pytest.skip(reason)
+    return ns

@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from _helpers import to_numpy
-from conftest import require_backend
+from _helpers import require_backend, to_numpy
 
 import xlstm
 from xlstm import convert

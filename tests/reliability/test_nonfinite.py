@@ -12,8 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _helpers import to_numpy
-from conftest import require_backend
+from _helpers import require_backend, to_numpy
 
 import xlstm
 from xlstm._engines.dispatch import ENGINES

@@ -72,7 +72,7 @@ one graph per shape, but pay the padded products the shrinking batch saves.
 
 The engine reaches CuPy only through :func:`_runtime`, one small object, so that
 its bookkeeping (segments, buffers, capture, copy-in and copy-out, row order) can
-also be exercised on a CPU with a NumPy stand-in (``tests/test_cupy_cpu.py``).
+also be exercised on a CPU with a NumPy stand-in (``tests/engines/test_cupy_cpu.py``).
 """
 
 from __future__ import annotations

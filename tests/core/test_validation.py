@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _helpers import PARAM_KEYS, SEQ_GRAD_KEYS, random_problem, to_numpy
-from conftest import require_backend
+from _helpers import PARAM_KEYS, SEQ_GRAD_KEYS, random_problem, require_backend, to_numpy
 
 import xlstm
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 import pytest
-from _helpers import PARAM_KEYS, backend_name, to_numpy
-from conftest import require_backend
+from _helpers import PARAM_KEYS, backend_name, require_backend, to_numpy
 
 import xlstm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULES = {"numpy": "numpy", "torch": "torch", "jax": "jax.numpy", "cupy": "cupy"}
 MODULES["array_api_strict"] = "array_api_strict"
 

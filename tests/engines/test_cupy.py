@@ -7,7 +7,7 @@ variable lengths) in float64.  Covered: float32/float64/float16, variable-length
 batches (lengths 1 and T included) and the reverse direction of the layers,
 final-state gradients, the memory-saving (inference) forward, and bitwise
 identical results run to run.  The same engine is checked without a GPU, with a
-NumPy stand-in, in ``tests/test_cupy_cpu.py`` (which also derives the float16
+NumPy stand-in, in ``tests/engines/test_cupy_cpu.py`` (which also derives the float16
 tolerance, ``TOL_FLOAT16 = 8 u``).
 """
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _helpers import SEQ_GRAD_KEYS, random_problem, record_worst, rel_err, to_numpy
-from conftest import require_backend
+from _helpers import SEQ_GRAD_KEYS, random_problem, record_worst, rel_err, require_backend, to_numpy
 
 import xlstm
 from xlstm._engines import cache as _cache
@@ -37,7 +36,7 @@ GPU_SHAPES = {
 # fused vs generic on CuPy: the same algorithm, summed in a different order.
 TOL = {"float64": 1e-12, "float32": 2e-5}
 # float16 storage, float32 math and accumulation, against float64 on the same values:
-# a few float16 roundings (u = 2**-11) per step; see tests/test_cupy_cpu.py.
+# a few float16 roundings (u = 2**-11) per step; see tests/engines/test_cupy_cpu.py.
 TOL_FLOAT16 = 8 * 2.0**-11
 LENGTHS = [5, 1, 3, 5]  # for the "generic" shape (T = 5, m = 4): 1 and T included
 

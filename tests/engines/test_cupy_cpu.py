@@ -22,7 +22,7 @@ What runs here, and what it proves:
   functions and layers through the CuPy engine), the graph-replay switch, and
   that nothing imports CuPy before it is used.
 
-The same checks on a real GPU are in ``tests/test_cupy.py``.
+The same checks on a real GPU are in ``tests/engines/test_cupy.py``.
 
 Float16 tolerance against float64 (same float16-representable inputs): the unit
 roundoff of float16 is ``u = 2**-11 = 4.9e-4``.  One kernel output is its float32
@@ -61,7 +61,7 @@ from xlstm._engines.numpy import engine as numpy_engine
 from xlstm._layout import GATE_ORDER, GATE_PARAMETERS
 from xlstm.parameters import pack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 

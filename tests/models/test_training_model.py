@@ -11,7 +11,6 @@ import pytest
 from _helpers import PARAM_KEYS, backend_name, rel_err, to_numpy
 
 from xlstm._layout import GATE_KEYS, layer_key
-
 from xlstm.training import (
     SGD,
     Adam,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from _helpers import asxp, backend_name, record_worst, rel_err, to_numpy
 
+from xlstm import LSTM as StackedLSTM
 from xlstm.convert import from_torch, to_torch
 from xlstm.layers import multilayer_backward, multilayer_forward
-from xlstm import LSTM as StackedLSTM
 
 torch = pytest.importorskip("torch")
 
