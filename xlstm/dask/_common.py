@@ -8,6 +8,7 @@ Shape legend: ``x (n_x, m, T)`` or integer ids ``(m, T)``; states ``(n_a, m)``; 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +18,17 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 from dask.base import tokenize
+from dask.utils import parse_bytes
 
 from .. import _validation
 from .._backend import library_name, namespace_of
+from .._engines.dispatch import engine_option, select_engine
 from ..training.loss import one_hot
 
 FORWARD_PREFIX = "xlstm-forward-"
 GRADIENT_PREFIX = "xlstm-gradients-"
 """Names of the per-chunk task layers; their keys are ``(name, chunk index)``."""
+CHUNK_TASKS = {FORWARD_PREFIX: "the forward pass", GRADIENT_PREFIX: "the gradient pass"}
 
 
 def check_collection(name: str, value: Any) -> None:
@@ -49,6 +53,11 @@ def model_namespace(parameters: Any) -> tuple[Any, _validation.Sizes]:
     _validation.check_parameter_dict(parameters)
     xp = namespace_of(_validation.named_parameters(parameters))
     return xp, _validation.parameter_sizes(parameters)
+
+
+def check_engine(engine: Any, xp: Any, dtype: Any, *, lengths: bool = False) -> None:
+    """A named engine that cannot run is an error here, before any task runs."""
+    select_engine(xp, dtype, engine_option(engine), lengths=lengths)
 
 
 def check_inputs(x: Any, parameters: Any, sizes: _validation.Sizes) -> tuple[int, int, bool]:
@@ -131,24 +140,48 @@ def default_client(client: Any) -> Any:
 
 
 def ship_parameters(parameters: Mapping[str, Any], client: Any) -> Any:
-    """A reference to the parameter dict that every task shares.
+    """A reference to the parameter dict that every task shares (see :func:`ship`)."""
+    return ship({key: parameters[key] for key in parameters}, client, "parameters")
 
-    With a client, the dict is scattered once to every worker.  The list form matters: a
-    scattered *dict* uses its keys as the data's names, so new weights scattered later
-    under the same names would leave the workers holding the old ones; a list element is
-    named by a hash of its content.  Without a client it becomes one graph key.
+
+def ship(value: Any, client: Any, label: str) -> Any:
+    """``value`` as one key of its own that tasks take as an argument: it travels once.
+
+    The key has a fresh name every time.  A name derived from the content, or the keys
+    of a scattered dict, can name data the workers already hold: new weights under an
+    old name would be ignored, and the same weights sent again can meet the release of
+    the previous call's copy under that name.
+
+    With a client the key is persisted, not scattered: the scheduler keeps the recipe
+    (the value itself), so a copy lost with a worker is made again.  Scattered data has
+    none; the active memory manager soon trims a broadcast to one replica, and once the
+    worker holding it dies the tasks that need it are cancelled, which also turns a task
+    that keeps killing workers into "lost dependencies" instead of an error naming it.
     """
-    plain = {key: parameters[key] for key in parameters}
+    shipped = dask.delayed(value, name=f"xlstm-{label}-{uuid.uuid4().hex}", traverse=False)
     if client is None:
-        return dask.delayed(plain, pure=True, traverse=False)
-    [future] = client.scatter([plain], broadcast=True)
-    return future
+        return shipped
+    size = sum(int(getattr(item, "nbytes", 0)) for item in _arrays_of(value))
+    threshold = dask.config.get("distributed.admin.large-graph-warning-threshold")
+    # The warning advises embedding large data once, in a delayed object: this is that.
+    limit = max(parse_bytes(threshold), size + (1 << 20))
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": limit}):
+        return client.persist(shipped)
 
 
-def chunk_error(error: BaseException, names: dict[str, str]) -> RuntimeError | None:
+def _arrays_of(value: Any) -> list:
+    if isinstance(value, Mapping):
+        return list(value.values())
+    parameters = getattr(value, "parameters", None)
+    return list(parameters.values()) if isinstance(parameters, Mapping) else []
+
+
+def chunk_error(error: BaseException) -> RuntimeError | None:
     """A ``RuntimeError`` naming the chunk whose task killed workers, else ``None``.
 
-    ``names`` maps a task-layer prefix to what its chunks are called in messages.
+    The per-chunk tasks are named ``(xlstm-forward-..., j)`` or ``(xlstm-gradients-...,
+    j)``; after dask's graph optimisation an output's task, ``(y-xlstm-forward-..., 0, j,
+    0)``, may run the recurrence instead.  ``j`` is the chunk's index along the batch.
     """
     try:
         from distributed import KilledWorker
@@ -158,13 +191,15 @@ def chunk_error(error: BaseException, names: dict[str, str]) -> RuntimeError | N
         return None
     key = error.task
     where = f"task {key!r}"
-    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str):
-        for prefix, what in names.items():
-            if key[0].startswith(prefix):
-                where = f"{what} of batch chunk {key[1]}"
+    if isinstance(key, str) and key.startswith(("xlstm-sum-", "xlstm-mean-")):
+        where = "the sum of the gradients"
+    if isinstance(key, tuple) and len(key) >= 2 and isinstance(key[0], str):
+        for prefix, what in CHUNK_TASKS.items():
+            if prefix in key[0]:
+                where = f"{what} of batch chunk {key[1] if len(key) == 2 else key[2]}"
     msg = (
         f"{where} killed {error.allowed_failures + 1} workers in a row and was given up "
-        "(out of memory? a crash in a native library?); the other chunks were not affected"
+        "(out of memory? a crash in a native library?)"
     )
     return RuntimeError(msg)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -100,8 +101,9 @@ def lstm_forward(
         in memory (cut into the same slices); ``None`` is zeros.
     parameters : dict
         The seed's dict ``Wf, Wi, Wc, Wo (n_a, n_a + n_x)``, ``bf ... bo (n_a, 1)``,
-        ``Wy (n_y, n_a)``, ``by (n_y, 1)`` as NumPy or CuPy arrays.  With a distributed
-        client they are scattered to every worker once per call.
+        ``Wy (n_y, n_a)``, ``by (n_y, 1)`` as NumPy or CuPy arrays.  They travel once per
+        call, as one key of the graph under a fresh name (persisted with a distributed
+        client, so that a copy lost with a worker is made again).
     c0 : array, shape (n_a, m), optional
         Initial cell state, as ``a0``.  Default: zeros.
     lengths : integer array or sequence, shape (m,), optional
@@ -113,8 +115,9 @@ def lstm_forward(
     engine : str, default "auto"
         The engine each task uses (see :func:`xlstm.lstm_forward`).
     client : distributed.Client, optional
-        Where to scatter the parameters.  Default: the active client if there is one,
-        else the parameters become one key of the graph (any dask scheduler).
+        Where the parameters are persisted.  Default: the active client if there is one;
+        without one the graph runs on any dask scheduler.  With a client, compute the
+        outputs on it.
 
     Returns
     -------
@@ -157,6 +160,7 @@ def lstm_forward(
         if not np.issubdtype(lengths.dtype, np.integer):
             raise TypeError(f"`lengths` has dtype {lengths.dtype}; expected an integer dtype")
         # Values are checked in each task by xlstm.lstm_forward (within [1, T]).
+    _common.check_engine(engine, xp, parameters["Wf"].dtype, lengths=lengths is not None)
 
     client = _common.default_client(client)
     shipped = _common.ship_parameters(parameters, client)
@@ -188,4 +192,32 @@ def lstm_forward(
     return a, y, c, (output(3, sizes.n_a, 2), output(4, sizes.n_a, 2))
 
 
-__all__ = ["lstm_forward"]
+def compute(*collections: Any, client: Any = None, **options: Any) -> tuple:
+    """``dask.compute`` of the outputs of :func:`lstm_forward` (or any dask collections).
+
+    The same results; the difference is the error when a chunk's task keeps killing
+    workers (out of memory, a crash in a native library): a ``RuntimeError`` naming the
+    chunk's index along the batch instead of ``distributed.KilledWorker``.
+
+    Parameters
+    ----------
+    *collections
+        Dask arrays (or other collections).
+    client : distributed.Client, optional
+        Default: the active client, else dask's local scheduler.
+    **options
+        Passed to ``dask.compute`` / ``Client.compute``.
+    """
+    client = _common.default_client(client)
+    try:
+        if client is None:
+            return dask.compute(*collections, **options)
+        return tuple(client.gather(client.compute(list(collections), **options)))
+    except Exception as error:
+        translated = _common.chunk_error(error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+__all__ = ["compute", "lstm_forward"]
