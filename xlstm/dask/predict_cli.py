@@ -38,31 +38,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .._cli import Parser, UsageError, positive_int
+from .cluster import connect
+
 PROG = "python -m xlstm predict"
-CONNECT_TIMEOUT = "30s"
-
-
-class UsageError(Exception):
-    """A bad command line, checkpoint or input file: one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Softmax outputs y (n_y, m, T) of a saved model, computed on dask workers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -74,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help=".npy written: (n_y, m, T)")
     parser.add_argument(
         "--batch-chunk",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="sequences per task (default: about four tasks per worker)",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
     where.add_argument(
-        "--workers", type=_positive_int, default=None, help="start N local worker processes"
+        "--workers", type=positive_int, default=None, help="start N local worker processes"
     )
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     parser.add_argument("--engine", default="auto", help="engine of each task (xlstm.engines)")
@@ -261,39 +244,7 @@ def _input_array(path: Path, data: np.ndarray, chunk: int, predictor: Predictor,
 
 def _connect(args: argparse.Namespace, stack: contextlib.ExitStack) -> Any:
     """A client for ``--scheduler`` / ``--workers`` (closed by ``stack``), else ``None``."""
-    if args.scheduler is None and args.workers is None:
-        return None
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UsageError("--scheduler/--workers need dask.distributed (the `dask` extra)") from None
-    if args.workers is not None:
-        import dask
-
-        # The nannies restart a worker that dies.  The cluster would also close for good a
-        # nanny whose worker is absent when this timeout ends, which a worker killed again
-        # (a chunk that keeps killing workers) can be at that instant.
-        stack.enter_context(dask.config.set({"distributed.deploy.lost-worker-timeout": "24h"}))
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=args.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                # The scheduler's HTTP routes (health, metrics) would otherwise take port
-                # 8787, or warn and move when another cluster on this machine holds it.
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            )
-        )
-        client = Client(cluster)
-    else:
-        try:
-            client = Client(args.scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as error:
-            raise UsageError(f"--scheduler {args.scheduler!r}: cannot connect ({error})") from None
-    stack.callback(client.close, timeout=10)
-    return client
+    return connect(args.scheduler, args.workers, stack)
 
 
 def _check_workers_see(client: Any, path: Path) -> None:

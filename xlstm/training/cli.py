@@ -35,6 +35,7 @@ other step kept, validation steps always), so that the record stays small.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -192,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint (default: OUT/checkpoint.npz)",
     )
     report.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    scale = parser.add_argument_group("data-parallel training on dask (the `dask` extra)")
+    where = scale.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
+    where.add_argument(
+        "--workers", type=positive_int, default=None, help="start N local worker processes"
+    )
+    scale.add_argument(
+        "--batch-chunk", type=positive_int, default=None,
+        help="streams per task (default: the batch split evenly over the workers)",
+    )  # fmt: skip
     return parser
 
 
@@ -668,7 +679,13 @@ def main(
         except UsageError as error:
             print(f"{PROG}: error: {error}", file=stderr)
             return 2
-        return _train(args, run, stdout, stderr)
+        with contextlib.ExitStack() as stack:
+            try:
+                step = _step_function(args, run.model, stack)
+            except UsageError as error:
+                print(f"{PROG}: error: {error}", file=stderr)
+                return 2
+            return _train(args, run, stdout, stderr, step)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=stderr)
         return 130
@@ -679,7 +696,35 @@ def _stream(stream: TextIO | None) -> TextIO:
     return open(os.devnull, "w", encoding="utf-8") if stream is None else stream
 
 
-def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded) -> int:
+def _step_function(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitStack):
+    """``step(inputs, targets, state) -> (loss, state)``: in this process, or data-parallel.
+
+    With ``--scheduler``/``--workers`` each batch is chunked along its streams and the
+    gradients are computed on the dask workers (:class:`xlstm.dask.DataParallelTrainer`);
+    progress, samples and checkpoints are the same as in one process.
+    """
+    if args.scheduler is None and args.workers is None:
+        return lambda inputs, targets, state: model.train_step(inputs, targets, state=state)
+    from ..dask.cluster import connect
+
+    client = connect(args.scheduler, args.workers, stack)
+    import dask.array as da
+
+    from ..dask import DataParallelTrainer
+
+    trainer = DataParallelTrainer(model, client=client)
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    chunk = args.batch_chunk or max(1, -(-args.batch // workers))
+
+    def step(inputs, targets, state):
+        x = da.from_array(inputs, chunks=(chunk, -1))
+        y = da.from_array(targets, chunks=(chunk, -1))
+        return trainer.step(x, y, state=state)
+
+    return step
+
+
+def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, train_step) -> int:
     model: CharLSTM = run.model
     out: Path = args.out
     checkpoint = out / CHECKPOINT_NAME
@@ -743,7 +788,7 @@ def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded) -> int:
                 run.train_ids, args.batch, args.seq_len, offset=offset
             ):
                 tick = time.perf_counter()
-                loss, state = model.train_step(inputs, targets, state=state)
+                loss, state = train_step(inputs, targets, state)
                 loss_value = float(loss)
                 train_seconds += time.perf_counter() - tick
                 chars += inputs.size
