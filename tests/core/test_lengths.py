@@ -308,11 +308,13 @@ def test_two_row_groups_in_two_threads(monkeypatch):
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         if not _threads.pair_is_parallel(1):
             pytest.skip("this BLAS cannot be limited to two threads")
-        _, _, _, caches = xlstm.lstm_forward(prob.x, prob.a0, prob.params, prob.c0, lengths=lengths)
+        _, _, _, caches = xlstm.lstm_forward(
+            prob.x, prob.a0, prob.params, prob.c0, lengths=lengths, engine="numpy"
+        )
         assert len(masked._groups(caches[0].lengths)) == 2
-        fast = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n)
+        fast = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n, engine="numpy")
     # The same cache in one thread, and through the generic engine.
-    in_turn = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n)
+    in_turn = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n, engine="numpy")
     generic_cache = xlstm.lstm_backward(da, caches, dc, da_n=da_n, dc_n=dc_n, fused=False)
     _, _, _, ref_caches = xlstm.lstm_forward(
         prob.x, prob.a0, prob.params, prob.c0, lengths=lengths, fused=False

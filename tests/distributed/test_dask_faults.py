@@ -76,7 +76,9 @@ def test_a_worker_killed_during_inference(process_client):
     from distributed import as_completed
 
     parameters, x, a0, _, _ = _problem(t_x=400)
-    y = xd.lstm_forward(da.from_array(x, chunks=(16, 2, 400)), a0, parameters)[1]
+    # The generic engine keeps the workers busy long enough for the kill to land mid-run.
+    chunked = da.from_array(x, chunks=(16, 2, 400))
+    y = xd.lstm_forward(chunked, a0, parameters, engine="generic")[1]
     blocks = process_client.compute(list(y.to_delayed().ravel()))
     next(as_completed(blocks))  # the workers are busy: kill one of them now
     assert sum(block.done() for block in blocks) < len(blocks) // 2

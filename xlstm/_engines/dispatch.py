@@ -34,6 +34,10 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("generic", "xlstm._engines.generic", backends=None),
         EngineSpec("numpy", "xlstm._engines.numpy.engine", ("numpy",), numpy_in_place=True),
         EngineSpec(
+            "numba", "xlstm._engines.numba.engine", ("numpy",), requires="numba", extra="cpu",
+            numpy_in_place=True,
+        ),
+        EngineSpec(
             "cupy", "xlstm._engines.cupy.engine", ("cupy",), requires="cupy", extra="cuda12",
             supports_lengths=True, supports_final_state_grads=True,
         ),
@@ -41,7 +45,7 @@ ENGINES: dict[str, EngineSpec] = {
 }  # fmt: skip
 """Every engine, by the name users pass as ``engine=``."""
 
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"numpy": ("numpy",), "cupy": ("cupy",)}
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"numpy": ("numba", "numpy"), "cupy": ("cupy",)}
 """Per backend, the fast engines ``"auto"`` tries in turn before ``"generic"``."""
 
 ENGINE_CHOICES = ("auto", *ENGINES)
