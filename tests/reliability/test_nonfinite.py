@@ -20,7 +20,9 @@ from xlstm.layers import multilayer_backward, multilayer_forward
 from xlstm.training import loss_and_gradients
 
 N_X, M, T, N_A, N_Y = 3, 2, 5, 4, 3
-HOST_ENGINES = [name for name in ENGINES if name != "cupy"]  # generic, numpy, numba if present
+HOST_ENGINES = [  # generic, numpy, and numba where it is installed
+    name for name, spec in ENGINES.items() if name != "cupy" and spec.installed()
+]
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((N_X, M, T))
 PARAMS = xlstm.init_parameters(N_X, N_A, N_Y, seed=0, dtype="float64")
