@@ -14,21 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._cli import Parser, UsageError
+
 PROG = "python -m xlstm export"
 _INSTALL = "pip install 'xlstm-arrayapi[onnx]'"
 
 
-class UsageError(Exception):
-    """A bad command line, checkpoint or environment: one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Write a saved xlstm model as an ONNX model (for ONNX Runtime).",
     )
