@@ -206,15 +206,17 @@ def _project(w_b, inputs, gates, first, gate_rows, k):
 # --------------------------------------------------------------------------- forward
 
 
-def forward(
-    x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None,
-    fused: bool | None = None,
-):  # fmt: skip
-    """Run the sequence (contract: :class:`~xlstm._engines.contract.EngineModule`).
+def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = None):
+    """Run the sequence (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
+    return _forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths, fused=None)
 
-    ``fused`` (not part of the contract) forces how the pre-activations are made: one
-    product per step (``True``), or a per-segment input projection plus a per-step
+
+def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None):
+    """:func:`forward`, with ``fused`` choosing how the pre-activations are made.
+
+    One product per step (``True``), or a per-segment input projection plus a per-step
     recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).
+    :func:`compile_seconds` forces both, to compile every kernel.
     """
     step_kernel = _kernels().forward_step
     t_x, m, n_x = (int(s) for s in x.shape)
@@ -456,7 +458,7 @@ def compile_seconds(dtype: Any = "float32") -> float:
     for fused in (True, False):
         for recompute in (False, True):
             for lengths in (None, np.array([2, 3], np.int64)):
-                cache = forward(x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused)
+                cache = _forward(x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused)
                 for dc in (None, da):
                     backward(cache, x, da, dc)
     return time.perf_counter() - started
