@@ -232,6 +232,13 @@ class LSTMModel:
             engine=self.engine, parameters=gates,
         )  # fmt: skip
 
+    def _layers(self) -> list[dict[str, Any]]:
+        """The gate parameters as :func:`~xlstm.layers.multilayer_forward`'s ``layers``."""
+        return [
+            {key: self._parameters[layer_key(key, layer)] for key in GATE_KEYS}
+            for layer in range(self.num_layers)
+        ]
+
     @property
     def backend(self) -> str:
         """Backend name: ``"numpy"``, ``"torch"``, ..."""
@@ -325,7 +332,7 @@ class LSTMModel:
             last = (a[:, :, -1], c[:, :, -1])
             return y, tuple(self.xp.asarray(v, copy=True) for v in last)
         outputs, final, _ = multilayer_forward(
-            x, self.lstm.layers, training=False, a0=a0, c0=c0, engine=self.engine, cache=False
+            x, self._layers(), training=False, a0=a0, c0=c0, engine=self.engine, cache=False
         )
         logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
         return _softmax(logits, 0, self.xp), final
@@ -339,7 +346,7 @@ class LSTMModel:
                 x, targets, _seed_keys(self._parameters), a0, c0, mask, engine=self.engine
             )
         outputs, final, _ = multilayer_forward(
-            x, self.lstm.layers, training=False, a0=a0, c0=c0, engine=self.engine, cache=False
+            x, self._layers(), training=False, a0=a0, c0=c0, engine=self.engine, cache=False
         )
         logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
         loss, _ = softmax_cross_entropy(logits, targets, mask)
@@ -362,9 +369,8 @@ class LSTMModel:
                 {"d" + k: v for k, v in _model_keys({k[1:]: v for k, v in grads.items()}).items()},
                 final,
             )
-        lstm = self.lstm
         outputs, final, cache = multilayer_forward(
-            x, lstm.layers, dropout=self.dropout, seed=self._dropout_rng, training=True,
+            x, self._layers(), dropout=self.dropout, seed=self._dropout_rng, training=True,
             a0=a0, c0=c0, engine=self.engine,
         )  # fmt: skip
         Wy = self._parameters["Wy"]
