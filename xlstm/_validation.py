@@ -163,3 +163,18 @@ def check_dropout(dropout: Any) -> float:
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"`dropout` = {dropout}; expected a value in [0, 1)")
     return float(dropout)
+
+
+def check_seed(seed: Any) -> int | None:
+    """``seed`` of a model as an int for ``numpy.random.SeedSequence`` (or ``None``).
+
+    ``None``, a non-negative (NumPy) int, or a ``numpy.random.Generator`` (one int is drawn
+    from it); anything else is a ``ValueError`` naming ``seed``.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` = {seed!r}; expected None, a non-negative int or a Generator")
+    return int(seed)

@@ -31,7 +31,7 @@ from . import checkpoint
 from ._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from ._engines.dispatch import engine_option
 from ._layout import GATE_KEYS, GATE_ORDER, layer_key
-from ._validation import check_dropout, check_size
+from ._validation import check_dropout, check_seed, check_size
 from .convert import weights as convert
 from .layers import multilayer_backward, multilayer_forward
 from .parameters import init_parameters
@@ -97,11 +97,7 @@ class LSTM:
         self.bidirectional = bidirectional
         self.dropout = check_dropout(dropout)
         self.engine = engine_option(engine, fused)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
-        ):
-            raise ValueError(f"`seed` = {seed!r}; expected None or a non-negative int")
-        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
+        init_seed, dropout_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
         if parameters is None:
             rng = np.random.default_rng(init_seed)

@@ -36,7 +36,7 @@ from .. import checkpoint
 from .._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from .._engines.dispatch import engine_option
 from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
-from .._validation import check_dropout, check_size
+from .._validation import check_dropout, check_seed, check_size
 from ..activations import _softmax, softmax
 from ..cell import lstm_cell_forward
 from ..layers import multilayer_backward, multilayer_forward
@@ -137,7 +137,7 @@ class LSTMModel:
         self.num_layers = check_size("num_layers", num_layers)
         self.dropout = check_dropout(dropout)
         self.engine = engine_option(engine, fused)
-        init_seed, dropout_seed = np.random.SeedSequence(_check_seed(seed)).spawn(2)
+        init_seed, dropout_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
         if parameters is None:
             parameters = self._initial_parameters(backend, device, dtype, seed, init_seed)
@@ -634,14 +634,6 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
         model.opt_state = state
     model.extra = dict(meta.get("extra", {}))
     return model
-
-
-def _check_seed(seed: Any) -> Any:
-    if seed is None or isinstance(seed, np.random.Generator):
-        return None if seed is None else int(seed.integers(2**63))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` = {seed!r}; expected None, a non-negative int or a Generator")
-    return int(seed)
 
 
 __all__ = ["CharLSTM", "CheckpointError", "LSTMModel", "load_model", "read_checkpoint"]
