@@ -37,32 +37,24 @@ from typing import Any, NamedTuple
 import array_api_compat
 import numpy as np
 
-from . import _threads, _validation
+from . import _direction, _threads, _validation
 from ._backend import namespace_of
-from ._engines.cache import SequenceCache, final_state, sequence_states, time_major
-from ._engines.contract import Engine
-from ._engines.dispatch import engine_option, select_engine
-from ._engines.lengths import check_lengths, reverse_time
+from ._direction import Direction
+from ._engines.cache import time_major
+from ._engines.dispatch import engine_option
+from ._engines.lengths import check_lengths
 from ._errstate import ieee_arithmetic
 from ._layout import GATE_GRADIENT_KEYS, GATE_KEYS
 from ._validation import shape_of
-from .parameters import pack, unpack_gradients
 
-
-class DirectionCache(NamedTuple):
-    """One direction of one layer: the engine's cache and the input it read."""
-
-    cache: SequenceCache
-    x: Any
-    """Input as the engine saw it, time-major ``(T, m, n_in)`` (time-reversed for the reverse
-    direction)."""
-    engine: Engine
+DirectionCache = Direction
+"""One direction of one layer (:class:`xlstm._direction.Direction`); the name of 0.1."""
 
 
 class MultiLayerCache(NamedTuple):
     """What :func:`multilayer_backward` needs from :func:`multilayer_forward`."""
 
-    directions: tuple[DirectionCache, ...]
+    directions: tuple[Direction, ...]
     """``L * D`` entries in ``torch.nn.LSTM`` order."""
     dropout_masks: tuple[Any, ...]
     """Per layer: the scaled mask ``(T, m, D n_a)`` applied to its input, or ``None``."""
@@ -71,8 +63,6 @@ class MultiLayerCache(NamedTuple):
     num_layers: int
     bidirectional: bool
     n_a: int
-    engine: str
-    """The engine choice of the forward pass (``"auto"``, ``"numpy"``, ...); backward uses it."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -248,23 +238,21 @@ def multilayer_forward(
     count = num_layers * directions
     h0s, c0s = _initial_states(a0, c0, count, n_a, m, xp, x.dtype, device)
     choice = engine_option(engine, fused)
-    runner = select_engine(xp, x.dtype, choice, lengths=lengths is not None)
+    selected = _direction.select(xp, x.dtype, choice, lengths=lengths is not None)
     # Independent directions side by side in two threads (see xlstm._threads).
-    threaded = runner.spec.numpy_in_place
+    threaded = selected.spec.numpy_in_place
     rng = None
     if training and rate > 0.0 and num_layers > 1:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def run_direction(index: int, reverse: bool, inputs_tm: Any):
-        seen_tm = reverse_time(inputs_tm, lengths, xp) if reverse else inputs_tm
-        W, b = pack(layers[index], xp)
-        cache = runner.forward(
-            seen_tm, h0s[index], c0s[index], W, b, xp=xp, recompute=recompute, lengths=lengths
-        )
-        states, _ = sequence_states(cache, xp)
-        h_n, c_n = final_state(cache, xp)
-        states = reverse_time(states, lengths, xp) if reverse else states
-        return DirectionCache(cache, seen_tm, runner), states, h_n.T, c_n.T
+        run = _direction.forward(
+            inputs_tm, h0s[index], c0s[index], layers[index], xp=xp, choice=choice,
+            recompute=recompute, lengths=lengths, reverse=reverse, engine=selected,
+        )  # fmt: skip
+        states, _ = _direction.states(run, xp)
+        h_n, c_n = _direction.final_states(run, xp)
+        return run, states, h_n.T, c_n.T
 
     inputs_tm = time_major(x, xp)
     results, masks = [], []
@@ -295,7 +283,7 @@ def multilayer_forward(
     if not keep:
         return outputs, finals, None
     record = MultiLayerCache(
-        tuple(directions_cache), tuple(masks), lengths, num_layers, bidirectional, n_a, choice
+        tuple(directions_cache), tuple(masks), lengths, num_layers, bidirectional, n_a
     )
     return outputs, finals, record
 
@@ -334,7 +322,7 @@ def multilayer_backward(
         raise TypeError("`cache` must be the MultiLayerCache returned by multilayer_forward")
     directions = 2 if cache.bidirectional else 1
     count = cache.num_layers * directions
-    n_a, lengths = cache.n_a, cache.lengths
+    n_a = cache.n_a
     reference = cache.directions[0].x
     arrays = {"d_outputs": d_outputs, "cache input": reference}
     final_grads = d_a_n is not None or d_c_n is not None
@@ -349,28 +337,26 @@ def multilayer_backward(
             _validation.check_shape(name, value, (count, n_a, m), "(num_layers * D, n_a, m)")
 
     def run_direction(index: int, reverse: bool, d_inputs_tm: Any):
-        entry = cache.directions[index]
         direction = 1 if reverse else 0
-        da_tm = d_inputs_tm[..., direction * n_a : (direction + 1) * n_a]
-        if reverse:
-            da_tm = reverse_time(da_tm, lengths, xp)
         final = {}
         if d_a_n is not None:
             final["dh_n"] = d_a_n[index, ...].T
         if d_c_n is not None:
             final["dc_n"] = d_c_n[index, ...].T
-        dx_tm, dh0, dc0, d_weights, d_bias = runners[index].backward(
-            entry.cache, entry.x, da_tm, None, xp=xp, **final
+        dx_tm, dh0, dc0, grads = _direction.backward(
+            cache.directions[index],
+            d_inputs_tm[..., direction * n_a : (direction + 1) * n_a],
+            xp=xp,
+            engine=engines[index],
+            **final,
         )
-        if reverse:
-            dx_tm = reverse_time(dx_tm, lengths, xp)
-        return dx_tm, unpack_gradients(d_weights, d_bias, n_a, xp), dh0.T, dc0.T
+        return dx_tm, grads, dh0.T, dc0.T
 
     # The forward pass's engine choice, for what backward needs (a cache to read, maybe
-    # final-state gradients): the one selection decides.
-    runners = [
-        select_engine(
-            xp, entry.x.dtype, cache.engine, final_state_grads=final_grads, cache=entry.cache
+    # final-state gradients): selected up front, so that a refusal comes before any work.
+    engines = [
+        _direction.select(
+            xp, entry.x.dtype, entry.choice, final_state_grads=final_grads, cache=entry.cache
         )
         for entry in cache.directions
     ]
@@ -379,7 +365,7 @@ def multilayer_backward(
     d_h0, d_c0 = [None] * count, [None] * count
     for layer in range(cache.num_layers - 1, -1, -1):
         first = layer * directions
-        if directions == 2 and runners[first].spec.numpy_in_place:
+        if directions == 2 and engines[first].spec.numpy_in_place:
             n_in = int(cache.directions[first].x.shape[2])
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, d_inputs_tm),  # noqa: B023 (run at once)

@@ -7,15 +7,14 @@ from typing import Any
 
 from array_api_compat import device as _device
 
-from . import _validation
+from . import _direction, _validation
 from ._backend import namespace_of
-from ._engines.cache import SequenceCache, final_state, sequence_states, step_masks, time_major
-from ._engines.dispatch import engine_option, select_engine
+from ._engines.cache import SequenceCache, final_state, step_masks, time_major
+from ._engines.dispatch import engine_option
 from ._engines.lengths import check_lengths
 from ._errstate import ieee_arithmetic
 from ._layout import SEQUENCE_GRADIENT_KEYS
 from .activations import _softmax
-from .parameters import pack, unpack_gradients
 
 
 @ieee_arithmetic
@@ -125,18 +124,15 @@ def lstm_forward(
             raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
     lengths = check_lengths(lengths, m, t_x)
     choice = engine_option(engine, fused)
-    runner = select_engine(xp, x.dtype, choice, lengths=lengths is not None)
-
-    W, b = pack(parameters, xp)
     h0 = a0.T
     c0_rows = xp.zeros_like(h0) if c0 is None else c0.T
     # Inference keeps only the states (the outputs): the memory-saving mode's forward.
-    store = runner.forward(
-        time_major(x, xp), h0, c0_rows, W, b, xp=xp, recompute=recompute or not cache,
-        lengths=lengths,
+    run = _direction.forward(
+        time_major(x, xp), h0, c0_rows, parameters, xp=xp, choice=choice,
+        recompute=recompute or not cache, lengths=lengths,
     )  # fmt: skip
 
-    states, cells = sequence_states(store, xp)
+    states, cells = _direction.states(run, xp)
     hidden_rows = xp.reshape(states, (t_x * m, sizes.n_a))
     logits = hidden_rows @ parameters["Wy"].T + parameters["by"].T
     probabilities = xp.reshape(_softmax(logits, 1, xp), (t_x, m, sizes.n_y))
@@ -146,7 +142,7 @@ def lstm_forward(
     a = time_major(states, xp)
     y = time_major(probabilities, xp)
     c = time_major(cells, xp)
-    return a, y, c, ((store, x) if cache else None)
+    return a, y, c, ((run.cache, x) if cache else None)
 
 
 def final_states(caches: Any, *, xp: Any = None) -> tuple[Any, Any]:
@@ -263,18 +259,16 @@ def lstm_backward(
     for name, value in (("da_n", da_n), ("dc_n", dc_n)):
         if value is not None:
             _validation.check_shape(name, value, (n_a, m), "(n_a, m)")
-    final = da_n is not None or dc_n is not None
-    choice = engine_option(engine, fused)
-    runner = select_engine(xp, x.dtype, choice, final_state_grads=final, cache=cache)
-
-    dc_tm = None if dc is None else time_major(dc, xp)
-    dh_n = None if da_n is None else da_n.T
-    dc_n_rows = None if dc_n is None else dc_n.T
-    dx_tm, dh0, dc0, d_weights, d_bias = runner.backward(
-        cache, time_major(x, xp), time_major(da, xp), dc_tm, xp=xp, dh_n=dh_n, dc_n=dc_n_rows
+    run = _direction.from_cache(cache, time_major(x, xp), engine_option(engine, fused))
+    dx_tm, dh0, dc0, gate_grads = _direction.backward(
+        run,
+        time_major(da, xp),
+        None if dc is None else time_major(dc, xp),
+        xp=xp,
+        dh_n=None if da_n is None else da_n.T,
+        dc_n=None if dc_n is None else dc_n.T,
     )
-    gradients = {"dx": time_major(dx_tm, xp), "da0": dh0.T, "dc0": dc0.T}
-    gradients.update(unpack_gradients(d_weights, d_bias, n_a, xp))
+    gradients = {"dx": time_major(dx_tm, xp), "da0": dh0.T, "dc0": dc0.T, **gate_grads}
     return {key: gradients[key] for key in SEQUENCE_GRADIENT_KEYS}
 
 

@@ -20,9 +20,9 @@ from dask.array.utils import meta_from_array
 from dask.base import tokenize
 from dask.utils import parse_bytes
 
-from .. import _validation
+from .. import _direction, _validation
 from .._backend import library_name, namespace_of
-from .._engines.dispatch import engine_option, select_engine
+from .._engines.dispatch import engine_option
 from ..training.loss import one_hot
 
 FORWARD_PREFIX = "xlstm-forward-"
@@ -57,7 +57,7 @@ def model_namespace(parameters: Any) -> tuple[Any, _validation.Sizes]:
 
 def check_engine(engine: Any, xp: Any, dtype: Any, *, lengths: bool = False) -> None:
     """A named engine that cannot run is an error here, before any task runs."""
-    select_engine(xp, dtype, engine_option(engine), lengths=lengths)
+    _direction.select(xp, dtype, engine_option(engine), lengths=lengths)
 
 
 def check_inputs(x: Any, parameters: Any, sizes: _validation.Sizes) -> tuple[int, int, bool]:

@@ -35,14 +35,13 @@ from typing import Any
 
 import array_api_compat
 
-from .. import _validation
+from .. import _direction, _validation
 from .._backend import library_name, namespace_of
 from .._engines.cache import time_major
-from .._engines.dispatch import engine_option, select_engine
+from .._engines.dispatch import engine_option
 from .._errstate import ieee_arithmetic
 from .._layout import GRADIENT_KEYS
 from .._validation import shape_of
-from ..parameters import pack, unpack_gradients
 
 REDUCTIONS = ("mean", "sum")
 
@@ -371,17 +370,19 @@ def _prepare(x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction)
             _validation.check_shape(name, state, (sizes.n_a, m), "(n_a, m)")
     _check_reduction(reduction)
     _check_targets(targets, mask, (m, t_x), sizes.n_y, xp, x)
-    runner = select_engine(xp, x.dtype, engine_option(engine, fused))
-    return xp, sizes, m, t_x, runner
+    choice = engine_option(engine, fused)
+    return xp, sizes, m, t_x, _direction.select(xp, x.dtype, choice), choice
 
 
-def _run_forward(x, parameters, a0, c0, engine, xp, sizes, m, recompute):
+def _run_forward(x, parameters, a0, c0, engine, choice, xp, sizes, m, recompute):
     """The recurrence in the engine layout: the cache holds ``h (T+1, m, n_a)``."""
-    W, b = pack(parameters, xp)
     zeros = xp.zeros((m, sizes.n_a), dtype=x.dtype, device=array_api_compat.device(x))
     h0 = zeros if a0 is None else a0.T
     c0_rows = zeros if c0 is None else c0.T
-    return engine.forward(time_major(x, xp), h0, c0_rows, W, b, xp=xp, recompute=recompute)
+    return _direction.forward(
+        time_major(x, xp), h0, c0_rows, parameters, xp=xp, choice=choice, recompute=recompute,
+        engine=engine,
+    )  # fmt: skip
 
 
 def _final_state(cache: Any, t_x: int, xp: Any) -> tuple[Any, Any]:
@@ -454,10 +455,11 @@ def loss_and_gradients(
     TypeError, ValueError
         As :func:`xlstm.lstm_forward` and :func:`softmax_cross_entropy`.
     """
-    xp, sizes, m, t_x, runner = _prepare(
+    xp, sizes, m, t_x, selected, choice = _prepare(
         x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
     )
-    cache = _run_forward(x, parameters, a0, c0, runner, xp, sizes, m, recompute)
+    run = _run_forward(x, parameters, a0, c0, selected, choice, xp, sizes, m, recompute)
+    cache = run.cache
 
     # The output layer runs on all T*m hidden rows at once, in the engine's
     # time-major order (a free reshape of h[1:]), and hands dh back in that order.
@@ -467,14 +469,12 @@ def loss_and_gradients(
         None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
     )
     target_rows = _time_major_rows(targets, xp)
-    if runner.spec.numpy_in_place:
+    if selected.spec.numpy_in_place:
         loss, dz = _numpy_output_cross_entropy(h_rows, Wy, by, target_rows, weights, count)
     else:
         loss, dz = _cross_entropy(_output_rows(h_rows, Wy, by), target_rows, weights, count, 1, xp)
     dh = xp.reshape(dz @ Wy, (t_x, m, sizes.n_a))
-    _, _, _, d_weights, d_bias = runner.backward(cache, time_major(x, xp), dh, None, xp=xp)
-
-    grads = unpack_gradients(d_weights, d_bias, sizes.n_a, xp)
+    _, _, _, grads = _direction.backward(run, dh, xp=xp, engine=selected)
     grads["dWy"] = dz.T @ h_rows
     grads["dby"] = xp.reshape(xp.sum(dz, axis=0), (sizes.n_y, 1))
     return loss, {key: grads[key] for key in GRADIENT_KEYS}, _final_state(cache, t_x, xp)
@@ -501,10 +501,10 @@ def sequence_loss(
     loss : 0-d array
     state : tuple (a_T, c_T)
     """
-    xp, sizes, m, t_x, runner = _prepare(
+    xp, sizes, m, t_x, selected, choice = _prepare(
         x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
     )
-    cache = _run_forward(x, parameters, a0, c0, runner, xp, sizes, m, True)
+    cache = _run_forward(x, parameters, a0, c0, selected, choice, xp, sizes, m, True).cache
     h_rows = xp.reshape(cache.h[1:, ...], (t_x * m, sizes.n_a))
     weights, count = _weights_and_count(
         None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
