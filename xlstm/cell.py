@@ -1,8 +1,8 @@
 """One LSTM step, forward and backward (seed-compatible API).
 
 The cell works in the seed's feature-major layout, ``(n_a, m)``; it shares its
-arithmetic with the sequence engine (:func:`xlstm._engine.cell_step` and
-:func:`xlstm._engine.cell_step_backward`) by working on transposes.
+arithmetic with the sequence engine (:func:`xlstm._engines.generic.cell_step` and
+:func:`xlstm._engines.generic.cell_step_backward`) by working on transposes.
 """
 
 from __future__ import annotations

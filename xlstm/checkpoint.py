@@ -52,7 +52,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ._layout import GATE_KEYS, GATE_ORDER, layer_key
+from ._layout import GATE_KEYS, GATE_ORDER
+from ._schema import Schema
 
 FORMAT = "xlstm-checkpoint"
 FORMAT_VERSION = 2
@@ -94,17 +95,7 @@ def parameter_shapes(
     ``b* (n_a, 1)``, ``n_in = n_x`` for layer 0 and ``D n_a`` above), then ``Wy (n_y, n_a)``
     and ``by (n_y, 1)`` when the model has an output layer (``n_y`` given).
     """
-    directions = 2 if bidirectional else 1
-    shapes: dict[str, tuple[int, ...]] = {}
-    for layer in range(num_layers):
-        n_in = n_x if layer == 0 else directions * n_a
-        for reverse in (False, True)[:directions]:
-            for key in GATE_KEYS:
-                shape = (n_a, n_a + n_in) if key[0] == "W" else (n_a, 1)
-                shapes[layer_key(key, layer, reverse)] = shape
-    if n_y is not None:
-        shapes["Wy"], shapes["by"] = (n_y, n_a), (n_y, 1)
-    return shapes
+    return Schema(n_x, n_a, num_layers, bidirectional, n_y).shapes()
 
 
 def _depth(value: Any) -> int:

@@ -45,6 +45,7 @@ from ._engines.dispatch import engine_option
 from ._engines.lengths import check_lengths
 from ._errstate import ieee_arithmetic
 from ._layout import GATE_GRADIENT_KEYS, GATE_KEYS
+from ._schema import Schema
 from ._validation import shape_of
 
 DirectionCache = Direction
@@ -115,15 +116,12 @@ def _check_layer_shapes(layers: Sequence[Mapping[str, Any]], n_x: int, direction
         msg = f"`layers[0]['Wf']` has shape {shape_of(first)}; expected (n_a, n_a + n_x)"
         raise ValueError(msg)
     n_a = int(first.shape[0])
-    for index, layer in enumerate(layers):
-        n_in = n_x if index < directions else directions * n_a
-        legend = "(n_a, n_a + n_x)" if index < directions else "(n_a, n_a + D n_a)"
-        for key in GATE_KEYS:
+    schema = Schema(n_x, n_a, len(layers) // directions, directions == 2)
+    for index, ((layer, _), unit) in enumerate(zip(schema.units(), layers, strict=True)):
+        legend = "(n_a, n_a + n_x)" if layer == 0 else "(n_a, n_a + D n_a)"
+        for key, shape in schema.gate_shapes(layer).items():
             name = f"layers[{index}][{key!r}]"
-            if key[0] == "W":
-                _validation.check_shape(name, layer[key], (n_a, n_a + n_in), legend)
-            else:
-                _validation.check_shape(name, layer[key], (n_a, 1), "(n_a, 1)")
+            _validation.check_shape(name, unit[key], shape, legend if key[0] == "W" else "(n_a, 1)")
     return n_a
 
 
@@ -195,9 +193,11 @@ def multilayer_forward(
         ``False`` switches dropout off.
     a0, c0 : array, shape (num_layers * D, n_a, m), optional
         Initial states, ``torch.nn.LSTM`` order.  Default: zeros.
-    xp, engine, fused, recompute, cache
+    xp, engine, recompute, cache
         As in :func:`xlstm.lstm_forward`: ``cache=False`` keeps nothing for backward
         (inference) and returns ``None`` as the cache.
+    fused : optional
+        Deprecated alias of ``engine`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -237,7 +237,7 @@ def multilayer_forward(
     device = array_api_compat.device(x)
     count = num_layers * directions
     h0s, c0s = _initial_states(a0, c0, count, n_a, m, xp, x.dtype, device)
-    choice = engine_option(engine, fused)
+    choice = engine_option(engine, fused, where="xlstm.layers.multilayer_forward")
     selected = _direction.select(xp, x.dtype, choice, lengths=lengths is not None)
     # Independent directions side by side in two threads (see xlstm._threads).
     threaded = selected.spec.numpy_in_place

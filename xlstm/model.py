@@ -31,6 +31,7 @@ from . import checkpoint
 from ._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from ._engines.dispatch import engine_option
 from ._layout import GATE_KEYS, GATE_ORDER, layer_key
+from ._schema import Schema
 from ._validation import check_dropout, check_seed, check_size
 from .convert import weights as convert
 from .layers import multilayer_backward, multilayer_forward
@@ -59,7 +60,8 @@ class LSTM:
     engine : {"auto", "generic", "numpy", "numba", "cupy"}, default "auto"
         Engine of the recurrence, as in :func:`xlstm.lstm_forward`.
     fused : optional
-        Alias of ``engine``, as in :func:`xlstm.lstm_forward`.
+        Deprecated alias of ``engine`` (a ``DeprecationWarning``); it stays on the 0.1
+        seed functions (:func:`xlstm.lstm_forward`) only.
     parameters : dict, optional
         Start from these arrays (flat keys, see the module docstring) instead; they fix
         backend, device and dtype.
@@ -96,20 +98,20 @@ class LSTM:
             raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__}")
         self.bidirectional = bidirectional
         self.dropout = check_dropout(dropout)
-        self.engine = engine_option(engine, fused)
+        self.engine = engine_option(engine, fused, where="xlstm.LSTM")
         init_seed, dropout_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
+        self.schema = Schema(self.n_x, self.n_a, self.num_layers, bidirectional)
         if parameters is None:
             rng = np.random.default_rng(init_seed)
-            parameters = {}
-            for layer in range(self.num_layers):
-                n_in = self.n_x if layer == 0 else self.directions * self.n_a
-                for reverse in self._reverse_flags:
-                    gates = init_parameters(
-                        n_in, self.n_a, 1, xp=backend, dtype=dtype, seed=rng, device=device
-                    )
-                    for key in GATE_KEYS:
-                        parameters[layer_key(key, layer, reverse)] = gates[key]
+            layers = [
+                init_parameters(
+                    self.schema.input_size(layer), self.n_a, 1, xp=backend, dtype=dtype,
+                    seed=rng, device=device,
+                )
+                for layer, _ in self.schema.units()
+            ]  # fmt: skip
+            parameters = self.schema.to_flat(layers)
         self._parameters = self._checked(parameters)
         self.xp = namespace_of(self._parameters)
         checkpoint.dtype_name(self.dtype)  # float32 or float64 only
@@ -121,49 +123,12 @@ class LSTM:
         """``D``: 2 when bidirectional, else 1."""
         return 2 if self.bidirectional else 1
 
-    @property
-    def _reverse_flags(self) -> tuple[bool, ...]:
-        return (False, True) if self.bidirectional else (False,)
-
     def parameter_keys(self) -> list[str]:
         """Parameter keys in ``torch.nn.LSTM`` order (layer, direction, gate key)."""
-        return [
-            layer_key(key, layer, reverse)
-            for layer in range(self.num_layers)
-            for reverse in self._reverse_flags
-            for key in GATE_KEYS
-        ]
+        return self.schema.keys()
 
     def _checked(self, parameters: Any) -> dict[str, Any]:
-        if not isinstance(parameters, Mapping):
-            raise TypeError(
-                f"`parameters` must be a dict of arrays, got {type(parameters).__name__}"
-            )
-        expected = self.parameter_keys()
-        missing = [key for key in expected if key not in parameters]
-        if missing:
-            raise ValueError(
-                f"`parameters` is missing {missing[0]!r} (and {len(missing) - 1} more)"
-            )
-        extra = sorted(set(parameters) - set(expected))
-        if extra:
-            raise ValueError(f"`parameters` has an unexpected key {extra[0]!r}")
-        for index, layer in enumerate(self._layers_of(parameters)):
-            n_in = self.n_x if index < self.directions else self.directions * self.n_a
-            for key in GATE_KEYS:
-                want = (self.n_a, self.n_a + n_in) if key[0] == "W" else (self.n_a, 1)
-                flat = layer_key(key, index // self.directions, index % self.directions == 1)
-                got = tuple(int(s) for s in layer[key].shape)
-                if got != want:
-                    raise ValueError(f"`parameters[{flat!r}]` has shape {got}; expected {want}")
-        return {key: parameters[key] for key in expected}
-
-    def _layers_of(self, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [
-            {key: parameters[layer_key(key, layer, reverse)] for key in GATE_KEYS}
-            for layer in range(self.num_layers)
-            for reverse in self._reverse_flags
-        ]
+        return self.schema.check(parameters)
 
     # ------------------------------------------------------------------ properties
 
@@ -175,7 +140,7 @@ class LSTM:
     @property
     def layers(self) -> list[dict[str, Any]]:
         """The parameters as :func:`~xlstm.layers.multilayer_forward`'s ``layers`` list."""
-        return self._layers_of(self._parameters)
+        return self.schema.to_layers(self._parameters)
 
     @property
     def backend(self) -> str:
@@ -261,10 +226,7 @@ class LSTM:
             None if d_c_n is None else self._input(d_c_n),
         )  # fmt: skip
         flat = {key: grads[key] for key in ("dx", "da0", "dc0")}
-        for index, layer_grads in enumerate(grads["layers"]):
-            layer, direction = divmod(index, self.directions)
-            for key in GATE_KEYS:
-                flat["d" + layer_key(key, layer, direction == 1)] = layer_grads["d" + key]
+        flat.update(self.schema.to_flat(grads["layers"], prefix="d"))
         return flat
 
     # ------------------------------------------------------------------ moving, converting

@@ -20,6 +20,7 @@ Engines are imported only when selected, so ``import xlstm`` never imports CuPy 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,11 @@ ENGINE_CHOICES = ("auto", *ENGINES)
 _FAST = "fast"  # internal: what ``fused=True`` asks for
 
 
-def engine_option(engine: Any = "auto", fused: Any = None) -> str:
+def engine_option(engine: Any = "auto", fused: Any = None, *, where: str | None = None) -> str:
     """Check ``engine=`` and the ``fused=`` alias; return one engine choice.
+
+    ``fused=`` is the 0.1 seed functions' spelling; ``where`` names any other caller
+    (``"xlstm.LSTM"``, ...), which then warns that the alias is deprecated there.
 
     Raises
     ------
@@ -72,6 +76,12 @@ def engine_option(engine: Any = "auto", fused: Any = None) -> str:
         raise ValueError(f"`engine` = {engine!r}; expected one of {ENGINE_CHOICES}")
     if fused is None:
         return engine
+    if where is not None:
+        msg = (
+            f"`fused=` is deprecated for {where}; pass engine='auto', 'generic' or a named "
+            "engine (fused=True: the backend's fast engine, e.g. engine='numba')"
+        )
+        warnings.warn(msg, DeprecationWarning, stacklevel=3)
     if not (fused is True or fused is False or (isinstance(fused, str) and fused == "auto")):
         raise TypeError(f"`fused` = {fused!r}; expected 'auto', True or False (or use `engine=`)")
     if engine != "auto":

@@ -354,7 +354,7 @@ def _check_output_shapes(a: Any, Wy: Any, by: Any) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------- whole model
 
 
-def _prepare(x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction):
+def _prepare(x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction, where):
     """Validate everything up front; return what the forward pass needs."""
     _validation.check_parameter_dict(parameters)
     arrays = {"x": x, **_validation.named_parameters(parameters)}
@@ -370,7 +370,7 @@ def _prepare(x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction)
             _validation.check_shape(name, state, (sizes.n_a, m), "(n_a, m)")
     _check_reduction(reduction)
     _check_targets(targets, mask, (m, t_x), sizes.n_y, xp, x)
-    choice = engine_option(engine, fused)
+    choice = engine_option(engine, fused, where=where)
     return xp, sizes, m, t_x, _direction.select(xp, x.dtype, choice), choice
 
 
@@ -436,8 +436,10 @@ def loss_and_gradients(
     mask : array, shape (m, T), optional
         ``bool`` or real weights; masked-out positions add nothing to loss or gradients.
     xp : str or namespace, optional
-    engine, fused
+    engine
         The recurrence's engine, as in :func:`xlstm.lstm_forward`.
+    fused : optional
+        Deprecated alias of ``engine`` (a ``DeprecationWarning``).
     recompute : bool, default False
         Memory-saving mode of :func:`xlstm.lstm_forward`.
     reduction : {"mean", "sum"}, default "mean"
@@ -456,8 +458,9 @@ def loss_and_gradients(
         As :func:`xlstm.lstm_forward` and :func:`softmax_cross_entropy`.
     """
     xp, sizes, m, t_x, selected, choice = _prepare(
-        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
-    )
+        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction,
+        "xlstm.training.loss_and_gradients",
+    )  # fmt: skip
     run = _run_forward(x, parameters, a0, c0, selected, choice, xp, sizes, m, recompute)
     cache = run.cache
 
@@ -465,19 +468,61 @@ def loss_and_gradients(
     # time-major order (a free reshape of h[1:]), and hands dh back in that order.
     h_rows = xp.reshape(cache.h[1:, ...], (t_x * m, sizes.n_a))
     Wy, by = parameters["Wy"], parameters["by"]
+    loss, dh_rows, dWy, dby = head_loss_and_gradients(h_rows, Wy, by, targets, mask, reduction, xp)
+    dh = xp.reshape(dh_rows, (t_x, m, sizes.n_a))
+    _, _, _, grads = _direction.backward(run, dh, xp=xp, engine=selected)
+    grads["dWy"], grads["dby"] = dWy, dby
+    return loss, {key: grads[key] for key in GRADIENT_KEYS}, _final_state(cache, t_x, xp)
+
+
+def head_loss_and_gradients(
+    h_rows: Any, Wy: Any, by: Any, targets: Any, mask: Any, reduction: str, xp: Any
+) -> tuple[Any, Any, Any, Any]:
+    """The output layer and the loss on hidden-state rows, forward and backward.
+
+    Parameters
+    ----------
+    h_rows : array, shape (T m, n_h)
+        Hidden states in time-major row order (row ``t m + j`` is step ``t`` of sequence
+        ``j``): a free reshape of the engines' ``(T, m, n_h)`` states.
+    Wy, by : array, shape (n_y, n_h), (n_y, 1)
+    targets, mask : array, shape (m, T)
+        Checked by the caller; ``mask`` may be ``None``.
+    reduction : {"mean", "sum"}
+
+    Returns
+    -------
+    loss : 0-d array
+    dh_rows : array, shape (T m, n_h)
+    dWy, dby : arrays shaped like ``Wy``, ``by``
+    """
     weights, count = _weights_and_count(
-        None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
-    )
+        None if mask is None else _time_major_rows(mask, xp),
+        int(h_rows.shape[0]), h_rows.dtype, reduction, xp,
+    )  # fmt: skip
     target_rows = _time_major_rows(targets, xp)
-    if selected.spec.numpy_in_place:
+    if array_api_compat.is_numpy_namespace(xp):
         loss, dz = _numpy_output_cross_entropy(h_rows, Wy, by, target_rows, weights, count)
     else:
         loss, dz = _cross_entropy(_output_rows(h_rows, Wy, by), target_rows, weights, count, 1, xp)
-    dh = xp.reshape(dz @ Wy, (t_x, m, sizes.n_a))
-    _, _, _, grads = _direction.backward(run, dh, xp=xp, engine=selected)
-    grads["dWy"] = dz.T @ h_rows
-    grads["dby"] = xp.reshape(xp.sum(dz, axis=0), (sizes.n_y, 1))
-    return loss, {key: grads[key] for key in GRADIENT_KEYS}, _final_state(cache, t_x, xp)
+    n_y = int(Wy.shape[0])
+    return loss, dz @ Wy, dz.T @ h_rows, xp.reshape(xp.sum(dz, axis=0), (n_y, 1))
+
+
+def head_loss(
+    h_rows: Any, Wy: Any, by: Any, targets: Any, mask: Any, reduction: str, xp: Any
+) -> Any:
+    """The loss of :func:`head_loss_and_gradients` alone (evaluation: no temporaries for
+    gradients)."""
+    weights, count = _weights_and_count(
+        None if mask is None else _time_major_rows(mask, xp),
+        int(h_rows.shape[0]), h_rows.dtype, reduction, xp,
+    )  # fmt: skip
+    log_p, _ = _log_softmax(_output_rows(h_rows, Wy, by), 1, xp)
+    hot = _one_hot(_time_major_rows(targets, xp), int(Wy.shape[0]), 1, h_rows.dtype, xp)
+    nll = -xp.sum(hot * log_p, axis=1)
+    total = xp.sum(nll) if weights is None else xp.sum(weights * nll)
+    return total / count
 
 
 @ieee_arithmetic
@@ -502,19 +547,13 @@ def sequence_loss(
     state : tuple (a_T, c_T)
     """
     xp, sizes, m, t_x, selected, choice = _prepare(
-        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction
-    )
+        x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction,
+        "xlstm.training.sequence_loss",
+    )  # fmt: skip
     cache = _run_forward(x, parameters, a0, c0, selected, choice, xp, sizes, m, True).cache
     h_rows = xp.reshape(cache.h[1:, ...], (t_x * m, sizes.n_a))
-    weights, count = _weights_and_count(
-        None if mask is None else _time_major_rows(mask, xp), t_x * m, x.dtype, reduction, xp
-    )
-    logits = _output_rows(h_rows, parameters["Wy"], parameters["by"])
-    log_p, _ = _log_softmax(logits, 1, xp)
-    hot = _one_hot(_time_major_rows(targets, xp), sizes.n_y, 1, x.dtype, xp)
-    nll = -xp.sum(hot * log_p, axis=1)
-    total = xp.sum(nll) if weights is None else xp.sum(weights * nll)
-    return total / count, _final_state(cache, t_x, xp)
+    loss = head_loss(h_rows, parameters["Wy"], parameters["by"], targets, mask, reduction, xp)
+    return loss, _final_state(cache, t_x, xp)
 
 
 __all__ = [

@@ -36,31 +36,22 @@ from .. import checkpoint
 from .._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from .._engines.dispatch import engine_option
 from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
-from .._validation import check_dropout, check_seed, check_size
+from .._schema import Schema
+from .._validation import check_seed, check_size
 from ..activations import _softmax, softmax
 from ..cell import lstm_cell_forward
-from ..layers import multilayer_backward, multilayer_forward
 from ..model import LSTM
 from ..parameters import init_parameters
-from ..sequence import lstm_forward
 from .loss import (
+    _check_targets,
     _one_hot,
-    loss_and_gradients,
-    output_backward,
+    head_loss,
+    head_loss_and_gradients,
     output_forward,
-    sequence_loss,
-    softmax_cross_entropy,
 )
 from .optim import Adam, Optimizer, clip_by_global_norm, optimizer_from_config
 
 CheckpointError = checkpoint.CheckpointError
-
-
-def _seed_keys(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """A one-layer model's dict under the seed's keys (``Wf, ..., Wy, by``)."""
-    return {
-        key: parameters[layer_key(key, 0) if key in GATE_KEYS else key] for key in PARAMETER_KEYS
-    }
 
 
 def _model_keys(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,7 +86,8 @@ class LSTMModel:
     clip_norm : float or None, default 5.0
         Clip gradients by global norm before each update (``None``: no clipping).
     engine : {"auto", "generic", "numpy", "numba", "cupy"}, default "auto"
-        Engine of the recurrence, as in :func:`xlstm.lstm_forward` (``fused=`` is its alias).
+        Engine of the recurrence, as in :func:`xlstm.lstm_forward` (``fused=`` is a deprecated
+        alias).
     parameters : dict, optional
         Start from these arrays instead of a fresh initialisation: the model's keys
         (``Wf_l0, ..., Wy, by``), or for one layer the seed's (``Wf, ..., Wy, by``).  They
@@ -134,17 +126,24 @@ class LSTMModel:
         self.n_x, self.n_a, self.n_y = (
             check_size(k, v) for k, v in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
         )
-        self.num_layers = check_size("num_layers", num_layers)
-        self.dropout = check_dropout(dropout)
-        self.engine = engine_option(engine, fused)
-        init_seed, dropout_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)
-        self._dropout_rng = np.random.default_rng(dropout_seed)
+        num_layers = check_size("num_layers", num_layers)
+        self.schema = Schema(self.n_x, self.n_a, num_layers, False, self.n_y)
+        seed = check_seed(seed)
+        init_seed, _ = np.random.SeedSequence(seed).spawn(2)
         if parameters is None:
             parameters = self._initial_parameters(backend, device, dtype, seed, init_seed)
         else:
             parameters = self._check_given_parameters(parameters, backend, dtype)
-        self._parameters = parameters
-        self.xp = namespace_of(self._parameters)
+        # The recurrent part is an xlstm.LSTM (same seed: the same dropout masks as before);
+        # the model adds the output layer ``Wy``, ``by`` and the optimiser.
+        gates = {key: value for key, value in parameters.items() if key not in OUTPUT_KEYS}
+        choice = engine_option(engine, fused, where=type(self).__name__)
+        self.lstm = LSTM(
+            self.n_x, self.n_a, num_layers=num_layers, dropout=dropout, seed=seed,
+            parameters=gates,
+        )  # fmt: skip
+        self.lstm.engine = choice
+        self._head = {key: parameters[key] for key in OUTPUT_KEYS}
         if optimizer is None:
             optimizer = Adam(lr=2e-3)
         if not isinstance(optimizer, Optimizer):
@@ -169,89 +168,81 @@ class LSTMModel:
         }
         # Layer 0 and the output layer as the seed's init_parameters makes them (a one-layer
         # model is what it always was); deeper layers from the same generator.
-        rng = seed if self.num_layers == 1 else np.random.default_rng(init_seed)
+        rng = seed if self.schema.num_layers == 1 else np.random.default_rng(init_seed)
         first = init_parameters(self.n_x, self.n_a, self.n_y, seed=rng, **options)
         parameters = _model_keys(first)
-        for layer in range(1, self.num_layers):
+        for layer in range(1, self.schema.num_layers):
             deeper = init_parameters(self.n_a, self.n_a, 1, seed=rng, **options)
             parameters.update({layer_key(key, layer): deeper[key] for key in GATE_KEYS})
         return {key: parameters[key] for key in self.parameter_keys()}
 
     def parameter_keys(self) -> list[str]:
         """The model's keys: the LSTM's (``torch.nn.LSTM`` order), then ``Wy``, ``by``."""
-        gates = checkpoint.parameter_shapes(self.n_x, self.n_a, self.num_layers, False)
-        return [*gates, *OUTPUT_KEYS]
+        return self.schema.keys()
 
     def _check_given_parameters(self, parameters, backend, dtype) -> dict[str, Any]:
         if not isinstance(parameters, Mapping):
             raise TypeError(
                 f"`parameters` must be a dict of arrays, got {type(parameters).__name__}"
             )
-        if self.num_layers == 1 and "Wf" in parameters:
+        if self.schema.num_layers == 1 and "Wf" in parameters:
             parameters = _model_keys(parameters)
-        expected = checkpoint.parameter_shapes(self.n_x, self.n_a, self.num_layers, False, self.n_y)
-        missing = [key for key in expected if key not in parameters]
-        if missing:
-            raise ValueError(
-                f"`parameters` is missing {missing[0]!r} (and {len(missing) - 1} more)"
-            )
-        extra = sorted(set(parameters) - set(expected))
-        if extra:
-            raise ValueError(f"`parameters` has an unexpected key {extra[0]!r}")
-        xp = namespace_of({f"parameters[{k!r}]": parameters[k] for k in expected})
-        for key, shape in expected.items():
-            got = tuple(int(s) for s in parameters[key].shape)
-            if got != shape:
-                msg = (
-                    f"`parameters[{key!r}]` has shape {got}; expected {shape} for sizes "
-                    f"(n_x, n_a, n_y) = {(self.n_x, self.n_a, self.n_y)}"
-                )
-                raise ValueError(msg)
+        parameters = self.schema.check(parameters)
+        xp = namespace_of({f"parameters[{k!r}]": v for k, v in parameters.items()})
         if backend is not None and get_namespace(backend) is not xp:
             msg = f"`parameters` are {backend_name(xp)} arrays but `backend` = {backend!r}"
             raise TypeError(msg)
-        found = parameters[next(iter(expected))].dtype
+        found = parameters["Wy"].dtype
         if dtype is not None and checkpoint.dtype_name(found) != checkpoint.dtype_name(dtype):
             msg = f"`parameters` have dtype {found} but `dtype` = {dtype!r}"
             raise TypeError(msg)
-        return {key: parameters[key] for key in expected}
+        return parameters
 
     # ------------------------------------------------------------------ properties
 
     @property
     def parameters(self) -> dict[str, Any]:
         """A new dict of the current parameter arrays (do not modify the arrays in place)."""
-        return dict(self._parameters)
+        return {**self.lstm.parameters, **self._head}
+
+    # The flat dict the optimiser reads and writes: the LSTM's gates and the head.
+    _parameters = parameters
+
+    def _replace_parameters(self, parameters: Mapping[str, Any]) -> None:
+        """Take new arrays from the optimiser (same keys, shapes, backend and dtype)."""
+        self.lstm._parameters = {key: parameters[key] for key in self.lstm.parameter_keys()}
+        self._head = {key: parameters[key] for key in OUTPUT_KEYS}
 
     @property
-    def lstm(self) -> LSTM:
-        """The recurrent part as an :class:`xlstm.LSTM` (sharing the current arrays)."""
-        gates = {key: value for key, value in self._parameters.items() if key not in OUTPUT_KEYS}
-        return LSTM(
-            self.n_x, self.n_a, num_layers=self.num_layers, dropout=self.dropout,
-            engine=self.engine, parameters=gates,
-        )  # fmt: skip
+    def num_layers(self) -> int:
+        return self.lstm.num_layers
 
-    def _layers(self) -> list[dict[str, Any]]:
-        """The gate parameters as :func:`~xlstm.layers.multilayer_forward`'s ``layers``."""
-        return [
-            {key: self._parameters[layer_key(key, layer)] for key in GATE_KEYS}
-            for layer in range(self.num_layers)
-        ]
+    @property
+    def dropout(self) -> float:
+        return self.lstm.dropout
+
+    @property
+    def engine(self) -> str:
+        """The engine choice of the recurrence (see :func:`xlstm.lstm_forward`)."""
+        return self.lstm.engine
+
+    @property
+    def xp(self) -> Any:
+        return self.lstm.xp
 
     @property
     def backend(self) -> str:
         """Backend name: ``"numpy"``, ``"torch"``, ..."""
-        return backend_name(self.xp)
+        return self.lstm.backend
 
     @property
     def device(self) -> Any:
-        return array_api_compat.device(self._parameters["Wy"])
+        return self.lstm.device
 
     @property
     def dtype(self) -> str:
         """``"float32"`` or ``"float64"``."""
-        return checkpoint.dtype_name(self._parameters["Wy"].dtype)
+        return checkpoint.dtype_name(self.lstm.dtype)
 
     @property
     def step(self) -> int:
@@ -301,9 +292,7 @@ class LSTMModel:
                 raise ValueError(f"integer `x` holds ids outside [0, n_x) = [0, {self.n_x})")
             # One-hot built time-major (T, m, n_x) and viewed as (n_x, m, T): the engine's
             # time-major reads are then contiguous.
-            hot = _one_hot(
-                self.xp.permute_dims(x, (1, 0)), self.n_x, -1, self._parameters["Wy"].dtype, self.xp
-            )
+            hot = _one_hot(self.xp.permute_dims(x, (1, 0)), self.n_x, -1, self.lstm.dtype, self.xp)
             return self.xp.permute_dims(hot, (2, 1, 0))
         return x
 
@@ -312,45 +301,54 @@ class LSTMModel:
             return self.xp.asarray(np.ascontiguousarray(targets), device=self.device)
         return targets
 
-    def _state(self, state: Any) -> tuple[Any, Any]:
+    def _state(self, state: Any) -> tuple[Any, Any] | None:
+        """The carried state as the LSTM's ``(L, n_a, m)`` arrays (``None``: zeros).
+
+        A one-layer model's state is the seed's ``(n_a, m)``: a free reshape.
+        """
         if state is None:
-            return None, None
+            return None
         if not (isinstance(state, tuple) and len(state) == 2):
             raise TypeError("`state` must be None or the (a, c) tuple a previous call returned")
+        if self.num_layers == 1:
+            state = tuple(
+                v if getattr(v, "ndim", None) != 2 else self.xp.reshape(v, (1, *v.shape))
+                for v in state
+            )
         return state
+
+    def _final(self, final: tuple[Any, Any]) -> tuple[Any, Any]:
+        # Copies: carrying the state to the next chunk keeps no engine buffer alive and
+        # cannot see it reused.  One layer: the seed's (n_a, m).
+        if self.num_layers == 1:
+            final = (final[0][0, ...], final[1][0, ...])
+        return tuple(self.xp.asarray(v, copy=True) for v in final)
+
+    def _rows(self, outputs: Any) -> Any:
+        """The last layer's outputs ``(n_a, m, T)`` as time-major rows ``(T m, n_a)``."""
+        n_a, m, t_x = (int(s) for s in outputs.shape)
+        return self.xp.reshape(self.xp.permute_dims(outputs, (2, 1, 0)), (t_x * m, n_a))
 
     def forward(self, x: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Softmax outputs ``y (n_y, m, T)`` and the final state (inference: no dropout)."""
         x = self.inputs(x)
-        a0, c0 = self._state(state)
-        if self.num_layers == 1:
-            if a0 is None:
-                a0 = self.xp.zeros((self.n_a, int(x.shape[1])), dtype=x.dtype, device=self.device)
-            a, y, c, _ = lstm_forward(
-                x, a0, _seed_keys(self._parameters), c0, engine=self.engine, cache=False
-            )
-            last = (a[:, :, -1], c[:, :, -1])
-            return y, tuple(self.xp.asarray(v, copy=True) for v in last)
-        outputs, final, _ = multilayer_forward(
-            x, self._layers(), training=False, a0=a0, c0=c0, engine=self.engine, cache=False
-        )
-        logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
-        return _softmax(logits, 0, self.xp), final
+        outputs, final = self.lstm.forward(x, state=self._state(state))
+        logits = output_forward(outputs, self._head["Wy"], self._head["by"])
+        return _softmax(logits, 0, self.xp), self._final(final)
+
+    def _checked_targets(self, x: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
+        targets, mask = self._targets(targets), self._targets(mask)
+        _check_targets(targets, mask, (int(x.shape[1]), int(x.shape[2])), self.n_y, self.xp, x)
+        return targets, mask
 
     def loss(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
         """Mean cross-entropy (no gradients): returns ``(loss, state)``."""
-        a0, c0 = self._state(state)
-        x, targets, mask = self.inputs(x), self._targets(targets), self._targets(mask)
-        if self.num_layers == 1:
-            return sequence_loss(
-                x, targets, _seed_keys(self._parameters), a0, c0, mask, engine=self.engine
-            )
-        outputs, final, _ = multilayer_forward(
-            x, self._layers(), training=False, a0=a0, c0=c0, engine=self.engine, cache=False
-        )
-        logits = output_forward(outputs, self._parameters["Wy"], self._parameters["by"])
-        loss, _ = softmax_cross_entropy(logits, targets, mask)
-        return loss, final
+        x = self.inputs(x)
+        targets, mask = self._checked_targets(x, targets, mask)
+        outputs, final = self.lstm.forward(x, state=self._state(state))
+        head = (self._head["Wy"], self._head["by"])
+        loss = head_loss(self._rows(outputs), *head, targets, mask, "mean", self.xp)
+        return loss, self._final(final)
 
     def loss_and_gradients(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
         """``(loss, grads, state)``: the batch's cross-entropy and every parameter's gradient.
@@ -358,33 +356,19 @@ class LSTMModel:
         Gradients have the keys ``"d" + key`` of :attr:`parameters`.  A training pass:
         dropout (if any) is on.
         """
-        a0, c0 = self._state(state)
-        x, targets, mask = self.inputs(x), self._targets(targets), self._targets(mask)
-        if self.num_layers == 1:
-            loss, grads, final = loss_and_gradients(
-                x, targets, _seed_keys(self._parameters), a0, c0, mask, engine=self.engine
-            )
-            return (
-                loss,
-                {"d" + k: v for k, v in _model_keys({k[1:]: v for k, v in grads.items()}).items()},
-                final,
-            )
-        outputs, final, cache = multilayer_forward(
-            x, self._layers(), dropout=self.dropout, seed=self._dropout_rng, training=True,
-            a0=a0, c0=c0, engine=self.engine,
-        )  # fmt: skip
-        Wy = self._parameters["Wy"]
-        logits = output_forward(outputs, Wy, self._parameters["by"])
-        loss, dlogits = softmax_cross_entropy(logits, targets, mask)
-        d_outputs, dWy, dby = output_backward(dlogits, outputs, Wy)
-        layer_grads = multilayer_backward(d_outputs, cache)["layers"]
-        grads = {}
-        for index, gates in enumerate(layer_grads):
-            grads.update({"d" + layer_key(key, index): gates["d" + key] for key in GATE_KEYS})
+        x = self.inputs(x)
+        targets, mask = self._checked_targets(x, targets, mask)
+        outputs, final, cache = self.lstm.forward_train(x, state=self._state(state))
+        rows = self._rows(outputs)
+        loss, d_rows, dWy, dby = head_loss_and_gradients(
+            rows, self._head["Wy"], self._head["by"], targets, mask, "mean", self.xp
+        )
+        n_a, m, t_x = (int(s) for s in outputs.shape)
+        d_outputs = self.xp.permute_dims(self.xp.reshape(d_rows, (t_x, m, n_a)), (2, 1, 0))
+        grads = self.lstm.backward(d_outputs, cache)
+        grads = {"d" + key: grads["d" + key] for key in self.lstm.parameter_keys()}
         grads["dWy"], grads["dby"] = dWy, dby
-        # Copies: carrying the state to the next chunk keeps no engine buffer alive.
-        final = tuple(self.xp.asarray(v, copy=True) for v in final)
-        return loss, grads, final
+        return loss, grads, self._final(final)
 
     def apply_gradients(self, grads: Mapping[str, Any]) -> Any:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
@@ -394,9 +378,8 @@ class LSTMModel:
             grads, norm = clip_by_global_norm(grads, self.clip_norm)
         if self.opt_state is None:
             self.opt_state = self.optimizer.init(self._parameters)
-        self._parameters, self.opt_state = self.optimizer.update(
-            self._parameters, grads, self.opt_state
-        )
+        parameters, self.opt_state = self.optimizer.update(self._parameters, grads, self.opt_state)
+        self._replace_parameters(parameters)
         return norm
 
     def train_step(
@@ -413,8 +396,8 @@ class LSTMModel:
     def _copy_to(self, backend: Any, device: Any) -> LSTMModel:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone._parameters = to_backend(self._parameters, backend, device=device)
-        clone.xp = get_namespace(backend)
+        clone.lstm = self.lstm.to(backend, device=device)
+        clone._head = to_backend(self._head, backend, device=device)
         clone.extra = json.loads(json.dumps(self.extra))
         if self.opt_state is not None:
             clone.opt_state = {
