@@ -53,6 +53,11 @@ SEQUENCE_GRADIENT_KEYS = ("dx", "da0", "dc0", *GATE_GRADIENT_KEYS)
 """Keys of :func:`lstm_backward`'s result."""
 
 
+HEADS = ("per_step", "last", "mean")
+"""Output heads of the training models (:mod:`xlstm.training.heads`); checkpoints written
+before 0.2 have none, which reads as ``"per_step"``."""
+
+
 def layer_key(key: str, layer: int, reverse: bool = False) -> str:
     """Flat model key of one gate parameter, named as ``torch.nn.LSTM`` names its own.
 

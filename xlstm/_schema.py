@@ -6,7 +6,7 @@ A model's parameters are one flat dict whose keys name the layer and direction t
     Wf_l0, bf_l0, Wi_l0, ..., bo_l0,            layer 0, forward     W* (n_a, n_a + n_x)
     Wf_l0_reverse, ..., bo_l0_reverse,          layer 0, reverse     b* (n_a, 1)
     Wf_l1, ...                                  layer 1, ...         W* (n_a, n_a + D n_a)
-    Wy, by                                      output layer, if any (n_y, n_a), (n_y, 1)
+    Wy, by                                      output layer, if any (n_y, D n_a), (n_y, 1)
 
 The same parameters as :func:`xlstm.layers.multilayer_forward`'s ``layers`` list are one
 seed-keyed dict (``Wf, bf, ..., bo``) per layer and direction, in the same order ("units").
@@ -72,7 +72,9 @@ class Schema:
             for key, shape in self.gate_shapes(layer).items()
         }
         if self.n_y is not None:
-            shapes[OUTPUT_KEYS[0]], shapes[OUTPUT_KEYS[1]] = (self.n_y, self.n_a), (self.n_y, 1)
+            # The output layer reads the last layer's outputs, both directions concatenated.
+            features = self.directions * self.n_a
+            shapes[OUTPUT_KEYS[0]], shapes[OUTPUT_KEYS[1]] = (self.n_y, features), (self.n_y, 1)
         return shapes
 
     def keys(self) -> list[str]:

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ._layout import GATE_KEYS, GATE_ORDER
+from ._layout import GATE_KEYS, GATE_ORDER, HEADS
 from ._schema import Schema
 
 FORMAT = "xlstm-checkpoint"
@@ -435,8 +435,13 @@ def _check_meta(meta: dict[str, Any], fail, n_members: int) -> dict[str, tuple[i
         raise fail(f"`dropout` = {dropout!r} is not a number")
     if not 0.0 <= dropout < 1.0:
         raise fail(f"`dropout` = {dropout!r} is not in [0, 1)")
-    if has_output and meta["bidirectional"]:
-        raise fail("a model with an output layer cannot be bidirectional")
+    head = meta.get("head", "per_step")
+    if not isinstance(head, str) or head not in HEADS:
+        raise fail(f"`head` = {head!r}; expected one of {HEADS}")
+    if meta["class"] == "CharLSTM" and head != "per_step":
+        raise fail(f"a character model predicts every step; its `head` is {head!r}")
+    if meta["class"] == "CharLSTM" and meta["bidirectional"]:
+        raise fail("a character model cannot be bidirectional (it would read the future)")
     if meta["class"] == "CharLSTM":
         vocab, n_x = meta.get("vocab"), meta["n_x"]
         if not isinstance(vocab, str) or len(vocab) != n_x or n_x != meta["n_y"]:

@@ -143,13 +143,13 @@ def test_generic_equals_numpy_fast_path(lengths_id, recompute):
     weights = from_torch(_torch_lstm(n_x, n_a, 2, True))
     case = _random_case(n_x, n_a, m, T, 2, True)
     results = {}
-    for fused in ("auto", False):
+    for engine in ("auto", "generic"):
         out, final, cache = multilayer_forward(
             case["x"], weights.layers, bidirectional=True, lengths=lengths,
-            a0=case["a0"], c0=case["c0"], fused=fused, recompute=recompute,
+            a0=case["a0"], c0=case["c0"], engine=engine, recompute=recompute,
         )  # fmt: skip
-        results[fused] = (out, *final, multilayer_backward(case["G"], cache, case["Gh"]))
-    fast, generic = results["auto"], results[False]
+        results[engine] = (out, *final, multilayer_backward(case["G"], cache, case["Gh"]))
+    fast, generic = results["auto"], results["generic"]
     worst = max(rel_err(f, g) for f, g in zip(fast[:3], generic[:3], strict=True))
     for key in ("dx", "da0", "dc0"):
         worst = max(worst, rel_err(fast[3][key], generic[3][key]))

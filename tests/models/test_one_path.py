@@ -19,9 +19,13 @@ def test_schema_keys_and_shapes_in_torch_order():
     shapes = schema.shapes()
     keys = list(shapes)
     assert keys[:8] == ["Wf_l0", "bf_l0", "Wi_l0", "bi_l0", "Wc_l0", "bc_l0", "Wo_l0", "bo_l0"]
-    assert keys[8] == "Wf_l0_reverse" and keys[16] == "Wf_l1" and keys[-2:] == ["Wy", "by"]
-    assert shapes["Wf_l0"] == (4, 4 + 3) and shapes["Wf_l1_reverse"] == (4, 4 + 2 * 4)
-    assert shapes["bo_l1"] == (4, 1) and shapes["Wy"] == (5, 4)
+    assert keys[8] == "Wf_l0_reverse"
+    assert keys[16] == "Wf_l1"
+    assert keys[-2:] == ["Wy", "by"]
+    assert shapes["Wf_l0"] == (4, 4 + 3)
+    assert shapes["Wf_l1_reverse"] == (4, 4 + 2 * 4)
+    assert shapes["bo_l1"] == (4, 1)
+    assert shapes["Wy"] == (5, 2 * 4)
     assert list(schema.units()) == [(0, False), (0, True), (1, False), (1, True)]
     # The model, the checkpoints and the schema agree.
     model = xlstm.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0)
@@ -33,7 +37,8 @@ def test_schema_flat_and_layers_round_trip():
     schema = Schema(2, 3, num_layers=2, bidirectional=True)
     flat = {key: np.full(shape, i, float) for i, (key, shape) in enumerate(schema.shapes().items())}
     layers = schema.to_layers(flat)
-    assert len(layers) == 4 and layers[1]["Wf"] is flat["Wf_l0_reverse"]
+    assert len(layers) == 4
+    assert layers[1]["Wf"] is flat["Wf_l0_reverse"]
     assert schema.to_flat(layers) == flat
     grads = [{"d" + k: v for k, v in unit.items()} for unit in layers]
     assert schema.to_flat(grads, prefix="d") == {"d" + k: v for k, v in flat.items()}
@@ -45,7 +50,7 @@ def test_schema_check_names_what_is_wrong():
     assert list(schema.check(good)) == schema.keys()
     with pytest.raises(TypeError, match="`parameters` must be a dict"):
         schema.check([1])
-    with pytest.raises(ValueError, match="missing 'Wf_l0'$"):
+    with pytest.raises(ValueError, match=r"missing 'Wf_l0'$"):
         schema.check({k: v for k, v in good.items() if k != "Wf_l0"})
     with pytest.raises(ValueError, match="unexpected key 'Wy'"):
         schema.check({**good, "Wy": np.zeros((1, 3))})

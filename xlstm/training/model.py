@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import checkpoint
 from .._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
+from .._engines.cache import step_masks
 from .._engines.dispatch import engine_option
 from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
 from .._schema import Schema
@@ -42,13 +43,9 @@ from ..activations import _softmax, softmax
 from ..cell import lstm_cell_forward
 from ..model import LSTM
 from ..parameters import init_parameters
-from .loss import (
-    _check_targets,
-    _one_hot,
-    head_loss,
-    head_loss_and_gradients,
-    output_forward,
-)
+from . import heads
+from .heads import check_head
+from .loss import _one_hot
 from .optim import Adam, Optimizer, clip_by_global_norm, optimizer_from_config
 
 CheckpointError = checkpoint.CheckpointError
@@ -62,13 +59,20 @@ def _model_keys(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class LSTMModel:
-    """An ``num_layers``-deep LSTM with a softmax output layer, its optimiser and its state.
+    """An :class:`xlstm.LSTM` with a softmax output head, its optimiser and its state.
 
     Parameters
     ----------
     n_x, n_a, n_y : int
-        Inputs, hidden units, output classes.
+        Inputs, hidden units (per direction), output classes.
     num_layers : int, default 1
+    bidirectional : bool, default False
+        Both directions; the head reads them concatenated (``Wy (n_y, 2 n_a)``).
+    head : {"per_step", "last", "mean"}, default "per_step"
+        What is predicted (:mod:`xlstm.training.heads`): a class at every step (tagging,
+        next-token prediction; targets ``(m, T)``), or one class per sequence from its
+        final states (``"last"``) or from the mean of its outputs (``"mean"``; targets
+        ``(m,)``).
     dropout : float in [0, 1), default 0
         Dropout on the input of every layer but the first, in training steps only.
     backend : str or namespace, optional
@@ -112,6 +116,8 @@ class LSTMModel:
         n_y: int,
         *,
         num_layers: int = 1,
+        bidirectional: bool = False,
+        head: str = "per_step",
         dropout: float = 0.0,
         backend: Any = None,
         device: Any = None,
@@ -127,7 +133,10 @@ class LSTMModel:
             check_size(k, v) for k, v in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
         )
         num_layers = check_size("num_layers", num_layers)
-        self.schema = Schema(self.n_x, self.n_a, num_layers, False, self.n_y)
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__}")
+        self.head = check_head(head)
+        self.schema = Schema(self.n_x, self.n_a, num_layers, bidirectional, self.n_y)
         seed = check_seed(seed)
         init_seed, _ = np.random.SeedSequence(seed).spawn(2)
         if parameters is None:
@@ -139,8 +148,8 @@ class LSTMModel:
         gates = {key: value for key, value in parameters.items() if key not in OUTPUT_KEYS}
         choice = engine_option(engine, fused, where=type(self).__name__)
         self.lstm = LSTM(
-            self.n_x, self.n_a, num_layers=num_layers, dropout=dropout, seed=seed,
-            parameters=gates,
+            self.n_x, self.n_a, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, seed=seed, parameters=gates,
         )  # fmt: skip
         self.lstm.engine = choice
         self._head = {key: parameters[key] for key in OUTPUT_KEYS}
@@ -166,6 +175,17 @@ class LSTMModel:
             "dtype": "float32" if dtype is None else dtype,
             "device": device,
         }
+        if self.schema.bidirectional:
+            # Every direction as xlstm.LSTM initialises it; the output layer reads 2 n_a.
+            rng = np.random.default_rng(init_seed)
+            layers = [
+                init_parameters(self.schema.input_size(layer), self.n_a, 1, seed=rng, **options)
+                for layer, _ in self.schema.units()
+            ]
+            output = init_parameters(1, 2 * self.n_a, self.n_y, seed=rng, **options)
+            parameters = self.schema.to_flat(layers)
+            parameters.update({key: output[key] for key in OUTPUT_KEYS})
+            return self.schema.check(parameters)
         # Layer 0 and the output layer as the seed's init_parameters makes them (a one-layer
         # model is what it always was); deeper layers from the same generator.
         rng = seed if self.schema.num_layers == 1 else np.random.default_rng(init_seed)
@@ -218,6 +238,10 @@ class LSTMModel:
         return self.lstm.num_layers
 
     @property
+    def bidirectional(self) -> bool:
+        return self.lstm.bidirectional
+
+    @property
     def dropout(self) -> float:
         return self.lstm.dropout
 
@@ -256,7 +280,8 @@ class LSTMModel:
             "n_a": self.n_a,
             "n_y": self.n_y,
             "num_layers": self.num_layers,
-            "bidirectional": False,
+            "bidirectional": self.bidirectional,
+            "head": self.head,
             "dropout": self.dropout,
             "dtype": self.dtype,
             "gate_order": list(GATE_ORDER),
@@ -329,46 +354,64 @@ class LSTMModel:
         n_a, m, t_x = (int(s) for s in outputs.shape)
         return self.xp.reshape(self.xp.permute_dims(outputs, (2, 1, 0)), (t_x * m, n_a))
 
-    def forward(self, x: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
-        """Softmax outputs ``y (n_y, m, T)`` and the final state (inference: no dropout)."""
+    def forward(
+        self, x: Any, state: Any = None, *, lengths: Any = None
+    ) -> tuple[Any, tuple[Any, Any]]:
+        """Softmax outputs and the final state (inference: no dropout).
+
+        Outputs are ``y (n_y, m, T)`` for the per-step head (zero past each sequence's end
+        with ``lengths``) and ``(n_y, m)`` for the sequence heads.
+        """
         x = self.inputs(x)
-        outputs, final = self.lstm.forward(x, state=self._state(state))
-        logits = output_forward(outputs, self._head["Wy"], self._head["by"])
-        return _softmax(logits, 0, self.xp), self._final(final)
+        outputs, final = self.lstm.forward(x, lengths, self._state(state))
+        logits = heads.predict(
+            self.head, outputs, final[0], lengths, self._head["Wy"], self._head["by"],
+            self.lstm.directions, self.xp,
+        )  # fmt: skip
+        y = _softmax(logits, 0, self.xp)
+        if lengths is not None and self.head == "per_step":
+            inside = step_masks(np.asarray(lengths), int(x.shape[2]), self.xp, self.device)
+            y = y * self.xp.astype(self.xp.permute_dims(inside, (2, 1, 0)), y.dtype)
+        return y, self._final(final)
 
     def _checked_targets(self, x: Any, targets: Any, mask: Any) -> tuple[Any, Any]:
         targets, mask = self._targets(targets), self._targets(mask)
-        _check_targets(targets, mask, (int(x.shape[1]), int(x.shape[2])), self.n_y, self.xp, x)
+        heads.check_targets(self.head, targets, mask, x, self.n_y, self.xp)
         return targets, mask
 
-    def loss(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
+    def loss(
+        self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state: Any = None
+    ):
         """Mean cross-entropy (no gradients): returns ``(loss, state)``."""
         x = self.inputs(x)
         targets, mask = self._checked_targets(x, targets, mask)
-        outputs, final = self.lstm.forward(x, state=self._state(state))
-        head = (self._head["Wy"], self._head["by"])
-        loss = head_loss(self._rows(outputs), *head, targets, mask, "mean", self.xp)
+        outputs, final = self.lstm.forward(x, lengths, self._state(state))
+        loss = heads.loss(
+            self.head, outputs, final[0], lengths, self._head["Wy"], self._head["by"],
+            targets, mask, self.lstm.directions, self.xp,
+        )  # fmt: skip
         return loss, self._final(final)
 
-    def loss_and_gradients(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
+    def loss_and_gradients(
+        self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state: Any = None
+    ):
         """``(loss, grads, state)``: the batch's cross-entropy and every parameter's gradient.
 
         Gradients have the keys ``"d" + key`` of :attr:`parameters`.  A training pass:
-        dropout (if any) is on.
+        dropout (if any) is on.  ``lengths`` (one per sequence, right-padded batch): steps
+        past each end add nothing (see :func:`xlstm.layers.multilayer_forward`).
         """
         x = self.inputs(x)
         targets, mask = self._checked_targets(x, targets, mask)
-        outputs, final, cache = self.lstm.forward_train(x, state=self._state(state))
-        rows = self._rows(outputs)
-        loss, d_rows, dWy, dby = head_loss_and_gradients(
-            rows, self._head["Wy"], self._head["by"], targets, mask, "mean", self.xp
-        )
-        n_a, m, t_x = (int(s) for s in outputs.shape)
-        d_outputs = self.xp.permute_dims(self.xp.reshape(d_rows, (t_x, m, n_a)), (2, 1, 0))
-        grads = self.lstm.backward(d_outputs, cache)
+        outputs, final, cache = self.lstm.forward_train(x, lengths, self._state(state))
+        result = heads.loss_and_gradients(
+            self.head, outputs, final[0], lengths, self._head["Wy"], self._head["by"],
+            targets, mask, self.lstm.directions, self.xp,
+        )  # fmt: skip
+        grads = self.lstm.backward(result.d_outputs, cache, result.d_a_n)
         grads = {"d" + key: grads["d" + key] for key in self.lstm.parameter_keys()}
-        grads["dWy"], grads["dby"] = dWy, dby
-        return loss, grads, self._final(final)
+        grads["dWy"], grads["dby"] = result.dWy, result.dby
+        return result.loss, grads, self._final(final)
 
     def apply_gradients(self, grads: Mapping[str, Any]) -> Any:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
@@ -383,11 +426,13 @@ class LSTMModel:
         return norm
 
     def train_step(
-        self, x: Any, targets: Any, *, mask: Any = None, state: Any = None
+        self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state: Any = None
     ) -> tuple[Any, tuple[Any, Any]]:
         """One update on a batch.  Returns ``(loss, state)``: the loss before the update
         (0-d array) and the final ``(a, c)`` to carry into the next chunk."""
-        loss, grads, final = self.loss_and_gradients(x, targets, mask=mask, state=state)
+        loss, grads, final = self.loss_and_gradients(
+            x, targets, mask=mask, lengths=lengths, state=state
+        )
         self.apply_gradients(grads)
         return loss, final
 
@@ -478,6 +523,13 @@ class CharLSTM(LSTMModel):
             )
         if not vocab or len(set(vocab)) != len(vocab):
             raise ValueError("`vocab` must be a non-empty string of distinct characters")
+        for name, allowed in (("bidirectional", False), ("head", "per_step")):
+            if options.get(name, allowed) != allowed:
+                msg = (
+                    f"`{name}` = {options[name]!r}: a character model predicts the next "
+                    f"character at every step from the past alone ({name}={allowed!r})"
+                )
+                raise ValueError(msg)
         super().__init__(len(vocab), n_a, len(vocab), **options)
         self.vocab = vocab
         self._index = {ch: i for i, ch in enumerate(vocab)}
@@ -592,11 +644,12 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
     backend = "numpy" if backend is None else backend
     xp = get_namespace(backend)
     keys = checkpoint.parameter_shapes(
-        meta["n_x"], meta["n_a"], meta["num_layers"], False, meta["n_y"]
+        meta["n_x"], meta["n_a"], meta["num_layers"], meta["bidirectional"], meta["n_y"]
     )
     parameters = {k: xp.asarray(arrays[f"param/{k}"], device=device, copy=True) for k in keys}
     options = {
         "num_layers": meta["num_layers"],
+        "bidirectional": meta["bidirectional"],
         "dropout": meta["dropout"],
         "parameters": parameters,
         "backend": backend,
@@ -607,6 +660,7 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
     if meta["class"] == "CharLSTM":
         model: LSTMModel = CharLSTM(meta["vocab"], meta["n_a"], **options)
     else:
+        options["head"] = meta.get("head", "per_step")  # files before 0.2 have no head
         model = LSTMModel(meta["n_x"], meta["n_a"], meta["n_y"], **options)
     if meta.get("opt_step") is not None:
         state: dict[str, Any] = {"step": meta["opt_step"]}
