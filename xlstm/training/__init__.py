@@ -10,13 +10,34 @@ Layers, from the bottom up:
   updates of the parameter dict with explicit state; clipping by global norm and by value;
 * :mod:`~xlstm.training.model` -- :class:`LSTMModel` / :class:`CharLSTM`: parameters,
   backend, dtype, optimiser state, ``train_step``, ``to``, ``save``/``load`` (``.npz``);
-* :mod:`~xlstm.training.data` -- the bundled corpus, train/validation split, TBPTT batches;
+* :mod:`~xlstm.training.heads` -- what the model predicts: per step, or per sequence from
+  its final states or its mean output;
+* :mod:`~xlstm.training.fit` -- :func:`fit`, the training loop (epochs, validation,
+  early stopping, checkpoints, progress);
+* :mod:`~xlstm.training.data` -- the bundled corpus, train/validation split, TBPTT batches,
+  a generated sequence-classification task;
 * :mod:`~xlstm.training.cli` -- ``python -m xlstm train``.
 
 Everything is written against the array API standard and runs on every backend.
 """
 
-from .data import default_corpus, split_text, tbptt_batches, unigram_entropy
+from .data import (
+    default_corpus,
+    majority_symbol_task,
+    split_text,
+    tbptt_batches,
+    unigram_entropy,
+)
+from .fit import (
+    Batch,
+    Callback,
+    EarlyStopping,
+    History,
+    ModelCheckpoint,
+    ProgressBar,
+    evaluate,
+    fit,
+)
 from .loss import (
     log_softmax,
     loss_and_gradients,
@@ -41,17 +62,26 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Batch",
+    "Callback",
     "CharLSTM",
     "CheckpointError",
+    "EarlyStopping",
+    "History",
     "LSTMModel",
+    "ModelCheckpoint",
     "Optimizer",
+    "ProgressBar",
     "clip_by_global_norm",
     "clip_by_value",
     "default_corpus",
+    "evaluate",
+    "fit",
     "global_norm",
     "load_model",
     "log_softmax",
     "loss_and_gradients",
+    "majority_symbol_task",
     "one_hot",
     "output_backward",
     "output_forward",

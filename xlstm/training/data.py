@@ -148,3 +148,45 @@ __all__ = [
     "tbptt_batches",
     "unigram_entropy",
 ]
+
+
+def majority_symbol_task(
+    m: int, *, n_classes: int = 3, min_length: int = 4, max_length: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A generated sequence-classification data set: which symbol occurs most often?
+
+    Each sequence has a length drawn uniformly from ``[min_length, max_length]`` and
+    symbols from ``n_classes``; its label is the symbol it holds most often (sequences with
+    a tie are drawn again).  The answer depends on every step, and the sequences have
+    different lengths: the task of a variable-length sequence classifier.
+
+    Returns
+    -------
+    ids : int64 array, shape (m, max_length)
+        Symbols, right-padded with 0 past each sequence's end.
+    lengths : int64 array, shape (m,)
+    labels : int64 array, shape (m,)
+    """
+    for name, value in (("m", m), ("n_classes", n_classes), ("min_length", min_length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` = {value!r}; expected a positive int")
+    if n_classes < 2 or max_length < min_length:
+        raise ValueError("expected n_classes >= 2 and max_length >= min_length")
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((m, max_length), dtype=np.int64)
+    lengths = np.empty(m, dtype=np.int64)
+    labels = np.empty(m, dtype=np.int64)
+    row = 0
+    while row < m:
+        length = int(rng.integers(min_length, max_length + 1))
+        favoured = int(rng.integers(n_classes))
+        # One symbol is drawn more often, so that most sequences have a clear answer.
+        p = np.full(n_classes, 0.5 / (n_classes - 1))
+        p[favoured] = 0.5
+        symbols = rng.choice(n_classes, size=length, p=p)
+        counts = np.bincount(symbols, minlength=n_classes)
+        if (counts == counts.max()).sum() > 1:
+            continue
+        ids[row, :length], lengths[row], labels[row] = symbols, length, int(counts.argmax())
+        row += 1
+    return ids, lengths, labels
