@@ -19,6 +19,7 @@ weights from and to ``torch.nn.LSTM`` and Keras (:mod:`xlstm.convert`).  The tra
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,14 @@ from .layers import multilayer_backward, multilayer_forward
 from .parameters import init_parameters
 
 parameter_key = layer_key  # the name this module exported before xlstm.LSTM
+
+LAYOUTS = {
+    # layout: (shape legend, to features-first (n, m, T), back from features-first)
+    "features_first": ("(n, m, T)", (0, 1, 2), (0, 1, 2)),
+    "time_major": ("(T, m, n)", (2, 1, 0), (2, 1, 0)),
+    "batch_first": ("(m, T, n)", (2, 0, 1), (1, 2, 0)),
+}
+"""The sequence layouts :class:`LSTM` takes (see its ``layout`` parameter)."""
 
 
 class LSTM:
@@ -65,6 +74,20 @@ class LSTM:
     parameters : dict, optional
         Start from these arrays (flat keys, see the module docstring) instead; they fix
         backend, device and dtype.
+    layout : {"features_first", "time_major", "batch_first"}, default "features_first"
+        The layout of inputs, outputs and their gradients, and of the states:
+
+        ================  ===============  ==================  ===================
+        layout            ``x``            ``outputs``         ``a0, c0, a_n, c_n``
+        ================  ===============  ==================  ===================
+        features_first    ``(n_x, m, T)``  ``(D n_a, m, T)``   ``(L D, n_a, m)``
+        time_major        ``(T, m, n_x)``  ``(T, m, D n_a)``   ``(L D, m, n_a)``
+        batch_first       ``(m, T, n_x)``  ``(m, T, D n_a)``   ``(L D, m, n_a)``
+        ================  ===============  ==================  ===================
+
+        ``features_first`` is the seed notebook's; the other two are ``torch.nn.LSTM``'s
+        (``batch_first=False`` / ``True``).  Converting is a free view (a transpose): the
+        engines read any strides.
 
     Examples
     --------
@@ -90,7 +113,11 @@ class LSTM:
         engine: str = "auto",
         fused: Any = None,
         parameters: Mapping[str, Any] | None = None,
+        layout: str = "features_first",
     ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"`layout` = {layout!r}; expected one of {tuple(LAYOUTS)}")
+        self.layout = layout
         self.n_x = check_size("n_x", n_x)
         self.n_a = check_size("n_a", n_a)
         self.num_layers = check_size("num_layers", num_layers)
@@ -184,48 +211,80 @@ class LSTM:
             return self.xp.asarray(np.ascontiguousarray(x), dtype=self.dtype, device=self.device)
         return x
 
+    def _sequence_in(self, name: str, value: Any, features: int) -> Any:
+        """A sequence array in the model's layout as the layers' ``(features, m, T)`` view."""
+        value = self._input(value)
+        legend, to_features_first = LAYOUTS[self.layout][0], LAYOUTS[self.layout][1]
+        shape = getattr(value, "shape", None)
+        axis = legend.strip("()").split(", ").index("n")
+        if shape is None or len(shape) != 3 or int(shape[axis]) != features:
+            got = None if shape is None else tuple(int(s) for s in shape)
+            msg = (
+                f"`{name}` has shape {got}; expected {legend.replace('n', str(features))} "
+                f"(layout={self.layout!r})"
+            )
+            raise ValueError(msg)
+        return self.xp.permute_dims(value, to_features_first)
+
+    def _sequence_out(self, value: Any) -> Any:
+        return self.xp.permute_dims(value, LAYOUTS[self.layout][2])
+
+    def _states_in(self, value: Any) -> Any:
+        if value is None or self.layout == "features_first":
+            return self._input(value)
+        return self.xp.permute_dims(self._input(value), (0, 2, 1))
+
+    def _states_out(self, value: Any) -> Any:
+        return value if self.layout == "features_first" else self.xp.permute_dims(value, (0, 2, 1))
+
     def _state(self, state: Any) -> tuple[Any, Any]:
         if state is None:
             return None, None
         if not (isinstance(state, tuple) and len(state) == 2):
             raise TypeError("`state` must be None or an (a0, c0) tuple")
-        return self._input(state[0]), self._input(state[1])
+        return self._states_in(state[0]), self._states_in(state[1])
 
     def forward(self, x: Any, lengths: Any = None, state: Any = None) -> tuple[Any, Any]:
         """Inference pass (no dropout, nothing kept for backward): ``(outputs, (a_n, c_n))``.
 
-        ``x (n_x, m, T)``; ``outputs (D n_a, m, T)``; ``a_n, c_n (num_layers * D, n_a, m)``
-        (``torch.nn.LSTM``'s ``h_n``, ``c_n`` order); ``state = (a0, c0)`` of that shape.
+        In the model's ``layout`` (default ``x (n_x, m, T)``, ``outputs (D n_a, m, T)``,
+        ``a_n, c_n (num_layers * D, n_a, m)`` in ``torch.nn.LSTM``'s ``h_n``, ``c_n``
+        order); ``state = (a0, c0)`` of the states' shape.
         """
         a0, c0 = self._state(state)
         outputs, final, _ = multilayer_forward(
-            self._input(x), self.layers, bidirectional=self.bidirectional, lengths=lengths,
-            training=False, a0=a0, c0=c0, engine=self.engine, cache=False,
+            self._sequence_in("x", x, self.n_x), self.layers, bidirectional=self.bidirectional,
+            lengths=lengths, training=False, a0=a0, c0=c0, engine=self.engine, cache=False,
         )  # fmt: skip
-        return outputs, final
+        return self._sequence_out(outputs), tuple(self._states_out(v) for v in final)
 
     __call__ = forward
 
     def forward_train(self, x: Any, lengths: Any = None, state: Any = None):
         """Training pass (dropout on): ``(outputs, (a_n, c_n), cache)`` for :meth:`backward`."""
         a0, c0 = self._state(state)
-        return multilayer_forward(
-            self._input(x), self.layers, bidirectional=self.bidirectional, lengths=lengths,
-            dropout=self.dropout, seed=self._dropout_rng, training=True, a0=a0, c0=c0,
-            engine=self.engine,
+        outputs, final, cache = multilayer_forward(
+            self._sequence_in("x", x, self.n_x), self.layers, bidirectional=self.bidirectional,
+            lengths=lengths, dropout=self.dropout, seed=self._dropout_rng, training=True,
+            a0=a0, c0=c0, engine=self.engine,
         )  # fmt: skip
+        return self._sequence_out(outputs), tuple(self._states_out(v) for v in final), cache
 
     def backward(self, d_outputs: Any, cache: Any, d_a_n: Any = None, d_c_n: Any = None):
         """Gradients of a :meth:`forward_train` pass: ``dWf_l0 ...`` plus ``dx, da0, dc0``.
 
         NumPy gradients given to a model on another backend move there, as inputs do.
         """
+        features = self.directions * self.n_a
         grads = multilayer_backward(
-            self._input(d_outputs), cache,
-            None if d_a_n is None else self._input(d_a_n),
-            None if d_c_n is None else self._input(d_c_n),
+            self._sequence_in("d_outputs", d_outputs, features), cache,
+            self._states_in(d_a_n), self._states_in(d_c_n),
         )  # fmt: skip
-        flat = {key: grads[key] for key in ("dx", "da0", "dc0")}
+        flat = {
+            "dx": self._sequence_out(grads["dx"]),
+            "da0": self._states_out(grads["da0"]),
+            "dc0": self._states_out(grads["dc0"]),
+        }
         flat.update(self.schema.to_flat(grads["layers"], prefix="d"))
         return flat
 
@@ -233,11 +292,14 @@ class LSTM:
 
     def to(self, backend: Any, *, device: Any = None) -> LSTM:
         """A copy of the model on another backend / device (this one is left as it is)."""
-        return type(self)(
+        clone = type(self)(
             self.n_x, self.n_a, num_layers=self.num_layers, bidirectional=self.bidirectional,
-            dropout=self.dropout, engine=self.engine,
+            dropout=self.dropout, layout=self.layout,
             parameters=to_backend(self._parameters, get_namespace(backend), device=device),
         )  # fmt: skip
+        clone.engine = self.engine  # already checked (it may be fused=True's choice)
+        clone._dropout_rng = copy.deepcopy(self._dropout_rng)  # the same masks from here on
+        return clone
 
     def config(self) -> dict[str, Any]:
         """Sizes, layout, dtype and gate order (what a checkpoint's ``meta`` records)."""
@@ -262,9 +324,12 @@ class LSTM:
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, backend: Any = "numpy", device: Any = None,
-        engine: str = "auto",
+        engine: str = "auto", layout: str = "features_first",
     ) -> LSTM:  # fmt: skip
         """Load a checkpoint written by :meth:`save` onto ``backend`` and ``device``.
+
+        ``engine`` and ``layout`` are how the loaded model runs (see :class:`LSTM`); the
+        file holds the weights.
 
         Raises
         ------
@@ -283,7 +348,7 @@ class LSTM:
         return cls(
             meta["n_x"], meta["n_a"], num_layers=meta["num_layers"],
             bidirectional=meta["bidirectional"], dropout=meta["dropout"], engine=engine,
-            parameters=parameters,
+            parameters=parameters, layout=layout,
         )  # fmt: skip
 
     @classmethod
@@ -297,10 +362,13 @@ class LSTM:
         dtype: Any = None,
         dropout: float | None = None,
         engine: str = "auto",
+        layout: str = "features_first",
     ) -> LSTM:
         """Import a ``torch.nn.LSTM`` (or its ``state_dict``; see :func:`xlstm.convert.from_torch`).
 
         ``dropout`` defaults to the module's ``dropout`` (0 for a bare ``state_dict``).
+        ``layout`` is how the model is called (see :class:`LSTM`): pass ``"batch_first"`` or
+        ``"time_major"`` to call it as the torch module is called.
         """
         weights = convert.from_torch(module, prefix=prefix, xp=backend, dtype=dtype, device=device)
         if dropout is None:
@@ -308,7 +376,7 @@ class LSTM:
         return cls(
             weights.n_x, weights.n_a, num_layers=weights.num_layers,
             bidirectional=weights.bidirectional, dropout=dropout, engine=engine,
-            parameters=cls._flat(weights.layers, weights.bidirectional),
+            parameters=cls._flat(weights.layers, weights.bidirectional), layout=layout,
         )  # fmt: skip
 
     def to_torch_state_dict(self, *, prefix: str = "", as_tensors: bool = False) -> dict[str, Any]:
