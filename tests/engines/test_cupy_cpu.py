@@ -55,7 +55,7 @@ import xlstm
 from xlstm._engines import cache as _cache
 from xlstm._engines import dispatch
 from xlstm._engines import generic as _engine
-from xlstm._engines.cupy import _kernels
+from xlstm._engines.cupy import _blas, _kernels
 from xlstm._engines.cupy import engine as cupy_engine
 from xlstm._engines.numpy import engine as numpy_engine
 from xlstm._layout import GATE_ORDER, GATE_PARAMETERS
@@ -453,6 +453,9 @@ class NumpyKernels:
 
 # --------------------------------------------------------------------------- a NumPy "CuPy"
 
+CUPY_CAPTURE_GUARD = "calling cuBLAS API during stream capture is currently unsupported"
+"""What CuPy 14's ``cupy_backends.cuda.libs.cublas.setStream`` raises on a capturing stream."""
+
 
 def _root(array):
     while array.base is not None:
@@ -475,17 +478,97 @@ class CaptureError(AssertionError):
     """Something was done inside a capture that real stream capture would break on."""
 
 
+class FakeArray(np.ndarray):
+    """The stand-in's device arrays: every new data buffer is recorded as an allocation.
+
+    NumPy calls ``__array_finalize__`` for every array made from one of these,
+    views and new buffers alike; a view's root buffer is already known, a new
+    buffer (a copy, ``astype``, a copying ``reshape``, an operator's result) is
+    not.  So allocations that bypass the namespace's functions are caught too.
+    """
+
+    runtime = None  # the FakeRuntime recording allocations (one test at a time)
+    __module__ = "numpy"  # to xlstm's public layer these are NumPy arrays, as the inputs are
+
+    def __array_finalize__(self, obj):
+        runtime = FakeArray.runtime
+        if runtime is not None:
+            runtime.register(_root(self), "ndarray method")
+
+
+class FakeStream:
+    """``cupy.cuda.Stream``: current within ``with``; capture records instead of running."""
+
+    def __init__(self, runtime, ptr):
+        self._runtime, self.ptr = runtime, ptr
+
+    def record(self):
+        return FakeEvent()
+
+    def wait_event(self, event):
+        assert isinstance(event, FakeEvent)
+
+    def begin_capture(self):
+        self._runtime.begin_capture(self)
+
+    def end_capture(self):
+        return self._runtime.end_capture(self)
+
+    def is_capturing(self):
+        return self.ptr in self._runtime.capturing_streams
+
+    def __enter__(self):
+        self._runtime.stream_stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        assert self._runtime.stream_stack.pop() is self
+
+
+class FakeCudaError(RuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError``."""
+
+
+class FakeCuda:
+    """The part of ``cupy.cuda`` the engine's runtime uses."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self.runtime = type(sys)("runtime")
+        self.runtime.CUDARuntimeError = FakeCudaError
+
+    def Stream(self, non_blocking=False):  # CuPy's name
+        assert non_blocking, "capture needs a non-blocking stream"
+        self._runtime.streams += 1
+        return FakeStream(self._runtime, self._runtime.streams)
+
+    def get_current_stream(self):
+        return self._runtime.stream_stack[-1]
+
+
+class FakeGraph:
+    def __init__(self, runtime, tape):
+        self._runtime, self.tape = runtime, tape
+
+    def launch(self, stream):
+        assert isinstance(stream, FakeStream)
+        self._runtime.replays += 1
+        for operation in self.tape:
+            operation()
+
+
 class FakeNamespace:
     """The array functions the engine calls, on NumPy, with stream-capture rules.
 
-    While ``runtime.capturing`` is set, operations are recorded (with the very
-    arrays they were given, as a graph records addresses) instead of run, and
-    allocating raises, as does anything that would make ``cupy.matmul`` copy
-    an operand into a temporary.
+    Operations issued to a capturing stream are recorded (with the very arrays
+    they were given, as a graph records addresses) instead of run; every
+    allocation is recorded; an operation inside a capture may only touch arrays
+    allocated before it.  ``matmul`` is CuPy's guard: refused inside a capture.
     """
 
     def __init__(self, runtime):
         self._runtime = runtime
+        self.cuda = FakeCuda(runtime)
 
     def _run(self, operation, *arrays):
         if not self._runtime.capturing:
@@ -500,30 +583,30 @@ class FakeNamespace:
                 )
         self._runtime.tape.append(operation)
 
-    def _no_allocation(self, what):
-        if self._runtime.capturing:
-            raise CaptureError(f"{what} allocates during a graph capture")
+    def _new(self, array, what):
+        """Register a fresh buffer (poisoned: unwritten output shows) as a device array."""
+        self._runtime.register(array, what)
+        return array.view(FakeArray)
 
     def empty(self, shape, dtype):
-        self._no_allocation("empty")
-        array = np.full(shape, np.nan, dtype=dtype)  # poisoned: unwritten output shows
-        self._runtime.buffers[id(array)] = array
-        return array
+        dtype = np.dtype(dtype)
+        poison = np.nan if dtype.kind == "f" else 0xAB
+        return self._new(np.full(shape, poison, dtype=dtype), "empty")
 
     def ascontiguousarray(self, array):
-        if not array.flags.c_contiguous:
-            self._no_allocation("ascontiguousarray")
-        return np.ascontiguousarray(array)
+        if array.flags.c_contiguous:
+            root = _root(array)  # the caller's device array, used as it is
+            self._runtime.external.setdefault(id(root), root)
+            return array
+        return self._new(np.ascontiguousarray(array), "ascontiguousarray")
 
     def asarray(self, array):
-        self._no_allocation("asarray")
-        return np.array(array, copy=True)
+        return self._new(np.array(array, copy=True), "asarray")
 
     def take(self, array, indices, axis):
-        self._no_allocation("take")
         assert isinstance(indices, np.ndarray)
         assert indices.dtype.kind == "i"
-        return np.take(array, indices, axis=axis)
+        return self._new(np.take(array, indices, axis=axis), "take")
 
     def copyto(self, dst, src):
         self._run(lambda: np.copyto(dst, src), dst, src)
@@ -533,15 +616,123 @@ class FakeNamespace:
 
     def matmul(self, a, b, out):
         if self._runtime.capturing:
-            for operand in (a, b):
-                if not (operand.flags.c_contiguous or operand.flags.f_contiguous):
-                    raise CaptureError("matmul operand would be copied into a temporary")
-            if not out.flags.c_contiguous:
-                raise CaptureError("matmul `out` is not C-contiguous: CuPy would copy")
-            if np.shares_memory(out, a) or np.shares_memory(out, b):
-                raise CaptureError("matmul `out` overlaps an operand: CuPy would copy")
-        self._runtime.products.append((a.shape, b.shape))
-        self._run(lambda: _product(a, b, out), a, b, out)
+            # cupy.matmul -> tensordot_core -> cublas.gemmEx -> _setStream ->
+            # setStream, which refuses a capturing stream (CuPy 14.2).
+            raise NotImplementedError(CUPY_CAPTURE_GUARD)
+        _product(a, b, out)
+
+
+class FakeCublasError(RuntimeError):
+    """``cupy_backends.cuda.libs.cublas.CUBLASError``."""
+
+
+class NumpyCublas:
+    """cuBLAS as the engine calls it, computed with NumPy from raw addresses.
+
+    Each matrix is read from memory exactly as cuBLAS would read it: column-major,
+    ``rows x cols`` from the pointer with leading dimension ``ld``, after its
+    ``op`` -- so a wrong pointer, ``ld``, op or data type gives a wrong product,
+    and reading past the allocation that holds the pointer is an error (as is an
+    argument cuBLAS itself rejects).  The handle's state is modelled too: its
+    stream (``set_stream`` is CuPy's, which refuses a capturing stream and, as
+    ``cublasSetStream`` does, resets the workspace), its workspace and its pointer
+    mode; a product on a capturing stream is recorded, not run, and reads its
+    operands' memory when replayed.
+    """
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self.handles: dict[int, dict] = {}
+        self.calls: list[tuple] = []  # every gemm_ex call's arguments
+
+    def create(self):
+        handle = 1000 + len(self.handles)
+        self.handles[handle] = {"stream": 0, "workspace": None, "pointer_mode": 0}
+        return handle
+
+    def destroy(self, handle):
+        self.handles.pop(handle)
+
+    def set_stream(self, handle, stream):
+        if stream in self._runtime.capturing_streams:
+            raise NotImplementedError(CUPY_CAPTURE_GUARD)
+        self.handles[handle].update(stream=stream, workspace=None)
+
+    def set_pointer_mode(self, handle, mode):
+        self.handles[handle]["pointer_mode"] = mode
+
+    def set_workspace(self, handle, pointer, size):
+        if self._runtime.capturing_streams:
+            raise CaptureError("cuBLAS workspace changed during a capture")
+        self._runtime.buffer_at(pointer, size, np.uint8)
+        self.handles[handle]["workspace"] = (pointer, size)
+
+    def _matrix(self, pointer, data_type, rows, cols, ld):
+        """The column-major ``rows x cols`` matrix cuBLAS reads at ``pointer``."""
+        dtype = {_blas.CUDA_R_16F: np.float16, _blas.CUDA_R_32F: np.float32}.get(
+            data_type, np.float64
+        )
+        itemsize = np.dtype(dtype).itemsize
+        flat, start = self._runtime.buffer_at(pointer, ((cols - 1) * ld + rows) * itemsize, dtype)
+        return np.lib.stride_tricks.as_strided(
+            flat[start:], shape=(rows, cols), strides=(itemsize, ld * itemsize)
+        )
+
+    def gemm_ex(self, handle, transa, transb, m, n, k, alpha, A, a_type, lda, B, b_type, ldb,
+                beta, C, c_type, ldc, compute, algo):  # fmt: skip
+        self.calls.append((transa, transb, m, n, k, lda, ldb, ldc, compute, algo))
+        state = self.handles[handle]
+        if min(m, n, k) < 0 or transa not in (0, 1) or transb not in (0, 1):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE")
+        if lda < max(1, m if transa == _blas.OP_N else k):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE (lda)")
+        if ldb < max(1, k if transb == _blas.OP_N else n) or ldc < max(1, m):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE (ldb, ldc)")
+        supported = {
+            _blas.CUDA_R_16F: {_blas.COMPUTE_32F, _blas.COMPUTE_32F_PEDANTIC},
+            _blas.CUDA_R_32F: {
+                _blas.COMPUTE_32F,
+                _blas.COMPUTE_32F_PEDANTIC,
+                _blas.COMPUTE_32F_FAST_TF32,
+            },
+            _blas.CUDA_R_64F: {_blas.COMPUTE_64F, _blas.COMPUTE_64F_PEDANTIC},
+        }
+        if not (a_type == b_type == c_type) or compute not in supported.get(c_type, ()):
+            raise FakeCublasError("CUBLAS_STATUS_NOT_SUPPORTED")
+        assert state["pointer_mode"] == _blas.POINTER_MODE_HOST
+        scalar = (
+            ctypes.c_double
+            if compute in (_blas.COMPUTE_64F, _blas.COMPUTE_64F_PEDANTIC)
+            else ctypes.c_float
+        )
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        a_rows, a_cols = (m, k) if transa == _blas.OP_N else (k, m)
+        b_rows, b_cols = (k, n) if transb == _blas.OP_N else (n, k)
+        a = self._matrix(A, a_type, a_rows, a_cols, lda)
+        b = self._matrix(B, b_type, b_rows, b_cols, ldb)
+        c = self._matrix(C, c_type, m, n, ldc)
+        if np.shares_memory(c, a) or np.shares_memory(c, b):
+            raise CaptureError("cuBLAS output overlaps an input (undefined)")
+        self._runtime.products.append(((n, k), (k, m)))  # row-major: out (n, m) = a @ b
+
+        def run():
+            op_a = a if transa == _blas.OP_N else a.T
+            op_b = b if transb == _blas.OP_N else b.T
+            wide = np.float64 if c.dtype == np.float64 else np.float32
+            product = alpha * np.matmul(op_a.astype(wide), op_b.astype(wide))
+            if beta != 0:  # beta = 0: C is not read (it may hold NaN)
+                product = product + beta * c
+            c[...] = product  # one rounding to the storage type
+
+        stream = state["stream"]
+        if stream in self._runtime.capturing_streams:
+            if state["workspace"] is None:
+                raise CaptureError("cuBLAS without a user workspace allocates inside the capture")
+            self._runtime.tape.append(run)
+        elif stream != self._runtime.xp.cuda.get_current_stream().ptr:
+            raise CaptureError(f"product issued on stream {stream}, not the current stream")
+        else:
+            run()
 
 
 class TapeKernels:
@@ -565,22 +756,76 @@ class FakeEvent:
         return None
 
 
-class FakeRuntime:
-    """Stands in for ``xlstm._engines.cupy.engine._CupyRuntime`` on the CPU."""
+class FakeRuntime(cupy_engine._CupyRuntime):
+    """The engine's own CuPy runtime on NumPy: ``xp`` and cuBLAS are the stand-ins above.
+
+    Everything else -- capture and replay, binding cuBLAS to a stream and a
+    workspace, one handle per thread -- is the engine's code as it runs on a GPU.
+    """
 
     def __init__(self, kernel_factory):
         self.kernel_factory = kernel_factory
-        self.capturing = False
+        self.capturing_streams: set[int] = set()
+        self.stream_stack = [None]
+        self.streams = 0  # ptr 0: the legacy default stream
         self.tape: list = []
-        self.fake = FakeNamespace(self)
-        self.xp = self.fake
         self.captures = 0
         self.replays = 0
         self.buffers: dict = {}  # id -> every allocation (a graph may only touch these)
+        self.external: dict = {}  # id -> the caller's arrays an eager product may read
+        self.allocations: list[tuple[str, int, bool]] = []  # (what, bytes, inside a capture)
         self.launches: list[str] = []
         self.products: list[tuple] = []  # (shape of a, shape of b) of every product
         self.fail_capture = False
+        self.cublas = NumpyCublas(self)
+        super().__init__(xp=FakeNamespace(self), library=lambda: self.cublas)
+        self.fake = self.xp
+        self.stream_stack = [FakeStream(self, 0)]
 
+    @property
+    def capturing(self):
+        return self.stream_stack[-1].ptr in self.capturing_streams
+
+    def register(self, root, what):
+        if id(root) in self.buffers:
+            return
+        self.buffers[id(root)] = root
+        self.allocations.append((what, root.nbytes, bool(self.capturing_streams)))
+
+    def buffer_at(self, pointer, nbytes, dtype):
+        """``(flat view, element offset)`` of the allocation holding ``pointer + [0, nbytes)``."""
+        known = [*self.buffers.values()]
+        if not self.capturing_streams:
+            known += self.external.values()
+        for root in known:
+            start = root.ctypes.data
+            if start <= pointer and pointer + nbytes <= start + root.nbytes:
+                if root.dtype != dtype:
+                    raise CaptureError(f"reads {np.dtype(dtype)} from a {root.dtype} buffer")
+                offset = pointer - start
+                assert offset % root.itemsize == 0
+                return root.reshape(-1), offset // root.itemsize
+        raise CaptureError(f"reads {nbytes} bytes at {pointer:#x}: outside every allocation")
+
+    def begin_capture(self, stream):
+        if stream.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self.fail_capture:
+            raise FakeCudaError("operation not permitted when stream is capturing")
+        assert not self.capturing_streams
+        self.capturing_streams.add(stream.ptr)
+        self.tape = []
+        self.capture_start = len(self.allocations)
+
+    def end_capture(self, stream):
+        self.capturing_streams.discard(stream.ptr)
+        inside = self.allocations[self.capture_start :]
+        if inside:
+            raise CaptureError(f"allocated during a capture: {inside}")
+        self.captures += 1
+        return FakeGraph(self, tuple(self.tape))
+
+    # Device services the stand-in answers itself.
     def kernels(self, dtype, device_id):
         return TapeKernels(self.kernel_factory(np.dtype(dtype).name), self)
 
@@ -590,28 +835,15 @@ class FakeRuntime:
     def device_id(self, array):
         return 0
 
-    def record(self):
-        return FakeEvent()
+    def compute_capability(self, device_id):
+        return 90
 
-    def wait(self, event):
-        return None
+    def compute_types(self):
+        return {name: _blas.compute_type(name, 1) for name in _blas.DATA_TYPES}
 
-    def capture(self, program, device_id):
-        program()  # the real run, as on the GPU
-        if self.fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.capturing, self.tape = True, []
-        try:
-            program()
-        finally:
-            self.capturing = False
-        self.captures += 1
-        return tuple(self.tape)
-
-    def launch(self, graph):
-        self.replays += 1
-        for operation in graph:
-            operation()
+    @staticmethod
+    def address(array):
+        return array.ctypes.data
 
 
 @pytest.fixture(params=["numpy-kernels", "host-compiled-kernels"])
@@ -622,11 +854,16 @@ def kernel_factory(request):
     return lambda dtype_name: HostKernels(library, dtype_name)
 
 
+def _install(monkeypatch, fake):
+    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
+    monkeypatch.setattr(FakeArray, "runtime", fake)
+    cupy_engine.clear_graph_cache()
+
+
 @pytest.fixture
 def runtime(monkeypatch, kernel_factory):
     fake = FakeRuntime(kernel_factory)
-    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
-    cupy_engine.clear_graph_cache()
+    _install(monkeypatch, fake)
     yield fake
     cupy_engine.clear_graph_cache()
     cupy_engine.set_graph_replay(None)
@@ -636,8 +873,7 @@ def runtime(monkeypatch, kernel_factory):
 def host_runtime(monkeypatch, host_library):
     """The fake runtime with the host-compiled kernels only (the device arithmetic)."""
     fake = FakeRuntime(lambda dtype_name: HostKernels(host_library, dtype_name))
-    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
-    cupy_engine.clear_graph_cache()
+    _install(monkeypatch, fake)
     yield fake
     cupy_engine.clear_graph_cache()
     cupy_engine.set_graph_replay(None)
