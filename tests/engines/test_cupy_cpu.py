@@ -479,12 +479,13 @@ class CaptureError(AssertionError):
 
 
 class FakeArray(np.ndarray):
-    """The stand-in's device arrays: every new data buffer is recorded as an allocation.
+    """The stand-in's device arrays: new data buffers made from them are recorded.
 
-    NumPy calls ``__array_finalize__`` for every array made from one of these,
-    views and new buffers alike; a view's root buffer is already known, a new
-    buffer (a copy, ``astype``, a copying ``reshape``, an operator's result) is
-    not.  So allocations that bypass the namespace's functions are caught too.
+    NumPy calls ``__array_finalize__`` for arrays made from one of these, views
+    and new buffers alike; a view's root buffer is already known, a new buffer
+    (``copy``, ``astype``, an operator's result) is not.  So those allocations,
+    which bypass the namespace's functions, are caught too (a copying ``reshape``
+    of a non-contiguous view is not seen: NumPy makes that copy without the hook).
     """
 
     runtime = None  # the FakeRuntime recording allocations (one test at a time)
@@ -1077,6 +1078,312 @@ def test_two_operations_per_step(runtime):
     assert len(runtime.launches) == 2 * T  # T forward kernels, T backward kernels
     # forward: input projection + T recurrent; backward: T recurrent + dW_h, dW_x, db, dx
     assert len(runtime.products) == (1 + T) + (T + 4)
+
+
+# --------------------------------------------------------------------------- cuBLAS, capture
+
+
+def _gemm(runtime):
+    """The engine's cuBLAS handle on the stand-in, bound to the current stream."""
+    gemm = runtime.blas(0)
+    gemm.bind_eager(runtime.stream_ptr())
+    return gemm
+
+
+def _device(runtime, array):
+    """``array`` copied into a registered stand-in buffer (what cuBLAS may read)."""
+    out = runtime.xp.empty(array.shape, array.dtype)
+    np.copyto(out, array)
+    return out
+
+
+def _layouts(rng, rows, cols, dtype):
+    """Row-major ``(rows, cols)`` matrices of the same values, stored every way cuBLAS reads."""
+    values = rng.standard_normal((rows, cols)).astype(dtype)
+    padded = np.full((rows, cols + 3), np.nan, dtype)  # ld > cols: a slice of wider rows
+    padded[:, :cols] = values
+    tall = np.full((cols, rows + 2), np.nan, dtype)  # column-major with ld > rows
+    tall[:, :rows] = values.T
+    return values, {
+        "C": np.ascontiguousarray(values),
+        "F": np.asfortranarray(values),
+        "C-slice": padded[:, :cols],
+        "F-slice": tall[:, :rows].T,
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize(("n", "k", "m"), [(3, 4, 5), (1, 4, 5), (3, 1, 5), (3, 4, 1), (1, 1, 1)])
+def test_gemm_matches_numpy_for_every_layout(runtime, dtype, n, k, m):
+    """``Gemm.matmul`` through the cuBLAS model equals NumPy for each operand layout.
+
+    Reference: float64 NumPy on the same values; float16 within one rounding of
+    its float32-accumulated product (cuBLAS's compute type for float16).
+    """
+    rng = np.random.default_rng(n * 100 + k * 10 + m)
+    gemm = _gemm(runtime)
+    a_values, a_layouts = _layouts(rng, n, k, dtype)
+    b_values, b_layouts = _layouts(rng, k, m, dtype)
+    expected = a_values.astype(np.float64) @ b_values.astype(np.float64)
+    tol = {"float64": 1e-14, "float32": 1e-6, "float16": 2.0**-11}[dtype]
+    a_vectors = {"vector": a_values[0].copy()} if n == 1 else {}
+    for a_name, a in {**a_layouts, **a_vectors}.items():
+        for b_name, b in b_layouts.items():
+            out_shape = (m,) if a.ndim == 1 else (n, m)
+            out = runtime.xp.empty(out_shape, dtype)
+            gemm.matmul(_device_view(runtime, a), _device_view(runtime, b), out)
+            got = out.reshape(n, m).astype(np.float64)
+            np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=(a_name, b_name))
+
+
+def _device_view(runtime, array):
+    """The same layout (strides, ld) as ``array``, inside a registered buffer."""
+    root = _root(array)  # C- or F-contiguous: its memory in order is ravel(order="K")
+    flat = _device(runtime, root.ravel(order="K"))
+    offset = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    start = offset // array.itemsize
+    return np.lib.stride_tricks.as_strided(flat[start:], array.shape, array.strides)
+
+
+# (a, b) of the engine's products -> the arguments CuPy 14.2's tensordot_core_v11 would pass
+# (read off cupy/_core/_routines_linalg.pyx: dot + _mat_to_cublas_contiguous): a C-contiguous
+# (n, k) is cuBLAS's B with op N, ld k; b = w.T (F-contiguous) is cuBLAS's A with op T, ld k;
+# a C-contiguous b (k, m) has op N, ld m; dz_rows.T (F) as a has op T, ld n.
+CUPY_ARGUMENTS = {
+    # name: (a shape, a layout, b shape, b layout) -> (transa, transb, m, n, k, lda, ldb, ldc)
+    "h W_h^T": (((4, 6), "C"), ((6, 24), "F"), (1, 0, 24, 4, 6, 6, 6, 24)),
+    "dz W_h": (((4, 24), "C"), ((24, 6), "C"), (0, 0, 6, 4, 24, 6, 24, 6)),
+    "dz^T h": (((24, 8), "F"), ((8, 6), "C"), (0, 1, 6, 24, 8, 6, 24, 6)),
+    "1^T dz": (((8,), "C"), ((8, 24), "C"), (0, 0, 24, 1, 8, 24, 8, 24)),
+    "one row": (((1, 6), "C"), ((6, 24), "F"), (1, 0, 24, 1, 6, 6, 6, 24)),
+    "n_x = 1": (((4, 24), "C"), ((24, 1), "C"), (1, 0, 1, 4, 24, 24, 24, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(CUPY_ARGUMENTS))
+def test_gemm_arguments_are_cupys(name):
+    """Same transposes and leading dimensions as cupy.matmul: the same cuBLAS call, same bits."""
+    (a_shape, a_order), (b_shape, b_order), expected = CUPY_ARGUMENTS[name]
+
+    def array(shape, order):
+        if order == "F":
+            return np.zeros(shape[::-1], np.float32).T
+        return np.zeros(shape, np.float32)
+
+    a, b = array(a_shape, a_order), array(b_shape, b_order)
+    out = np.zeros((*a.shape[:-1], b.shape[1]), np.float32)
+    shape = _blas.gemm_shape(a, b, out)
+    assert dataclasses.astuple(shape) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [("lda", 1), ("ldb", 1), ("ldc", 1), ("transa", None), ("transb", None), ("k", -1)],
+)
+def test_a_wrong_cublas_argument_is_caught(runtime, monkeypatch, field, change):
+    """The cuBLAS model reads what the arguments say: a wrong one errs or gives another answer."""
+    rng = np.random.default_rng(3)
+    gemm = _gemm(runtime)
+    a = _device(runtime, rng.standard_normal((4, 5)))
+    b = _device(runtime, rng.standard_normal((6, 5))).T  # column-major, as w.T is
+    right = runtime.xp.empty((4, 6), np.float64)
+    gemm.matmul(a, b, right)
+    np.testing.assert_allclose(right, np.asarray(a) @ np.asarray(b), rtol=1e-14)
+    honest = _blas.gemm_shape
+
+    def wrong(*args):
+        shape = honest(*args)
+        value = getattr(shape, field)
+        value = 1 - value if change is None else value + change
+        return dataclasses.replace(shape, **{field: value})
+
+    monkeypatch.setattr(_blas, "gemm_shape", wrong)
+    out = runtime.xp.empty((4, 6), np.float64)
+    try:
+        gemm.matmul(a, b, out)
+    except (FakeCublasError, CaptureError):
+        return  # refused, as cuBLAS (or reading past the allocation) would
+    assert np.isnan(out).any() or not np.allclose(out, right), field
+
+
+def test_gemm_refuses_what_cublas_cannot_read(runtime):
+    gemm = runtime.blas(0)
+    a = runtime.xp.empty((4, 5), np.float32)
+    out = runtime.xp.empty((4, 6), np.float32)
+    with pytest.raises(RuntimeError, match=r"before Gemm\.bind"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float32), out)
+    gemm.bind_eager(runtime.stream_ptr())
+    with pytest.raises(ValueError, match="no unit stride"):
+        gemm.matmul(a, runtime.xp.empty((10, 12), np.float32)[::2, ::2], out)
+    with pytest.raises(TypeError, match="float32 @ float64"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float64), out)
+    with pytest.raises(ValueError, match="do not match"):
+        gemm.matmul(a, runtime.xp.empty((4, 6), np.float32), out)
+    square = runtime.xp.empty((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        gemm.matmul(square, runtime.xp.empty((4, 4), np.float32), square)
+    with pytest.raises(ValueError, match="unit stride along rows"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float32), runtime.xp.empty((6, 4), np.float32).T)
+
+
+def test_compute_types_and_algorithms_are_cupys():
+    """CuPy 14.2's tensordot_core_v11: float16 accumulates in float32; TF32 only for float32."""
+    default, pedantic, tf32 = 1, _blas.CUPY_COMPUTE_TYPE_PEDANTIC, _blas.CUPY_COMPUTE_TYPE_TF32
+    assert _blas.compute_type("float16", default) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float16", tf32) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float32", default) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float32", tf32) == _blas.COMPUTE_32F_FAST_TF32
+    assert _blas.compute_type("float32", pedantic) == _blas.COMPUTE_32F_PEDANTIC
+    assert _blas.compute_type("float64", tf32) == _blas.COMPUTE_64F
+    assert _blas.compute_type("float64", pedantic) == _blas.COMPUTE_64F_PEDANTIC
+    assert _blas.algorithm("float32", 90) == _blas.GEMM_DEFAULT_TENSOR_OP
+    assert _blas.algorithm("float32", 75) == _blas.GEMM_DEFAULT
+    assert _blas.algorithm("float16", 70) == _blas.GEMM_DEFAULT_TENSOR_OP
+    assert _blas.workspace_bytes(90) == 32 * 2**20
+    assert _blas.workspace_bytes(80) == 4 * 2**20
+
+
+def test_libcublas_is_found_in_the_process_maps():
+    pattern = _blas._LIBCUBLAS
+    assert pattern.search("/opt/venv/nvidia/cu13/lib/libcublas.so.13")
+    assert pattern.search("/usr/lib/libcublas.so")
+    assert not pattern.search("/opt/venv/nvidia/cu13/lib/libcublasLt.so.13")
+    assert not pattern.search("/usr/lib/libcublas.so.13.bak")
+
+
+def test_binding_happens_outside_captures(runtime):
+    """The stream first (it resets the workspace), then the workspace; once per change."""
+    gemm = runtime.blas(0)
+    assert runtime.blas(0) is gemm  # one handle per thread and device
+    state = runtime.cublas.handles[gemm.handle]
+    assert state["pointer_mode"] == _blas.POINTER_MODE_HOST
+    gemm.bind_eager(runtime.stream_ptr())
+    first = state["workspace"]
+    assert first is not None
+    assert first[1] == gemm.workspace_bytes
+    gemm.bind_eager(runtime.stream_ptr())
+    assert state["workspace"] == first
+    side = runtime.xp.cuda.Stream(non_blocking=True)
+    with side:
+        gemm.bind_eager(runtime.stream_ptr())
+        assert state["stream"] == side.ptr
+        assert state["workspace"][0] != first[0]  # one workspace per stream
+        other = runtime.xp.cuda.Stream(non_blocking=True)
+        spare = runtime.xp.empty(16, np.uint8)
+        side.begin_capture()
+        try:
+            gemm.bind_eager(runtime.stream_ptr())  # already bound: nothing to do
+            with pytest.raises(CaptureError, match="workspace changed during a capture"):
+                gemm.bind(other.ptr, spare)
+            with pytest.raises(NotImplementedError, match="during stream capture"):
+                runtime.cublas.set_stream(gemm.handle, side.ptr)  # CuPy's guard
+        finally:
+            side.end_capture()
+
+
+def _capture_problem(runtime, dtype="float32"):
+    inputs = _engine_inputs(random_problem(4, 3, 2, 5, 4, 2), dtype)
+    x = inputs["x"].transpose(2, 1, 0)
+    d = cupy_engine._Dims.of(x, 4, False)
+    plan = cupy_engine._Plan(runtime.xp, d, x.dtype, False)
+    cupy_engine._fill_inputs(runtime.xp, plan.inputs, x, inputs["W"], inputs["b"], d.n_a)
+    kernels = runtime.kernels(x.dtype, 0)
+    return d, plan, kernels
+
+
+def test_cupy_matmul_inside_a_capture_is_refused(runtime):
+    """What the engine did before (cupy.matmul in the captured loop) fails under CuPy 14."""
+    d, plan, kernels = _capture_problem(runtime)
+
+    class CupyMatmul:  # the products as cupy.matmul issued them
+        def matmul(self, a, b, out):
+            runtime.xp.matmul(a, b, out)
+
+    def program(gemm):
+        cupy_engine._forward_program(
+            runtime.xp, kernels, CupyMatmul(), d, plan.inputs, plan.states, plan.forward_work
+        )
+
+    workspace = runtime.blas(0).new_workspace()
+    with pytest.raises(NotImplementedError, match="during stream capture is currently"):
+        runtime.capture(program, 0, workspace)
+
+
+def test_an_allocation_inside_a_capture_is_caught(runtime):
+    """The recorder sees allocations through the namespace and through ndarray methods."""
+    d, plan, kernels = _capture_problem(runtime)
+    workspace = runtime.blas(0).new_workspace()
+
+    def program(gemm):
+        cupy_engine._forward_program(
+            runtime.xp, kernels, gemm, d, plan.inputs, plan.states, plan.forward_work
+        )
+
+    runtime.capture(program, 0, workspace)  # the engine's program: fine
+    for allocate in (
+        lambda: runtime.xp.empty((3,), np.float32),
+        lambda: plan.states["h"].copy(),
+        lambda: plan.states["h"].astype(np.float64),
+        lambda: plan.states["c"] + 1,
+    ):
+
+        def allocating(gemm, allocate=allocate):
+            program(gemm)
+            allocate()
+
+        with pytest.raises(CaptureError, match="allocated during a capture"):
+            runtime.capture(allocating, 0, workspace)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("several", [False, True], ids=["one-segment", "segments"])
+def test_nothing_is_allocated_during_capture(runtime, monkeypatch, recompute, several):
+    """Every buffer a graph touches exists before begin_capture; none is made until its end."""
+    n_x, m, T, n_a = 3, 3, 7, 4
+    if several:
+        monkeypatch.setattr(_cache, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)
+    inputs = _engine_inputs(random_problem(5, n_x, m, T, n_a, 2), "float32")
+    cupy_engine.set_graph_replay(True)
+    for final in ((), ("dh_n", "dc_n")):
+        _run(cupy_engine, inputs, recompute=recompute, with_dc=True, final=final)
+    assert runtime.captures == 3  # forward, two backward graphs
+    assert [a for a in runtime.allocations if a[2]] == []
+    assert len([a for a in runtime.allocations if not a[2]]) > 5  # the recorder records
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+def test_graph_and_eager_give_the_same_bits(runtime, dtype, recompute):
+    """The same cuBLAS calls eagerly and in the graph: identical bits, both near float64."""
+    inputs = _engine_inputs(random_problem(6, 3, 4, 6, 5, 2), dtype)
+    options = {"recompute": recompute, "with_dc": True, "final": ("dh_n",)}
+    reference = _run(_engine, _as_float64(inputs), **options)
+    runs = {}
+    for graph in (False, True, True):  # eager; capture; replay
+        cupy_engine.set_graph_replay(graph)
+        cache, grads = _run(cupy_engine, inputs, **options)
+        _compare(cache, grads, *reference, TOL[dtype], f"{dtype} graph={graph}")
+        runs.setdefault(graph, []).append(_bits(cache, grads))
+    assert runtime.captures == 2
+    assert runtime.replays == 2
+    for bits in (runs[True][0], runs[True][1]):
+        for eager, graph in zip(runs[False][0], bits, strict=True):
+            np.testing.assert_array_equal(graph, eager)
+    calls = runtime.cublas.calls
+    assert {call[-2] for call in calls} == {_blas.compute_type(dtype, 1)}  # float16: 32F
+
+
+def test_eager_products_run_on_the_current_stream(runtime):
+    """A side stream gets the products too (bound to it, with a workspace of its own)."""
+    inputs = _engine_inputs(random_problem(7, 3, 2, 4, 3, 2), "float64")
+    expected = _run(_engine, inputs, recompute=False, with_dc=True)
+    side = runtime.xp.cuda.Stream(non_blocking=True)
+    with side:
+        got = _run(cupy_engine, inputs, recompute=False, with_dc=True)
+    _compare(*got, *expected, 1e-12, "side stream")
+    gemm = runtime.blas(0)
+    assert gemm.bound[0] == side.ptr
+    assert set(gemm._eager_workspaces) == {side.ptr}
 
 
 # --------------------------------------------------------------------------- variable lengths
