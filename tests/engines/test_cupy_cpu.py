@@ -14,10 +14,17 @@ What runs here, and what it proves:
   kernels, graph capture and replay, copy-in and copy-out, no aliasing between
   calls, no allocation inside a capture, the sorted rows and shrinking batch of
   variable-length calls, final-state gradients, no gates kept when recomputing,
-  identical bits run to run -- with a NumPy stand-in for CuPy whose "graph
-  capture" records the operations (with their fixed arrays) instead of running
-  them, as stream capture does, and whose float16 products accumulate in float32
-  as cuBLAS does on CuPy;
+  identical bits run to run and between eager and graph runs -- with the
+  engine's own runtime (``_CupyRuntime``) over a NumPy stand-in for CuPy whose
+  streams "capture" by recording the operations (with their fixed arrays)
+  instead of running them, that records every allocation, and that refuses
+  ``cupy.matmul`` and ``setStream`` inside a capture as CuPy 14 does;
+* the products (:mod:`xlstm._engines.cupy._blas`): a model of ``cublasGemmEx``
+  reads each matrix from raw addresses exactly as cuBLAS would (column-major,
+  op, leading dimension; float16 accumulated in float32), so the row-major to
+  column-major mapping is checked against NumPy for every operand layout, a
+  wrong ``ld`` or op is caught, and the arguments are the ones CuPy's own
+  ``cupy.matmul`` passes;
 * dispatch (what ``fused="auto"`` picks, the errors for ``fused=True``, the public
   functions and layers through the CuPy engine), the graph-replay switch, and
   that nothing imports CuPy before it is used.

@@ -6,7 +6,7 @@ check that both give the same numbers.  Why it exists: on CuPy the generic path
 launches a dozen small kernels per step and is bound by launch overhead.  Here
 each step is two launches:
 
-* forward: ``h_{t-1} W_h^T`` (cuBLAS, ``cupy.matmul``), then one fused kernel
+* forward: ``h_{t-1} W_h^T`` (``cublasGemmEx``, see :mod:`._blas`), then one fused kernel
   that adds the precomputed input projection and the bias, activates the four
   gates and writes ``c_t``, ``tanh(c_t)`` and ``h_t``;
 * backward: one fused kernel that writes the four gate gradients ``dz_t``
@@ -17,9 +17,10 @@ The input projection of a segment of steps is one product before its loop;
 the weight, bias and input gradients are a few large products after it
 (``dW = dZ^T [H_prev | X]``, ``db = 1^T dZ``, ``dX = dZ W_x``), per segment of
 :func:`~xlstm._engines.cache.segment_length` steps, as in the NumPy fast path.  Why
-the kernel, not ``cupy.matmul``, adds the input projection: ``cupy.matmul``
-always overwrites its output (cuBLAS beta = 0), so the recurrent product goes
-to its own buffer and the kernel sums the two parts while it reads them anyway.
+the kernel, not the product, adds the input projection: the products overwrite
+their output (cuBLAS beta = 0, as ``cupy.matmul`` did: the same numbers), so the
+recurrent product goes to its own buffer and the kernel sums the two parts while
+it reads them anyway.
 
 Variable-length batches (``lengths``), as the NumPy engine does them
 (:mod:`xlstm._engines.numpy.masked`): the rows are stored sorted by decreasing
@@ -37,14 +38,15 @@ backward recursion, with or without lengths.
 
 Float16: arrays in float16, element math in float32 (the kernels are templates on
 a storage and an arithmetic type, see :mod:`._kernels`), products through
-``cupy.matmul``, which accumulates float16 products in float32 (CuPy's default
-cuBLAS compute type for float16).  bfloat16: see :func:`unsupported_reason`.
+``cublasGemmEx`` with float16 operands and ``CUBLAS_COMPUTE_32F`` (float32
+accumulation, as ``cupy.matmul`` does).  bfloat16: see :func:`unsupported_reason`.
 
 Determinism: every kernel writes each element from one thread, and every sum
 (``dW``, ``db``, ``dx``, the per-segment totals) is a cuBLAS product or an
 element-wise add, never an atomic update; cuBLAS gives the same bits run to run
-on one device and stream (its documented reproducibility).  So two runs of the
-same call give bitwise identical results.
+on one device (its documented reproducibility), and every product goes through
+one call with the same arguments and workspace size, eager or captured.  So two
+runs of the same call give bitwise identical results, with or without graphs.
 
 Graph replay (off by default; :func:`set_graph_replay`, or the environment
 variable ``XLSTM_CUPY_GRAPHS=1``).  The forward time loop and the backward time
@@ -57,9 +59,12 @@ returned to the caller is ever overwritten by a later replay.  A backward call
 on the cache that the latest forward replay of the same plan returned reads the
 plan's own copy of the states and skips copying them in.  Plans are kept in a
 small LRU cache (:data:`MAX_GRAPH_PLANS`; :func:`clear_graph_cache` frees them).
-The captured region allocates nothing: every array it touches is preallocated
-and every product writes into a contiguous ``out=`` (``cupy.matmul`` makes no
-temporary then).  Backward graphs are captured per set of gradients given
+The captured region allocates nothing and changes no cuBLAS state: every array
+it touches is preallocated, the products are ``cublasGemmEx`` calls on the
+engine's own handle, whose stream and workspace (the plan's, so that plans and
+eager calls never share scratch memory) are bound before the capture begins
+(:mod:`._blas` says why ``cupy.matmul`` cannot be used: CuPy 14 refuses cuBLAS
+during a capture).  Backward graphs are captured per set of gradients given
 (``dc``, ``dh_n``, ``dc_n``).
 
 Variable-length calls run eagerly even with graph replay on.  A graph fixes every
