@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -1854,3 +1855,139 @@ def test_gate_order_matches_the_kernels():
     assert GATE_ORDER == ("i", "f", "o", "g")
     assert GATE_PARAMETERS["g"] == ("Wc", "bc")
     assert SEQ_GRAD_KEYS[0] == "dx"
+
+
+# --------------------------------------------------------------------------- the device check
+
+GPU_CHECK_SH = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def _gpu_check():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return gpu_check
+
+
+def _shell_limits() -> dict[str, int]:
+    """The device (not dry-run) limits assigned at the top of gpu_check.sh."""
+    text = GPU_CHECK_SH.read_text()
+    before_dry = text.split('if [ "$DRY" = 1 ]; then  # no device')[0]
+    return {k: int(v) for k, v in re.findall(r"^(LIMIT_\w+|KILL_AFTER)=(\d+)$", before_dry, re.M)}
+
+
+def test_gpu_check_limits_nest():
+    """Outer limits strictly cover inner ones; the whole check fits 5.5 minutes.
+
+    ``run`` timeout_s (345) > the command's ``timeout -k 5 330`` > every stage's
+    limit plus its kill grace plus ~10 s of setup; the bench stage covers its
+    workers' limits plus the driver's start.
+    """
+    limits = _shell_limits()
+    stages = ["VERSIONS", "SMOKE", "GPU_TESTS", "CORE_TESTS", "BENCH", "REPORT"]
+    assert set(limits) == {f"LIMIT_{s}" for s in stages} | {"KILL_AFTER"}
+    header = GPU_CHECK_SH.read_text()
+    outer = re.search(r"command:\s+timeout -k (\d+) (\d+) bash benchmarks/gpu_check.sh", header)
+    timeout_s = int(re.search(r"timeout_s: (\d+)", header).group(1))
+    kill, outer_limit = int(outer.group(1)), int(outer.group(2))
+    worst = sum(limits[f"LIMIT_{s}"] + limits["KILL_AFTER"] for s in stages) + 10
+    assert worst < outer_limit <= 330  # 5.5 minutes on the device
+    assert outer_limit + kill < timeout_s <= 600
+    workers = sum(seconds for _, seconds in _gpu_check().WORKERS)
+    assert workers + 5 <= limits["LIMIT_BENCH"]
+
+
+def test_gpu_check_smoke_on_the_stand_in(cupy_on_numpy):
+    """The smoke stage's checks, through the CuPy engine's code (capture included) on NumPy."""
+    results = _gpu_check().smoke(np, engine="cupy")
+    assert results["float32_rel_err"] <= 1e-5
+    assert results["float16_rel_err"] <= TOL_FLOAT16
+    assert results["float32_graph_bits_equal"]
+    assert results["float16_graph_bits_equal"]
+    assert cupy_on_numpy.captures == 4  # forward and backward, float32 and float16
+    assert cupy_on_numpy.replays == 4
+
+
+def test_gpu_check_smoke_fails_loudly(cupy_on_numpy, monkeypatch):
+    """A wrong engine result stops the smoke stage (and so the check) with the reason."""
+    gpu_check = _gpu_check()
+    real = gpu_check.reference
+
+    def off(inputs, lengths, cache_path=None):
+        ref = real(inputs, lengths, cache_path)
+        return {**ref, "dx": ref["dx"] * 1.01}
+
+    monkeypatch.setattr(gpu_check, "reference", off)
+    with pytest.raises(AssertionError, match="smoke float32: relative error"):
+        gpu_check.smoke(np, engine="cupy")
+
+
+def test_torch_tf32_through_the_current_api():
+    torch = pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+    try:
+        for enabled, value in ((True, "tf32"), (False, "ieee")):
+            setting = gpu_check.set_torch_tf32(torch, enabled)
+            assert setting["api"] == "fp32_precision"  # torch >= 2.9
+            assert setting["cudnn.rnn"] == setting["cuda.matmul"] == value
+            assert torch.backends.cudnn.rnn.fp32_precision == value
+    finally:
+        gpu_check.set_torch_tf32(torch, False)
+
+
+def test_gpu_check_report_reads_what_a_timeout_left(tmp_path):
+    """Rows are appended one line each; a line cut off by a kill is skipped, the rest reported."""
+    gpu_check = _gpu_check()
+    base = {"dtype": "float32", "tf32": False, "shape": "h8", "kind": "train", "batch": 4,
+            "steps": 5, "hidden": 8, "err_fwd": 1e-7, "err_bwd": 2e-7}  # fmt: skip
+    for variant, ms in (("fused", 2.0), ("fused+graph", 1.0), ("cuDNN", 1.5)):
+        row = {
+            **base,
+            "run": "float32",
+            "variant": variant,
+            "fwd_s": ms / 2e3,
+            "fwdbwd_s": ms / 1e3,
+        }
+        gpu_check._emit(tmp_path / "rows.jsonl", row)
+    with (tmp_path / "rows.jsonl").open("a") as rows:
+        rows.write('{"run": "float32", "variant": "gen')  # killed mid-write
+    assert gpu_check.report(tmp_path) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "fused+graph     1.000     1.500     1.50x" in text
+    assert "PASS float32 h8: graph/cuDNN f+b throughput 1.50 (need >= 1.0)" in text
+
+
+def test_gpu_check_script_is_clean_shell():
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK_SH)], check=False).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run(
+        ["shellcheck", str(GPU_CHECK_SH)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """Every stage of the device check, on the CPU: paths, flags, files, the table last."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        ["bash", str(GPU_CHECK_SH), "--dry-run"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stages = (tmp_path / "stages.txt").read_text()
+    for stage in ("versions", "smoke", "gpu-tests", "core-tests", "bench", "report"):
+        assert f"{stage} status=0" in stages, stages
+    assert json.loads((tmp_path / "smoke.json").read_text())["ok"]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert {row["run"] for row in rows} == set(_gpu_check().RUNS)
+    assert not [row for row in rows if "error" in row]
+    assert {row["torch_tf32"]["api"] for row in rows} == {"fp32_precision"}
+    tail = result.stdout.rstrip().splitlines()[-12:]
+    assert any(line.startswith("run           shape              xlstm") for line in tail)
+    assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
