@@ -521,7 +521,7 @@ PRODUCTS = {
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("name", list(PRODUCTS))
-def test_products_are_cupy_matmuls_bits(cp, dtype, name):
+def test_products_give_cupy_matmul_bits(cp, dtype, name):
     """The engine's cublasGemmEx call gives cupy.matmul's bits (same arguments, compute type)."""
     (a_shape, a_t, b_shape, b_t) = PRODUCTS[name]
     rng = np.random.default_rng(47)

@@ -246,15 +246,17 @@ class CupyCublas:
     """
 
     def __init__(self) -> None:
+        from cupy.cuda import device
         from cupy_backends.cuda.libs import cublas
 
         self._cupy = cublas
-        probe = cublas.create()  # makes sure CuPy has loaded libcublas
-        try:
-            major = cublas.getVersion(probe) // 10000
-        finally:
-            cublas.destroy(probe)
-        candidates = [*_loaded_libcublas(), f"libcublas.so.{major}", f"cublas64_{major}.dll"]
+        # CuPy's own handle (made on first use): libcublas is loaded, its version known.
+        major = cublas.getVersion(device.get_cublas_handle()) // 10000
+        loaded = _loaded_libcublas()
+        if len(loaded) > 1:  # the handle must go back to the library that made it
+            msg = f"several libcublas are loaded ({', '.join(loaded)}); cannot tell CuPy's apart"
+            raise ImportError(msg)
+        candidates = loaded or [f"libcublas.so.{major}", f"cublas64_{major}.dll"]
         self.path, library = self._open(candidates)
         self._gemm = library.cublasGemmEx
         self._gemm.restype = ctypes.c_int
