@@ -1593,8 +1593,8 @@ def test_runs_are_bitwise_identical(host_runtime, graph, lengths):
     for again in (runs[2], runs[3]):
         for a, b in zip(runs[0], again, strict=True):
             np.testing.assert_array_equal(a, b)
-    # Graph replay issues the very operations of the eager run: bitwise equal here
-    # (on a GPU cuBLAS may pick other kernels on the capture stream; see test_cupy.py).
+    # Graph replay issues the very operations of the eager run (the same cublasGemmEx
+    # arguments and workspace size): bitwise equal, here and on a GPU (test_cupy.py).
     cupy_engine.set_graph_replay(not graph)
     for a, b in zip(runs[0], _bits(*_run(cupy_engine, first, **options)), strict=True):
         np.testing.assert_array_equal(a, b)
