@@ -5,8 +5,10 @@ device.  References: the generic array-API path on CuPy (``fused=False``), the
 NumPy path in float64, and ``torch.nn.LSTM`` on CUDA (cuDNN, packed sequences for
 variable lengths) in float64.  Covered: float32/float64/float16, variable-length
 batches (lengths 1 and T included) and the reverse direction of the layers,
-final-state gradients, the memory-saving (inference) forward, and bitwise
-identical results run to run.  The same engine is checked without a GPU, with a
+final-state gradients, the memory-saving (inference) forward, bitwise
+identical results run to run and between eager and graph runs, the products
+issued through cuBLAS itself (the same bits as ``cupy.matmul``), and no
+allocation inside a graph capture.  The same engine is checked without a GPU, with a
 NumPy stand-in, in ``tests/engines/test_cupy_cpu.py`` (which also derives the float16
 tolerance, ``TOL_FLOAT16 = 8 u``).
 """
@@ -19,7 +21,7 @@ from _helpers import SEQ_GRAD_KEYS, random_problem, record_worst, rel_err, requi
 
 import xlstm
 from xlstm._engines import cache as _cache
-from xlstm._engines.cupy import _kernels
+from xlstm._engines.cupy import _blas, _kernels
 from xlstm._engines.cupy import engine as cupy_engine
 
 pytestmark = pytest.mark.gpu
@@ -468,9 +470,8 @@ def test_inference_forward_keeps_only_the_states(cp):
 def test_runs_are_bitwise_identical(cp, graph, dtype, lengths):
     """No atomics anywhere: the same call gives the same bits, whatever ran in between.
 
-    With graph replay the first call runs on the capture stream and later calls
-    replay the graph; cuBLAS may choose other kernels on another stream, so the
-    replays are compared with each other (its reproducibility is per stream).
+    With graph replay the first call captures and later calls replay; every call
+    is compared with the first.
     """
     arrays = _on(cp, random_problem(44, *GPU_SHAPES["medium"]), dtype)
     other = _on(cp, random_problem(45, *GPU_SHAPES["medium"]), dtype)
@@ -479,10 +480,8 @@ def test_runs_are_bitwise_identical(cp, graph, dtype, lengths):
     runs = []
     for inputs in (arrays, arrays, other, arrays):
         runs.append(_run(inputs, fused=True, **options))
-    replayed = graph and lengths is None  # variable-length calls run eagerly
-    compared = [runs[1], runs[3]] if replayed else [runs[0], runs[1], runs[3]]
-    for later in compared[1:]:
-        for key, value in compared[0].items():
+    for later in (runs[1], runs[3]):
+        for key, value in runs[0].items():
             np.testing.assert_array_equal(later[key], value, err_msg=key)
 
 
@@ -490,3 +489,105 @@ def test_kernels_are_built_once(cp):
     device = cp.cuda.Device().id
     for dtype in _kernels.KERNEL_TYPES:
         assert _kernels.step_kernels(dtype, device) is _kernels.step_kernels(dtype, device)
+
+
+# --------------------------------------------------------------------------- cuBLAS, capture
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+def test_graph_equals_eager_bitwise(cp, dtype, recompute):
+    """Eager and captured products are the same cublasGemmEx calls: the same bits."""
+    arrays = _on(cp, random_problem(46, *GPU_SHAPES["medium"]), dtype)
+    options = {"recompute": recompute, "with_dc": True, "final": True}
+    cupy_engine.set_graph_replay(False)
+    eager = _run(arrays, fused=True, **options)
+    cupy_engine.set_graph_replay(True)
+    for call in range(2):  # capture, replay
+        graph = _run(arrays, fused=True, **options)
+        for key, value in eager.items():
+            np.testing.assert_array_equal(graph[key], value, err_msg=f"{key} call {call}")
+
+
+# (a shape, a transposed?, b shape, b transposed?): the engine's product layouts
+PRODUCTS = {
+    "h W_h^T": ((16, 32), False, (32, 128), True),
+    "dz W_h": ((16, 128), False, (128, 32), False),
+    "dz^T h": ((128, 48), True, (48, 32), False),
+    "one row": ((1, 32), False, (32, 128), True),
+    "n_x = 1": ((16, 128), False, (128, 1), False),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("name", list(PRODUCTS))
+def test_products_give_cupy_matmul_bits(cp, dtype, name):
+    """The engine's cublasGemmEx call gives cupy.matmul's bits (same arguments, compute type)."""
+    (a_shape, a_t, b_shape, b_t) = PRODUCTS[name]
+    rng = np.random.default_rng(47)
+
+    def operand(shape, transposed):
+        stored = shape[::-1] if transposed else shape
+        array = cp.asarray(rng.standard_normal(stored), dtype=dtype)
+        return array.T if transposed else array
+
+    a, b = operand(a_shape, a_t), operand(b_shape, b_t)
+    expected = cp.empty((a.shape[0], b.shape[1]), dtype=dtype)
+    cp.matmul(a, b, out=expected)
+    gemm = cupy_engine._runtime().blas(cp.cuda.Device().id)
+    gemm.bind_eager(cp.cuda.get_current_stream().ptr)
+    got = cp.full_like(expected, np.nan)
+    gemm.matmul(a, b, got)
+    np.testing.assert_array_equal(cp.asnumpy(got), cp.asnumpy(expected))
+    assert gemm.library.path  # the libcublas CuPy loaded, opened by ctypes
+
+
+def test_one_by_one_product_under_capture(cp):
+    """A 1 x 1 result (cupy.matmul's allocating reduction path) goes through cuBLAS too."""
+    arrays = _on(cp, random_problem(48, *GPU_SHAPES["all-ones"]), "float64")
+    expected = _run(arrays, fused=False, with_dc=True)
+    cupy_engine.set_graph_replay(True)
+    for _ in range(2):
+        _assert_close(_run(arrays, fused=True, with_dc=True), expected, 1e-12, "1 x 1")
+
+
+def test_nothing_is_allocated_during_capture(cp):
+    """A memory hook sees every pool allocation: none while the capture stream captures."""
+
+    class Allocations(cp.cuda.MemoryHook):
+        name = "xlstm_capture_check"
+
+        def __init__(self):
+            self.sizes = []  # (bytes, capturing)
+
+        def malloc_preprocess(self, **kwargs):
+            capturing = cp.cuda.get_current_stream().is_capturing()
+            self.sizes.append((kwargs["mem_size"], capturing))
+
+    arrays = _on(cp, random_problem(49, *GPU_SHAPES["medium"]), "float32")
+    cupy_engine.set_graph_replay(True)
+    hook = Allocations()
+    with hook:
+        for recompute in (False, True):
+            _run(arrays, fused=True, recompute=recompute, with_dc=True, final=True)
+    (plan, *_), count = list(cupy_engine._PLANS._plans.values()), len(cupy_engine._PLANS)
+    assert count == 2
+    assert plan.forward_graph is not None
+    assert [size for size, capturing in hook.sizes if capturing] == []
+    assert hook.sizes  # the hook did see the allocations outside the captures
+
+
+def test_cublas_workspace_and_stream_binding(cp):
+    """The engine's handle is its own (not CuPy's), on the current stream, host pointer mode."""
+    from cupy_backends.cuda.libs import cublas
+
+    device = cp.cuda.Device().id
+    gemm = cupy_engine._runtime().blas(device)
+    assert gemm.handle != cp.cuda.device.get_cublas_handle()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        gemm.bind_eager(stream.ptr)
+        assert cublas.getStream(gemm.handle) == stream.ptr
+        assert cublas.getPointerMode(gemm.handle) == _blas.POINTER_MODE_HOST
+        capability = int(cp.cuda.Device(device).compute_capability)
+        assert gemm.workspace_bytes == _blas.workspace_bytes(capability)

@@ -14,10 +14,17 @@ What runs here, and what it proves:
   kernels, graph capture and replay, copy-in and copy-out, no aliasing between
   calls, no allocation inside a capture, the sorted rows and shrinking batch of
   variable-length calls, final-state gradients, no gates kept when recomputing,
-  identical bits run to run -- with a NumPy stand-in for CuPy whose "graph
-  capture" records the operations (with their fixed arrays) instead of running
-  them, as stream capture does, and whose float16 products accumulate in float32
-  as cuBLAS does on CuPy;
+  identical bits run to run and between eager and graph runs -- with the
+  engine's own runtime (``_CupyRuntime``) over a NumPy stand-in for CuPy whose
+  streams "capture" by recording the operations (with their fixed arrays)
+  instead of running them, that records every allocation, and that refuses
+  ``cupy.matmul`` and ``setStream`` inside a capture as CuPy 14 does;
+* the products (:mod:`xlstm._engines.cupy._blas`): a model of ``cublasGemmEx``
+  reads each matrix from raw addresses exactly as cuBLAS would (column-major,
+  op, leading dimension; float16 accumulated in float32), so the row-major to
+  column-major mapping is checked against NumPy for every operand layout, a
+  wrong ``ld`` or op is caught, and the arguments are the ones CuPy's own
+  ``cupy.matmul`` passes;
 * dispatch (what ``fused="auto"`` picks, the errors for ``fused=True``, the public
   functions and layers through the CuPy engine), the graph-replay switch, and
   that nothing imports CuPy before it is used.
@@ -40,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -55,7 +63,7 @@ import xlstm
 from xlstm._engines import cache as _cache
 from xlstm._engines import dispatch
 from xlstm._engines import generic as _engine
-from xlstm._engines.cupy import _kernels
+from xlstm._engines.cupy import _blas, _kernels
 from xlstm._engines.cupy import engine as cupy_engine
 from xlstm._engines.numpy import engine as numpy_engine
 from xlstm._layout import GATE_ORDER, GATE_PARAMETERS
@@ -453,6 +461,9 @@ class NumpyKernels:
 
 # --------------------------------------------------------------------------- a NumPy "CuPy"
 
+CUPY_CAPTURE_GUARD = "calling cuBLAS API during stream capture is currently unsupported"
+"""What CuPy 14's ``cupy_backends.cuda.libs.cublas.setStream`` raises on a capturing stream."""
+
 
 def _root(array):
     while array.base is not None:
@@ -475,17 +486,98 @@ class CaptureError(AssertionError):
     """Something was done inside a capture that real stream capture would break on."""
 
 
+class FakeArray(np.ndarray):
+    """The stand-in's device arrays: new data buffers made from them are recorded.
+
+    NumPy calls ``__array_finalize__`` for arrays made from one of these, views
+    and new buffers alike; a view's root buffer is already known, a new buffer
+    (``copy``, ``astype``, an operator's result) is not.  So those allocations,
+    which bypass the namespace's functions, are caught too (a copying ``reshape``
+    of a non-contiguous view is not seen: NumPy makes that copy without the hook).
+    """
+
+    runtime = None  # the FakeRuntime recording allocations (one test at a time)
+    __module__ = "numpy"  # to xlstm's public layer these are NumPy arrays, as the inputs are
+
+    def __array_finalize__(self, obj):
+        runtime = FakeArray.runtime
+        if runtime is not None:
+            runtime.register(_root(self), "ndarray method")
+
+
+class FakeStream:
+    """``cupy.cuda.Stream``: current within ``with``; capture records instead of running."""
+
+    def __init__(self, runtime, ptr):
+        self._runtime, self.ptr = runtime, ptr
+
+    def record(self):
+        return FakeEvent()
+
+    def wait_event(self, event):
+        assert isinstance(event, FakeEvent)
+
+    def begin_capture(self):
+        self._runtime.begin_capture(self)
+
+    def end_capture(self):
+        return self._runtime.end_capture(self)
+
+    def is_capturing(self):
+        return self.ptr in self._runtime.capturing_streams
+
+    def __enter__(self):
+        self._runtime.stream_stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        assert self._runtime.stream_stack.pop() is self
+
+
+class FakeCudaError(RuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError``."""
+
+
+class FakeCuda:
+    """The part of ``cupy.cuda`` the engine's runtime uses."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self.runtime = type(sys)("runtime")
+        self.runtime.CUDARuntimeError = FakeCudaError
+
+    def Stream(self, non_blocking=False):  # CuPy's name
+        assert non_blocking, "capture needs a non-blocking stream"
+        self._runtime.streams += 1
+        return FakeStream(self._runtime, self._runtime.streams)
+
+    def get_current_stream(self):
+        return self._runtime.stream_stack[-1]
+
+
+class FakeGraph:
+    def __init__(self, runtime, tape):
+        self._runtime, self.tape = runtime, tape
+
+    def launch(self, stream):
+        assert isinstance(stream, FakeStream)
+        self._runtime.replays += 1
+        for operation in self.tape:
+            operation()
+
+
 class FakeNamespace:
     """The array functions the engine calls, on NumPy, with stream-capture rules.
 
-    While ``runtime.capturing`` is set, operations are recorded (with the very
-    arrays they were given, as a graph records addresses) instead of run, and
-    allocating raises, as does anything that would make ``cupy.matmul`` copy
-    an operand into a temporary.
+    Operations issued to a capturing stream are recorded (with the very arrays
+    they were given, as a graph records addresses) instead of run; every
+    allocation is recorded; an operation inside a capture may only touch arrays
+    allocated before it.  ``matmul`` is CuPy's guard: refused inside a capture.
     """
 
     def __init__(self, runtime):
         self._runtime = runtime
+        self.cuda = FakeCuda(runtime)
 
     def _run(self, operation, *arrays):
         if not self._runtime.capturing:
@@ -500,30 +592,30 @@ class FakeNamespace:
                 )
         self._runtime.tape.append(operation)
 
-    def _no_allocation(self, what):
-        if self._runtime.capturing:
-            raise CaptureError(f"{what} allocates during a graph capture")
+    def _new(self, array, what):
+        """Register a fresh buffer (poisoned: unwritten output shows) as a device array."""
+        self._runtime.register(array, what)
+        return array.view(FakeArray)
 
     def empty(self, shape, dtype):
-        self._no_allocation("empty")
-        array = np.full(shape, np.nan, dtype=dtype)  # poisoned: unwritten output shows
-        self._runtime.buffers[id(array)] = array
-        return array
+        dtype = np.dtype(dtype)
+        poison = np.nan if dtype.kind == "f" else 0xAB
+        return self._new(np.full(shape, poison, dtype=dtype), "empty")
 
     def ascontiguousarray(self, array):
-        if not array.flags.c_contiguous:
-            self._no_allocation("ascontiguousarray")
-        return np.ascontiguousarray(array)
+        if array.flags.c_contiguous:
+            root = _root(array)  # the caller's device array, used as it is
+            self._runtime.external.setdefault(id(root), root)
+            return array
+        return self._new(np.ascontiguousarray(array), "ascontiguousarray")
 
     def asarray(self, array):
-        self._no_allocation("asarray")
-        return np.array(array, copy=True)
+        return self._new(np.array(array, copy=True), "asarray")
 
     def take(self, array, indices, axis):
-        self._no_allocation("take")
         assert isinstance(indices, np.ndarray)
         assert indices.dtype.kind == "i"
-        return np.take(array, indices, axis=axis)
+        return self._new(np.take(array, indices, axis=axis), "take")
 
     def copyto(self, dst, src):
         self._run(lambda: np.copyto(dst, src), dst, src)
@@ -533,15 +625,123 @@ class FakeNamespace:
 
     def matmul(self, a, b, out):
         if self._runtime.capturing:
-            for operand in (a, b):
-                if not (operand.flags.c_contiguous or operand.flags.f_contiguous):
-                    raise CaptureError("matmul operand would be copied into a temporary")
-            if not out.flags.c_contiguous:
-                raise CaptureError("matmul `out` is not C-contiguous: CuPy would copy")
-            if np.shares_memory(out, a) or np.shares_memory(out, b):
-                raise CaptureError("matmul `out` overlaps an operand: CuPy would copy")
-        self._runtime.products.append((a.shape, b.shape))
-        self._run(lambda: _product(a, b, out), a, b, out)
+            # cupy.matmul -> tensordot_core -> cublas.gemmEx -> _setStream ->
+            # setStream, which refuses a capturing stream (CuPy 14.2).
+            raise NotImplementedError(CUPY_CAPTURE_GUARD)
+        _product(a, b, out)
+
+
+class FakeCublasError(RuntimeError):
+    """``cupy_backends.cuda.libs.cublas.CUBLASError``."""
+
+
+class NumpyCublas:
+    """cuBLAS as the engine calls it, computed with NumPy from raw addresses.
+
+    Each matrix is read from memory exactly as cuBLAS would read it: column-major,
+    ``rows x cols`` from the pointer with leading dimension ``ld``, after its
+    ``op`` -- so a wrong pointer, ``ld``, op or data type gives a wrong product,
+    and reading past the allocation that holds the pointer is an error (as is an
+    argument cuBLAS itself rejects).  The handle's state is modelled too: its
+    stream (``set_stream`` is CuPy's, which refuses a capturing stream and, as
+    ``cublasSetStream`` does, resets the workspace), its workspace and its pointer
+    mode; a product on a capturing stream is recorded, not run, and reads its
+    operands' memory when replayed.
+    """
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self.handles: dict[int, dict] = {}
+        self.calls: list[tuple] = []  # every gemm_ex call's arguments
+
+    def create(self):
+        handle = 1000 + len(self.handles)
+        self.handles[handle] = {"stream": 0, "workspace": None, "pointer_mode": 0}
+        return handle
+
+    def destroy(self, handle):
+        self.handles.pop(handle)
+
+    def set_stream(self, handle, stream):
+        if stream in self._runtime.capturing_streams:
+            raise NotImplementedError(CUPY_CAPTURE_GUARD)
+        self.handles[handle].update(stream=stream, workspace=None)
+
+    def set_pointer_mode(self, handle, mode):
+        self.handles[handle]["pointer_mode"] = mode
+
+    def set_workspace(self, handle, pointer, size):
+        if self._runtime.capturing_streams:
+            raise CaptureError("cuBLAS workspace changed during a capture")
+        self._runtime.buffer_at(pointer, size, np.uint8)
+        self.handles[handle]["workspace"] = (pointer, size)
+
+    def _matrix(self, pointer, data_type, rows, cols, ld):
+        """The column-major ``rows x cols`` matrix cuBLAS reads at ``pointer``."""
+        dtype = {_blas.CUDA_R_16F: np.float16, _blas.CUDA_R_32F: np.float32}.get(
+            data_type, np.float64
+        )
+        itemsize = np.dtype(dtype).itemsize
+        flat, start = self._runtime.buffer_at(pointer, ((cols - 1) * ld + rows) * itemsize, dtype)
+        return np.lib.stride_tricks.as_strided(
+            flat[start:], shape=(rows, cols), strides=(itemsize, ld * itemsize)
+        )
+
+    def gemm_ex(self, handle, transa, transb, m, n, k, alpha, A, a_type, lda, B, b_type, ldb,
+                beta, C, c_type, ldc, compute, algo):  # fmt: skip
+        self.calls.append((transa, transb, m, n, k, lda, ldb, ldc, compute, algo))
+        state = self.handles[handle]
+        if min(m, n, k) < 0 or transa not in (0, 1) or transb not in (0, 1):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE")
+        if lda < max(1, m if transa == _blas.OP_N else k):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE (lda)")
+        if ldb < max(1, k if transb == _blas.OP_N else n) or ldc < max(1, m):
+            raise FakeCublasError("CUBLAS_STATUS_INVALID_VALUE (ldb, ldc)")
+        supported = {
+            _blas.CUDA_R_16F: {_blas.COMPUTE_32F, _blas.COMPUTE_32F_PEDANTIC},
+            _blas.CUDA_R_32F: {
+                _blas.COMPUTE_32F,
+                _blas.COMPUTE_32F_PEDANTIC,
+                _blas.COMPUTE_32F_FAST_TF32,
+            },
+            _blas.CUDA_R_64F: {_blas.COMPUTE_64F, _blas.COMPUTE_64F_PEDANTIC},
+        }
+        if not (a_type == b_type == c_type) or compute not in supported.get(c_type, ()):
+            raise FakeCublasError("CUBLAS_STATUS_NOT_SUPPORTED")
+        assert state["pointer_mode"] == _blas.POINTER_MODE_HOST
+        scalar = (
+            ctypes.c_double
+            if compute in (_blas.COMPUTE_64F, _blas.COMPUTE_64F_PEDANTIC)
+            else ctypes.c_float
+        )
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        a_rows, a_cols = (m, k) if transa == _blas.OP_N else (k, m)
+        b_rows, b_cols = (k, n) if transb == _blas.OP_N else (n, k)
+        a = self._matrix(A, a_type, a_rows, a_cols, lda)
+        b = self._matrix(B, b_type, b_rows, b_cols, ldb)
+        c = self._matrix(C, c_type, m, n, ldc)
+        if np.shares_memory(c, a) or np.shares_memory(c, b):
+            raise CaptureError("cuBLAS output overlaps an input (undefined)")
+        self._runtime.products.append(((n, k), (k, m)))  # row-major: out (n, m) = a @ b
+
+        def run():
+            op_a = a if transa == _blas.OP_N else a.T
+            op_b = b if transb == _blas.OP_N else b.T
+            wide = np.float64 if c.dtype == np.float64 else np.float32
+            product = alpha * np.matmul(op_a.astype(wide), op_b.astype(wide))
+            if beta != 0:  # beta = 0: C is not read (it may hold NaN)
+                product = product + beta * c
+            c[...] = product  # one rounding to the storage type
+
+        stream = state["stream"]
+        if stream in self._runtime.capturing_streams:
+            if state["workspace"] is None:
+                raise CaptureError("cuBLAS without a user workspace allocates inside the capture")
+            self._runtime.tape.append(run)
+        elif stream != self._runtime.xp.cuda.get_current_stream().ptr:
+            raise CaptureError(f"product issued on stream {stream}, not the current stream")
+        else:
+            run()
 
 
 class TapeKernels:
@@ -565,22 +765,76 @@ class FakeEvent:
         return None
 
 
-class FakeRuntime:
-    """Stands in for ``xlstm._engines.cupy.engine._CupyRuntime`` on the CPU."""
+class FakeRuntime(cupy_engine._CupyRuntime):
+    """The engine's own CuPy runtime on NumPy: ``xp`` and cuBLAS are the stand-ins above.
+
+    Everything else -- capture and replay, binding cuBLAS to a stream and a
+    workspace, one handle per thread -- is the engine's code as it runs on a GPU.
+    """
 
     def __init__(self, kernel_factory):
         self.kernel_factory = kernel_factory
-        self.capturing = False
+        self.capturing_streams: set[int] = set()
+        self.stream_stack = [None]
+        self.streams = 0  # ptr 0: the legacy default stream
         self.tape: list = []
-        self.fake = FakeNamespace(self)
-        self.xp = self.fake
         self.captures = 0
         self.replays = 0
         self.buffers: dict = {}  # id -> every allocation (a graph may only touch these)
+        self.external: dict = {}  # id -> the caller's arrays an eager product may read
+        self.allocations: list[tuple[str, int, bool]] = []  # (what, bytes, inside a capture)
         self.launches: list[str] = []
         self.products: list[tuple] = []  # (shape of a, shape of b) of every product
         self.fail_capture = False
+        self.cublas = NumpyCublas(self)
+        super().__init__(xp=FakeNamespace(self), library=lambda: self.cublas)
+        self.fake = self.xp
+        self.stream_stack = [FakeStream(self, 0)]
 
+    @property
+    def capturing(self):
+        return self.stream_stack[-1].ptr in self.capturing_streams
+
+    def register(self, root, what):
+        if id(root) in self.buffers:
+            return
+        self.buffers[id(root)] = root
+        self.allocations.append((what, root.nbytes, bool(self.capturing_streams)))
+
+    def buffer_at(self, pointer, nbytes, dtype):
+        """``(flat view, element offset)`` of the allocation holding ``pointer + [0, nbytes)``."""
+        known = [*self.buffers.values()]
+        if not self.capturing_streams:
+            known += self.external.values()
+        for root in known:
+            start = root.ctypes.data
+            if start <= pointer and pointer + nbytes <= start + root.nbytes:
+                if root.dtype != dtype:
+                    raise CaptureError(f"reads {np.dtype(dtype)} from a {root.dtype} buffer")
+                offset = pointer - start
+                assert offset % root.itemsize == 0
+                return root.reshape(-1), offset // root.itemsize
+        raise CaptureError(f"reads {nbytes} bytes at {pointer:#x}: outside every allocation")
+
+    def begin_capture(self, stream):
+        if stream.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self.fail_capture:
+            raise FakeCudaError("operation not permitted when stream is capturing")
+        assert not self.capturing_streams
+        self.capturing_streams.add(stream.ptr)
+        self.tape = []
+        self.capture_start = len(self.allocations)
+
+    def end_capture(self, stream):
+        self.capturing_streams.discard(stream.ptr)
+        inside = self.allocations[self.capture_start :]
+        if inside:
+            raise CaptureError(f"allocated during a capture: {inside}")
+        self.captures += 1
+        return FakeGraph(self, tuple(self.tape))
+
+    # Device services the stand-in answers itself.
     def kernels(self, dtype, device_id):
         return TapeKernels(self.kernel_factory(np.dtype(dtype).name), self)
 
@@ -590,28 +844,15 @@ class FakeRuntime:
     def device_id(self, array):
         return 0
 
-    def record(self):
-        return FakeEvent()
+    def compute_capability(self, device_id):
+        return 90
 
-    def wait(self, event):
-        return None
+    def compute_types(self):
+        return {name: _blas.compute_type(name, 1) for name in _blas.DATA_TYPES}
 
-    def capture(self, program, device_id):
-        program()  # the real run, as on the GPU
-        if self.fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.capturing, self.tape = True, []
-        try:
-            program()
-        finally:
-            self.capturing = False
-        self.captures += 1
-        return tuple(self.tape)
-
-    def launch(self, graph):
-        self.replays += 1
-        for operation in graph:
-            operation()
+    @staticmethod
+    def address(array):
+        return array.ctypes.data
 
 
 @pytest.fixture(params=["numpy-kernels", "host-compiled-kernels"])
@@ -622,11 +863,16 @@ def kernel_factory(request):
     return lambda dtype_name: HostKernels(library, dtype_name)
 
 
+def _install(monkeypatch, fake):
+    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
+    monkeypatch.setattr(FakeArray, "runtime", fake)
+    cupy_engine.clear_graph_cache()
+
+
 @pytest.fixture
 def runtime(monkeypatch, kernel_factory):
     fake = FakeRuntime(kernel_factory)
-    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
-    cupy_engine.clear_graph_cache()
+    _install(monkeypatch, fake)
     yield fake
     cupy_engine.clear_graph_cache()
     cupy_engine.set_graph_replay(None)
@@ -636,8 +882,7 @@ def runtime(monkeypatch, kernel_factory):
 def host_runtime(monkeypatch, host_library):
     """The fake runtime with the host-compiled kernels only (the device arithmetic)."""
     fake = FakeRuntime(lambda dtype_name: HostKernels(host_library, dtype_name))
-    monkeypatch.setattr(cupy_engine, "_runtime", lambda: fake)
-    cupy_engine.clear_graph_cache()
+    _install(monkeypatch, fake)
     yield fake
     cupy_engine.clear_graph_cache()
     cupy_engine.set_graph_replay(None)
@@ -843,6 +1088,312 @@ def test_two_operations_per_step(runtime):
     assert len(runtime.products) == (1 + T) + (T + 4)
 
 
+# --------------------------------------------------------------------------- cuBLAS, capture
+
+
+def _gemm(runtime):
+    """The engine's cuBLAS handle on the stand-in, bound to the current stream."""
+    gemm = runtime.blas(0)
+    gemm.bind_eager(runtime.stream_ptr())
+    return gemm
+
+
+def _device(runtime, array):
+    """``array`` copied into a registered stand-in buffer (what cuBLAS may read)."""
+    out = runtime.xp.empty(array.shape, array.dtype)
+    np.copyto(out, array)
+    return out
+
+
+def _layouts(rng, rows, cols, dtype):
+    """Row-major ``(rows, cols)`` matrices of the same values, stored every way cuBLAS reads."""
+    values = rng.standard_normal((rows, cols)).astype(dtype)
+    padded = np.full((rows, cols + 3), np.nan, dtype)  # ld > cols: a slice of wider rows
+    padded[:, :cols] = values
+    tall = np.full((cols, rows + 2), np.nan, dtype)  # column-major with ld > rows
+    tall[:, :rows] = values.T
+    return values, {
+        "C": np.ascontiguousarray(values),
+        "F": np.asfortranarray(values),
+        "C-slice": padded[:, :cols],
+        "F-slice": tall[:, :rows].T,
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize(("n", "k", "m"), [(3, 4, 5), (1, 4, 5), (3, 1, 5), (3, 4, 1), (1, 1, 1)])
+def test_gemm_matches_numpy_for_every_layout(runtime, dtype, n, k, m):
+    """``Gemm.matmul`` through the cuBLAS model equals NumPy for each operand layout.
+
+    Reference: float64 NumPy on the same values; float16 within one rounding of
+    its float32-accumulated product (cuBLAS's compute type for float16).
+    """
+    rng = np.random.default_rng(n * 100 + k * 10 + m)
+    gemm = _gemm(runtime)
+    a_values, a_layouts = _layouts(rng, n, k, dtype)
+    b_values, b_layouts = _layouts(rng, k, m, dtype)
+    expected = a_values.astype(np.float64) @ b_values.astype(np.float64)
+    tol = {"float64": 1e-14, "float32": 1e-6, "float16": 2.0**-11}[dtype]
+    a_vectors = {"vector": a_values[0].copy()} if n == 1 else {}
+    for a_name, a in {**a_layouts, **a_vectors}.items():
+        for b_name, b in b_layouts.items():
+            out_shape = (m,) if a.ndim == 1 else (n, m)
+            out = runtime.xp.empty(out_shape, dtype)
+            gemm.matmul(_device_view(runtime, a), _device_view(runtime, b), out)
+            got = out.reshape(n, m).astype(np.float64)
+            np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=(a_name, b_name))
+
+
+def _device_view(runtime, array):
+    """The same layout (strides, ld) as ``array``, inside a registered buffer."""
+    root = _root(array)  # C- or F-contiguous: its memory in order is ravel(order="K")
+    flat = _device(runtime, root.ravel(order="K"))
+    offset = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    start = offset // array.itemsize
+    return np.lib.stride_tricks.as_strided(flat[start:], array.shape, array.strides)
+
+
+# (a, b) of the engine's products -> the arguments CuPy 14.2's tensordot_core_v11 would pass
+# (read off cupy/_core/_routines_linalg.pyx: dot + _mat_to_cublas_contiguous): a C-contiguous
+# (n, k) is cuBLAS's B with op N, ld k; b = w.T (F-contiguous) is cuBLAS's A with op T, ld k;
+# a C-contiguous b (k, m) has op N, ld m; dz_rows.T (F) as a has op T, ld n.
+CUPY_ARGUMENTS = {
+    # name: (a shape, a layout, b shape, b layout) -> (transa, transb, m, n, k, lda, ldb, ldc)
+    "h W_h^T": (((4, 6), "C"), ((6, 24), "F"), (1, 0, 24, 4, 6, 6, 6, 24)),
+    "dz W_h": (((4, 24), "C"), ((24, 6), "C"), (0, 0, 6, 4, 24, 6, 24, 6)),
+    "dz^T h": (((24, 8), "F"), ((8, 6), "C"), (0, 1, 6, 24, 8, 6, 24, 6)),
+    "1^T dz": (((8,), "C"), ((8, 24), "C"), (0, 0, 24, 1, 8, 24, 8, 24)),
+    "one row": (((1, 6), "C"), ((6, 24), "F"), (1, 0, 24, 1, 6, 6, 6, 24)),
+    "n_x = 1": (((4, 24), "C"), ((24, 1), "C"), (1, 0, 1, 4, 24, 24, 24, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(CUPY_ARGUMENTS))
+def test_gemm_arguments_are_cupys(name):
+    """Same transposes and leading dimensions as cupy.matmul: the same cuBLAS call, same bits."""
+    (a_shape, a_order), (b_shape, b_order), expected = CUPY_ARGUMENTS[name]
+
+    def array(shape, order):
+        if order == "F":
+            return np.zeros(shape[::-1], np.float32).T
+        return np.zeros(shape, np.float32)
+
+    a, b = array(a_shape, a_order), array(b_shape, b_order)
+    out = np.zeros((*a.shape[:-1], b.shape[1]), np.float32)
+    shape = _blas.gemm_shape(a, b, out)
+    assert dataclasses.astuple(shape) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [("lda", 1), ("ldb", 1), ("ldc", 1), ("transa", None), ("transb", None), ("k", -1)],
+)
+def test_a_wrong_cublas_argument_is_caught(runtime, monkeypatch, field, change):
+    """The cuBLAS model reads what the arguments say: a wrong one errs or gives another answer."""
+    rng = np.random.default_rng(3)
+    gemm = _gemm(runtime)
+    a = _device(runtime, rng.standard_normal((4, 5)))
+    b = _device(runtime, rng.standard_normal((6, 5))).T  # column-major, as w.T is
+    right = runtime.xp.empty((4, 6), np.float64)
+    gemm.matmul(a, b, right)
+    np.testing.assert_allclose(right, np.asarray(a) @ np.asarray(b), rtol=1e-14)
+    honest = _blas.gemm_shape
+
+    def wrong(*args):
+        shape = honest(*args)
+        value = getattr(shape, field)
+        value = 1 - value if change is None else value + change
+        return dataclasses.replace(shape, **{field: value})
+
+    monkeypatch.setattr(_blas, "gemm_shape", wrong)
+    out = runtime.xp.empty((4, 6), np.float64)
+    try:
+        gemm.matmul(a, b, out)
+    except (FakeCublasError, CaptureError):
+        return  # refused, as cuBLAS (or reading past the allocation) would
+    assert np.isnan(out).any() or not np.allclose(out, right), field
+
+
+def test_gemm_refuses_what_cublas_cannot_read(runtime):
+    gemm = runtime.blas(0)
+    a = runtime.xp.empty((4, 5), np.float32)
+    out = runtime.xp.empty((4, 6), np.float32)
+    with pytest.raises(RuntimeError, match=r"before Gemm\.bind"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float32), out)
+    gemm.bind_eager(runtime.stream_ptr())
+    with pytest.raises(ValueError, match="no unit stride"):
+        gemm.matmul(a, runtime.xp.empty((10, 12), np.float32)[::2, ::2], out)
+    with pytest.raises(TypeError, match="float32 @ float64"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float64), out)
+    with pytest.raises(ValueError, match="do not match"):
+        gemm.matmul(a, runtime.xp.empty((4, 6), np.float32), out)
+    square = runtime.xp.empty((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        gemm.matmul(square, runtime.xp.empty((4, 4), np.float32), square)
+    with pytest.raises(ValueError, match="unit stride along rows"):
+        gemm.matmul(a, runtime.xp.empty((5, 6), np.float32), runtime.xp.empty((6, 4), np.float32).T)
+
+
+def test_compute_types_and_algorithms_are_cupys():
+    """CuPy 14.2's tensordot_core_v11: float16 accumulates in float32; TF32 only for float32."""
+    default, pedantic, tf32 = 1, _blas.CUPY_COMPUTE_TYPE_PEDANTIC, _blas.CUPY_COMPUTE_TYPE_TF32
+    assert _blas.compute_type("float16", default) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float16", tf32) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float32", default) == _blas.COMPUTE_32F
+    assert _blas.compute_type("float32", tf32) == _blas.COMPUTE_32F_FAST_TF32
+    assert _blas.compute_type("float32", pedantic) == _blas.COMPUTE_32F_PEDANTIC
+    assert _blas.compute_type("float64", tf32) == _blas.COMPUTE_64F
+    assert _blas.compute_type("float64", pedantic) == _blas.COMPUTE_64F_PEDANTIC
+    assert _blas.algorithm("float32", 90) == _blas.GEMM_DEFAULT_TENSOR_OP
+    assert _blas.algorithm("float32", 75) == _blas.GEMM_DEFAULT
+    assert _blas.algorithm("float16", 70) == _blas.GEMM_DEFAULT_TENSOR_OP
+    assert _blas.workspace_bytes(90) == 32 * 2**20
+    assert _blas.workspace_bytes(80) == 4 * 2**20
+
+
+def test_libcublas_is_found_in_the_process_maps():
+    pattern = _blas._LIBCUBLAS
+    assert pattern.search("/opt/venv/nvidia/cu13/lib/libcublas.so.13")
+    assert pattern.search("/usr/lib/libcublas.so")
+    assert not pattern.search("/opt/venv/nvidia/cu13/lib/libcublasLt.so.13")
+    assert not pattern.search("/usr/lib/libcublas.so.13.bak")
+
+
+def test_binding_happens_outside_captures(runtime):
+    """The stream first (it resets the workspace), then the workspace; once per change."""
+    gemm = runtime.blas(0)
+    assert runtime.blas(0) is gemm  # one handle per thread and device
+    state = runtime.cublas.handles[gemm.handle]
+    assert state["pointer_mode"] == _blas.POINTER_MODE_HOST
+    gemm.bind_eager(runtime.stream_ptr())
+    first = state["workspace"]
+    assert first is not None
+    assert first[1] == gemm.workspace_bytes
+    gemm.bind_eager(runtime.stream_ptr())
+    assert state["workspace"] == first
+    side = runtime.xp.cuda.Stream(non_blocking=True)
+    with side:
+        gemm.bind_eager(runtime.stream_ptr())
+        assert state["stream"] == side.ptr
+        assert state["workspace"][0] != first[0]  # one workspace per stream
+        other = runtime.xp.cuda.Stream(non_blocking=True)
+        spare = runtime.xp.empty(16, np.uint8)
+        side.begin_capture()
+        try:
+            gemm.bind_eager(runtime.stream_ptr())  # already bound: nothing to do
+            with pytest.raises(CaptureError, match="workspace changed during a capture"):
+                gemm.bind(other.ptr, spare)
+            with pytest.raises(NotImplementedError, match="during stream capture"):
+                runtime.cublas.set_stream(gemm.handle, side.ptr)  # CuPy's guard
+        finally:
+            side.end_capture()
+
+
+def _capture_problem(runtime, dtype="float32"):
+    inputs = _engine_inputs(random_problem(4, 3, 2, 5, 4, 2), dtype)
+    x = inputs["x"].transpose(2, 1, 0)
+    d = cupy_engine._Dims.of(x, 4, False)
+    plan = cupy_engine._Plan(runtime.xp, d, x.dtype, False)
+    cupy_engine._fill_inputs(runtime.xp, plan.inputs, x, inputs["W"], inputs["b"], d.n_a)
+    kernels = runtime.kernels(x.dtype, 0)
+    return d, plan, kernels
+
+
+def test_cupy_matmul_inside_a_capture_is_refused(runtime):
+    """What the engine did before (cupy.matmul in the captured loop) fails under CuPy 14."""
+    d, plan, kernels = _capture_problem(runtime)
+
+    class CupyMatmul:  # the products as cupy.matmul issued them
+        def matmul(self, a, b, out):
+            runtime.xp.matmul(a, b, out)
+
+    def program(gemm):
+        cupy_engine._forward_program(
+            runtime.xp, kernels, CupyMatmul(), d, plan.inputs, plan.states, plan.forward_work
+        )
+
+    workspace = runtime.blas(0).new_workspace()
+    with pytest.raises(NotImplementedError, match="during stream capture is currently"):
+        runtime.capture(program, 0, workspace)
+
+
+def test_an_allocation_inside_a_capture_is_caught(runtime):
+    """The recorder sees allocations through the namespace and through ndarray methods."""
+    d, plan, kernels = _capture_problem(runtime)
+    workspace = runtime.blas(0).new_workspace()
+
+    def program(gemm):
+        cupy_engine._forward_program(
+            runtime.xp, kernels, gemm, d, plan.inputs, plan.states, plan.forward_work
+        )
+
+    runtime.capture(program, 0, workspace)  # the engine's program: fine
+    for allocate in (
+        lambda: runtime.xp.empty((3,), np.float32),
+        lambda: plan.states["h"].copy(),
+        lambda: plan.states["h"].astype(np.float64),
+        lambda: plan.states["c"] + 1,
+    ):
+
+        def allocating(gemm, allocate=allocate):
+            program(gemm)
+            allocate()
+
+        with pytest.raises(CaptureError, match="allocated during a capture"):
+            runtime.capture(allocating, 0, workspace)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+@pytest.mark.parametrize("several", [False, True], ids=["one-segment", "segments"])
+def test_nothing_is_allocated_during_capture(runtime, monkeypatch, recompute, several):
+    """Every buffer a graph touches exists before begin_capture; none is made until its end."""
+    n_x, m, T, n_a = 3, 3, 7, 4
+    if several:
+        monkeypatch.setattr(_cache, "SEGMENT_ELEMENTS", 2 * m * 4 * n_a)
+    inputs = _engine_inputs(random_problem(5, n_x, m, T, n_a, 2), "float32")
+    cupy_engine.set_graph_replay(True)
+    for final in ((), ("dh_n", "dc_n")):
+        _run(cupy_engine, inputs, recompute=recompute, with_dc=True, final=final)
+    assert runtime.captures == 3  # forward, two backward graphs
+    assert [a for a in runtime.allocations if a[2]] == []
+    assert len([a for a in runtime.allocations if not a[2]]) > 5  # the recorder records
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "recompute"])
+def test_graph_and_eager_give_the_same_bits(runtime, dtype, recompute):
+    """The same cuBLAS calls eagerly and in the graph: identical bits, both near float64."""
+    inputs = _engine_inputs(random_problem(6, 3, 4, 6, 5, 2), dtype)
+    options = {"recompute": recompute, "with_dc": True, "final": ("dh_n",)}
+    reference = _run(_engine, _as_float64(inputs), **options)
+    runs = {}
+    for graph in (False, True, True):  # eager; capture; replay
+        cupy_engine.set_graph_replay(graph)
+        cache, grads = _run(cupy_engine, inputs, **options)
+        _compare(cache, grads, *reference, TOL[dtype], f"{dtype} graph={graph}")
+        runs.setdefault(graph, []).append(_bits(cache, grads))
+    assert runtime.captures == 2
+    assert runtime.replays == 2
+    for bits in (runs[True][0], runs[True][1]):
+        for eager, graph in zip(runs[False][0], bits, strict=True):
+            np.testing.assert_array_equal(graph, eager)
+    calls = runtime.cublas.calls
+    assert {call[-2] for call in calls} == {_blas.compute_type(dtype, 1)}  # float16: 32F
+
+
+def test_eager_products_run_on_the_current_stream(runtime):
+    """A side stream gets the products too (bound to it, with a workspace of its own)."""
+    inputs = _engine_inputs(random_problem(7, 3, 2, 4, 3, 2), "float64")
+    expected = _run(_engine, inputs, recompute=False, with_dc=True)
+    side = runtime.xp.cuda.Stream(non_blocking=True)
+    with side:
+        got = _run(cupy_engine, inputs, recompute=False, with_dc=True)
+    _compare(*got, *expected, 1e-12, "side stream")
+    gemm = runtime.blas(0)
+    assert gemm.bound[0] == side.ptr
+    assert set(gemm._eager_workspaces) == {side.ptr}
+
+
 # --------------------------------------------------------------------------- variable lengths
 
 # (T, lengths): each sequence has 1..T steps; includes 1 and T, ties, a single row, every
@@ -1042,8 +1593,8 @@ def test_runs_are_bitwise_identical(host_runtime, graph, lengths):
     for again in (runs[2], runs[3]):
         for a, b in zip(runs[0], again, strict=True):
             np.testing.assert_array_equal(a, b)
-    # Graph replay issues the very operations of the eager run: bitwise equal here
-    # (on a GPU cuBLAS may pick other kernels on the capture stream; see test_cupy.py).
+    # Graph replay issues the very operations of the eager run (the same cublasGemmEx
+    # arguments and workspace size): bitwise equal, here and on a GPU (test_cupy.py).
     cupy_engine.set_graph_replay(not graph)
     for a, b in zip(runs[0], _bits(*_run(cupy_engine, first, **options)), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -1304,3 +1855,139 @@ def test_gate_order_matches_the_kernels():
     assert GATE_ORDER == ("i", "f", "o", "g")
     assert GATE_PARAMETERS["g"] == ("Wc", "bc")
     assert SEQ_GRAD_KEYS[0] == "dx"
+
+
+# --------------------------------------------------------------------------- the device check
+
+GPU_CHECK_SH = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def _gpu_check():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return gpu_check
+
+
+def _shell_limits() -> dict[str, int]:
+    """The device (not dry-run) limits assigned at the top of gpu_check.sh."""
+    text = GPU_CHECK_SH.read_text()
+    before_dry = text.split('if [ "$DRY" = 1 ]; then  # no device')[0]
+    return {k: int(v) for k, v in re.findall(r"^(LIMIT_\w+|KILL_AFTER)=(\d+)$", before_dry, re.M)}
+
+
+def test_gpu_check_limits_nest():
+    """Outer limits strictly cover inner ones; the whole check fits 5.5 minutes.
+
+    ``run`` timeout_s (345) > the command's ``timeout -k 5 330`` > every stage's
+    limit plus its kill grace plus ~10 s of setup; the bench stage covers its
+    workers' limits plus the driver's start.
+    """
+    limits = _shell_limits()
+    stages = ["VERSIONS", "SMOKE", "GPU_TESTS", "CORE_TESTS", "BENCH", "REPORT"]
+    assert set(limits) == {f"LIMIT_{s}" for s in stages} | {"KILL_AFTER"}
+    header = GPU_CHECK_SH.read_text()
+    outer = re.search(r"command:\s+timeout -k (\d+) (\d+) bash benchmarks/gpu_check.sh", header)
+    timeout_s = int(re.search(r"timeout_s: (\d+)", header).group(1))
+    kill, outer_limit = int(outer.group(1)), int(outer.group(2))
+    worst = sum(limits[f"LIMIT_{s}"] + limits["KILL_AFTER"] for s in stages) + 10
+    assert worst < outer_limit <= 330  # 5.5 minutes on the device
+    assert outer_limit + kill < timeout_s <= 600
+    workers = sum(seconds for _, seconds in _gpu_check().WORKERS)
+    assert workers + 5 <= limits["LIMIT_BENCH"]
+
+
+def test_gpu_check_smoke_on_the_stand_in(cupy_on_numpy):
+    """The smoke stage's checks, through the CuPy engine's code (capture included) on NumPy."""
+    results = _gpu_check().smoke(np, engine="cupy")
+    assert results["float32_rel_err"] <= 1e-5
+    assert results["float16_rel_err"] <= TOL_FLOAT16
+    assert results["float32_graph_bits_equal"]
+    assert results["float16_graph_bits_equal"]
+    assert cupy_on_numpy.captures == 4  # forward and backward, float32 and float16
+    assert cupy_on_numpy.replays == 4
+
+
+def test_gpu_check_smoke_fails_loudly(cupy_on_numpy, monkeypatch):
+    """A wrong engine result stops the smoke stage (and so the check) with the reason."""
+    gpu_check = _gpu_check()
+    real = gpu_check.reference
+
+    def off(inputs, lengths, cache_path=None):
+        ref = real(inputs, lengths, cache_path)
+        return {**ref, "dx": ref["dx"] * 1.01}
+
+    monkeypatch.setattr(gpu_check, "reference", off)
+    with pytest.raises(AssertionError, match="smoke float32: relative error"):
+        gpu_check.smoke(np, engine="cupy")
+
+
+def test_torch_tf32_through_the_current_api():
+    torch = pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+    try:
+        for enabled, value in ((True, "tf32"), (False, "ieee")):
+            setting = gpu_check.set_torch_tf32(torch, enabled)
+            assert setting["api"] == "fp32_precision"  # torch >= 2.9
+            assert setting["cudnn.rnn"] == setting["cuda.matmul"] == value
+            assert torch.backends.cudnn.rnn.fp32_precision == value
+    finally:
+        gpu_check.set_torch_tf32(torch, False)
+
+
+def test_gpu_check_report_reads_what_a_timeout_left(tmp_path):
+    """Rows are appended one line each; a line cut off by a kill is skipped, the rest reported."""
+    gpu_check = _gpu_check()
+    base = {"dtype": "float32", "tf32": False, "shape": "h8", "kind": "train", "batch": 4,
+            "steps": 5, "hidden": 8, "err_fwd": 1e-7, "err_bwd": 2e-7}  # fmt: skip
+    for variant, ms in (("fused", 2.0), ("fused+graph", 1.0), ("cuDNN", 1.5)):
+        row = {
+            **base,
+            "run": "float32",
+            "variant": variant,
+            "fwd_s": ms / 2e3,
+            "fwdbwd_s": ms / 1e3,
+        }
+        gpu_check._emit(tmp_path / "rows.jsonl", row)
+    with (tmp_path / "rows.jsonl").open("a") as rows:
+        rows.write('{"run": "float32", "variant": "gen')  # killed mid-write
+    assert gpu_check.report(tmp_path) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "fused+graph     1.000     1.500     1.50x" in text
+    assert "PASS float32 h8: graph/cuDNN f+b throughput 1.50 (need >= 1.0)" in text
+
+
+def test_gpu_check_script_is_clean_shell():
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK_SH)], check=False).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run(
+        ["shellcheck", str(GPU_CHECK_SH)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """Every stage of the device check, on the CPU: paths, flags, files, the table last."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        ["bash", str(GPU_CHECK_SH), "--dry-run"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stages = (tmp_path / "stages.txt").read_text()
+    for stage in ("versions", "smoke", "gpu-tests", "core-tests", "bench", "report"):
+        assert f"{stage} status=0" in stages, stages
+    assert json.loads((tmp_path / "smoke.json").read_text())["ok"]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert {row["run"] for row in rows} == set(_gpu_check().RUNS)
+    assert not [row for row in rows if "error" in row]
+    assert {row["torch_tf32"]["api"] for row in rows} == {"fp32_precision"}
+    tail = result.stdout.rstrip().splitlines()[-12:]
+    assert any(line.startswith("run           shape              xlstm") for line in tail)
+    assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back

@@ -6,7 +6,7 @@ check that both give the same numbers.  Why it exists: on CuPy the generic path
 launches a dozen small kernels per step and is bound by launch overhead.  Here
 each step is two launches:
 
-* forward: ``h_{t-1} W_h^T`` (cuBLAS, ``cupy.matmul``), then one fused kernel
+* forward: ``h_{t-1} W_h^T`` (``cublasGemmEx``, see :mod:`._blas`), then one fused kernel
   that adds the precomputed input projection and the bias, activates the four
   gates and writes ``c_t``, ``tanh(c_t)`` and ``h_t``;
 * backward: one fused kernel that writes the four gate gradients ``dz_t``
@@ -17,9 +17,10 @@ The input projection of a segment of steps is one product before its loop;
 the weight, bias and input gradients are a few large products after it
 (``dW = dZ^T [H_prev | X]``, ``db = 1^T dZ``, ``dX = dZ W_x``), per segment of
 :func:`~xlstm._engines.cache.segment_length` steps, as in the NumPy fast path.  Why
-the kernel, not ``cupy.matmul``, adds the input projection: ``cupy.matmul``
-always overwrites its output (cuBLAS beta = 0), so the recurrent product goes
-to its own buffer and the kernel sums the two parts while it reads them anyway.
+the kernel, not the product, adds the input projection: the products overwrite
+their output (cuBLAS beta = 0, as ``cupy.matmul`` did: the same numbers), so the
+recurrent product goes to its own buffer and the kernel sums the two parts while
+it reads them anyway.
 
 Variable-length batches (``lengths``), as the NumPy engine does them
 (:mod:`xlstm._engines.numpy.masked`): the rows are stored sorted by decreasing
@@ -37,14 +38,15 @@ backward recursion, with or without lengths.
 
 Float16: arrays in float16, element math in float32 (the kernels are templates on
 a storage and an arithmetic type, see :mod:`._kernels`), products through
-``cupy.matmul``, which accumulates float16 products in float32 (CuPy's default
-cuBLAS compute type for float16).  bfloat16: see :func:`unsupported_reason`.
+``cublasGemmEx`` with float16 operands and ``CUBLAS_COMPUTE_32F`` (float32
+accumulation, as ``cupy.matmul`` does).  bfloat16: see :func:`unsupported_reason`.
 
 Determinism: every kernel writes each element from one thread, and every sum
 (``dW``, ``db``, ``dx``, the per-segment totals) is a cuBLAS product or an
 element-wise add, never an atomic update; cuBLAS gives the same bits run to run
-on one device and stream (its documented reproducibility).  So two runs of the
-same call give bitwise identical results.
+on one device (its documented reproducibility), and every product goes through
+one call with the same arguments and workspace size, eager or captured.  So two
+runs of the same call give bitwise identical results, with or without graphs.
 
 Graph replay (off by default; :func:`set_graph_replay`, or the environment
 variable ``XLSTM_CUPY_GRAPHS=1``).  The forward time loop and the backward time
@@ -57,9 +59,12 @@ returned to the caller is ever overwritten by a later replay.  A backward call
 on the cache that the latest forward replay of the same plan returned reads the
 plan's own copy of the states and skips copying them in.  Plans are kept in a
 small LRU cache (:data:`MAX_GRAPH_PLANS`; :func:`clear_graph_cache` frees them).
-The captured region allocates nothing: every array it touches is preallocated
-and every product writes into a contiguous ``out=`` (``cupy.matmul`` makes no
-temporary then).  Backward graphs are captured per set of gradients given
+The captured region allocates nothing and changes no cuBLAS state: every array
+it touches is preallocated, the products are ``cublasGemmEx`` calls on the
+engine's own handle, whose stream and workspace (the plan's, so that plans and
+eager calls never share scratch memory) are bound before the capture begins
+(:mod:`._blas` says why ``cupy.matmul`` cannot be used: CuPy 14 refuses cuBLAS
+during a capture).  Backward graphs are captured per set of gradients given
 (``dc``, ``dh_n``, ``dc_n``).
 
 Variable-length calls run eagerly even with graph replay on.  A graph fixes every
@@ -90,7 +95,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import SequenceCache, inverse_order, segment_length
-from . import _kernels
+from . import _blas, _kernels
 
 GRAPH_ENV = "XLSTM_CUPY_GRAPHS"
 """Environment variable: ``1`` turns graph replay on, ``0`` off (read per call)."""
@@ -191,14 +196,53 @@ def graph_replay(enabled: bool | None) -> Iterator[None]:
 
 
 class _CupyRuntime:
-    """The few CuPy services the engine uses: arrays, kernels, devices, graphs."""
+    """The few CuPy services the engine uses: arrays, kernels, products, devices, graphs.
 
-    def __init__(self) -> None:
-        self.xp = _kernels.import_cupy()
+    ``xp`` and ``library`` default to CuPy and :class:`._blas.CupyCublas`; the CPU
+    tests hand in NumPy stand-ins for both and run the rest of this class as is.
+    """
+
+    def __init__(self, xp: Any = None, library: Callable[[], Any] | None = None) -> None:
+        self.xp = _kernels.import_cupy() if xp is None else xp
+        self._library_factory = _blas.CupyCublas if library is None else library
+        self._library: Any = None
         self._capture_streams: dict[int, Any] = {}
+        self._local = threading.local()  # per thread: device id -> _blas.Gemm
 
     def kernels(self, dtype: Any, device_id: int) -> _kernels.StepKernels:
         return _kernels.step_kernels(np.dtype(dtype).name, device_id)
+
+    def compute_capability(self, device_id: int) -> int:
+        return int(self.xp.cuda.Device(device_id).compute_capability)
+
+    def compute_types(self) -> dict[str, int]:
+        return _blas.cupy_compute_types()
+
+    @staticmethod
+    def address(array: Any) -> int:
+        return int(array.data.ptr)
+
+    def stream_ptr(self) -> int:
+        """The current stream (cuBLAS is bound to it for eager products)."""
+        return int(self.xp.cuda.get_current_stream().ptr)
+
+    def blas(self, device_id: int) -> _blas.Gemm:
+        """This thread's cuBLAS handle for ``device_id`` (created with that device current)."""
+        gemms = self._local.__dict__.setdefault("gemms", {})
+        gemm = gemms.get(device_id)
+        if gemm is None:
+            if self._library is None:
+                self._library = self._library_factory()
+            capability = self.compute_capability(device_id)
+            gemm = gemms[device_id] = _blas.Gemm(
+                self._library,
+                address=self.address,
+                allocate=lambda nbytes: self.xp.empty(nbytes, dtype=np.uint8),
+                workspace_size=_blas.workspace_bytes(capability),
+                compute_types=self.compute_types(),
+                algorithms={name: _blas.algorithm(name, capability) for name in _blas.DATA_TYPES},
+            )
+        return gemm
 
     def device(self, array: Any) -> Any:
         """Context manager making ``array``'s device current."""
@@ -215,14 +259,16 @@ class _CupyRuntime:
         """Make the current stream wait for ``event``."""
         self.xp.cuda.get_current_stream().wait_event(event)
 
-    def capture(self, program: Callable[[], None], device_id: int) -> Any:
-        """Run ``program`` once for real, then capture it as a CUDA graph.
+    def capture(self, program: Callable[[_blas.Gemm], None], device_id: int, workspace: Any) -> Any:
+        """Run ``program(gemm)`` once for real, then capture it as a CUDA graph.
 
         Both happen on a private non-blocking stream (capture cannot use the
         legacy default stream), ordered after the current stream's work and
-        before its later work.  The real run loads the kernels and lets cuBLAS
-        set up its workspace for that stream outside the capture; its results
-        are the results of this call.
+        before its later work.  Before either, this thread's cuBLAS handle is
+        bound to that stream and to ``workspace`` (the plan's own), so that
+        nothing inside the capture changes cuBLAS state (CuPy refuses
+        ``setStream`` there).  The real run loads the kernels outside the
+        capture; its results are the results of this call.
         """
         cuda = self.xp.cuda
         stream = self._capture_streams.get(device_id)
@@ -230,11 +276,13 @@ class _CupyRuntime:
             stream = self._capture_streams[device_id] = cuda.Stream(non_blocking=True)
         current = cuda.get_current_stream()
         stream.wait_event(current.record())
+        gemm = self.blas(device_id)
         with stream:
-            program()
+            gemm.bind(int(stream.ptr), workspace)
+            program(gemm)
             stream.begin_capture()
             try:
-                program()
+                program(gemm)
             except BaseException:
                 # Leave capture mode; the capture is invalid anyway, and the
                 # error that made it so is the one to report.
@@ -422,7 +470,7 @@ def _external_shapes(d: _Dims, names: tuple[str, ...]) -> dict[str, tuple[int, .
 
 
 def _forward_program(
-    xp, kernels, d: _Dims, inputs: dict, states: dict, work: dict, running=None
+    xp, kernels, gemm, d: _Dims, inputs: dict, states: dict, work: dict, running=None
 ) -> None:
     """The forward time loop.  ``states['h'][0]``, ``states['c'][0]`` hold h0, c0."""
     m, n_a = d.m, d.n_a
@@ -435,14 +483,10 @@ def _forward_program(
     for start, stop in d.segments():
         k = stop - start
         segment = gates[:k] if recompute else gates[start:stop]
-        xp.matmul(
-            inputs["x_rows"][start * m : stop * m],
-            w_x_t,
-            out=segment.reshape(k * m, 4 * n_a),
-        )
+        gemm.matmul(inputs["x_rows"][start * m : stop * m], w_x_t, segment.reshape(k * m, 4 * n_a))
         for t in range(start, stop):
             active = m if running is None else int(running[t])
-            xp.matmul(h[t][:active], w_h_t, out=recurrent[:active])
+            gemm.matmul(h[t][:active], w_h_t, recurrent[:active])
             kernels.forward_step(
                 segment[t - start],
                 recurrent,
@@ -464,7 +508,7 @@ def _forward_program(
 
 
 def _backward_program(
-    xp, kernels, d: _Dims, inputs: dict, states: dict, external: dict, work: dict,
+    xp, kernels, gemm, d: _Dims, inputs: dict, states: dict, external: dict, work: dict,
     grads: dict, running=None,
 ) -> None:  # fmt: skip
     """Backpropagation through time, last segment first.
@@ -489,12 +533,8 @@ def _backward_program(
         rows = k * m
         if recompute:
             gates, tanh_c = work["gates"][:k], work["tanh_c"][:k]
-            xp.matmul(
-                inputs["x_rows"][start * m : stop * m],
-                w_x_t,
-                out=gates.reshape(rows, 4 * n_a),
-            )
-            xp.matmul(h[start:stop].reshape(rows, n_a), w_h_t, out=work["recurrent"][:rows])
+            gemm.matmul(inputs["x_rows"][start * m : stop * m], w_x_t, gates.reshape(rows, 4 * n_a))
+            gemm.matmul(h[start:stop].reshape(rows, n_a), w_h_t, work["recurrent"][:rows])
             kernels.gates(
                 gates.reshape(rows, 4 * n_a),
                 work["recurrent"][:rows],
@@ -520,7 +560,7 @@ def _backward_program(
                 active,
             )
             # Finished rows keep dh: the gradient passes through their padded step.
-            xp.matmul(dz[local][:active], w_h, out=dh[:active])
+            gemm.matmul(dz[local][:active], w_h, dh[:active])
         dz_rows = dz[:k].reshape(rows, 4 * n_a)
         dz_rows_t = dz_rows.T
         first = index == 0
@@ -529,14 +569,14 @@ def _backward_program(
             if first
             else (work["sum_recurrent"], work["sum_input"], work["sum_bias"])
         )
-        xp.matmul(dz_rows_t, h[start:stop].reshape(rows, n_a), out=targets[0])
-        xp.matmul(dz_rows_t, inputs["x_rows"][start * m : stop * m], out=targets[1])
-        xp.matmul(work["ones"][:rows], dz_rows, out=targets[2])
+        gemm.matmul(dz_rows_t, h[start:stop].reshape(rows, n_a), targets[0])
+        gemm.matmul(dz_rows_t, inputs["x_rows"][start * m : stop * m], targets[1])
+        gemm.matmul(work["ones"][:rows], dz_rows, targets[2])
         if several and not first:
             xp.add(work["d_recurrent"], targets[0], out=work["d_recurrent"])
             xp.add(work["d_input"], targets[1], out=work["d_input"])
             xp.add(grads["d_bias"], targets[2], out=grads["d_bias"])
-        xp.matmul(dz_rows, w_x, out=grads["dx_tm"][start:stop].reshape(rows, d.n_x))
+        gemm.matmul(dz_rows, w_x, grads["dx_tm"][start:stop].reshape(rows, d.n_x))
     if d.t_end < d.t_x:
         xp.copyto(grads["dx_tm"][d.t_end :], 0.0)  # steps past every sequence's end
     xp.copyto(grads["d_weights"][:, :n_a], work["d_recurrent"])
@@ -583,6 +623,13 @@ def _results(xp, grads: dict, inverse: Any = None) -> tuple:
 # --------------------------------------------------------------------------- eager path
 
 
+def _eager_blas(rt, x) -> _blas.Gemm:
+    """This thread's cuBLAS handle, bound to the current stream and its workspace there."""
+    gemm = rt.blas(rt.device_id(x))
+    gemm.bind_eager(rt.stream_ptr())
+    return gemm
+
+
 def _device_index(xp, order: np.ndarray | None) -> Any:
     return None if order is None else xp.asarray(order)
 
@@ -592,6 +639,7 @@ def _forward_eager(rt, x, h0, c0, W, b, recompute: bool, lengths=None) -> Sequen
     rows = _Rows() if lengths is None else _Rows.sorted_by_length(lengths, int(x.shape[2]))
     d = _Dims.of(x, h0.shape[1], recompute, rows.t_end)
     kernels = rt.kernels(x.dtype, rt.device_id(x))
+    gemm = _eager_blas(rt, x)
     index = _device_index(xp, rows.order)
     _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
     _, states = _Slab(_state_shapes(d, recompute), x.dtype).allocate(xp)
@@ -599,7 +647,7 @@ def _forward_eager(rt, x, h0, c0, W, b, recompute: bool, lengths=None) -> Sequen
     _fill_inputs(xp, inputs, x, W, b, d.n_a, index)
     xp.copyto(states["h"][0], _in_rows(xp, h0, index, 0))
     xp.copyto(states["c"][0], _in_rows(xp, c0, index, 0))
-    _forward_program(xp, kernels, d, inputs, states, work, rows.running)
+    _forward_program(xp, kernels, gemm, d, inputs, states, work, rows.running)
     return SequenceCache(
         states["h"], states["c"], states.get("gates"), states.get("tanh_c"), W, b,
         rows.lengths, rows.order,
@@ -620,6 +668,7 @@ def _backward_eager(rt, cache: SequenceCache, x, da_tm, dc_tm, dh_n, dc_n) -> tu
     rows = _Rows.of_cache(cache)
     d = _Dims.of(x, cache.h.shape[2], recompute, rows.t_end)
     kernels = rt.kernels(x.dtype, rt.device_id(x))
+    gemm = _eager_blas(rt, x)
     index = _device_index(xp, rows.order)
     _, inputs = _Slab(_input_shapes(d), x.dtype).allocate(xp)
     _, work = _Slab(_backward_work_shapes(d, recompute), x.dtype).allocate(xp)
@@ -627,7 +676,7 @@ def _backward_eager(rt, cache: SequenceCache, x, da_tm, dc_tm, dh_n, dc_n) -> tu
     _fill_inputs(xp, inputs, x, cache.W, cache.b, d.n_a, index)
     external = _external(xp, da_tm, dc_tm, dh_n, dc_n, index)
     states = _cache_states(xp, cache)
-    _backward_program(xp, kernels, d, inputs, states, external, work, grads, rows.running)
+    _backward_program(xp, kernels, gemm, d, inputs, states, external, work, grads, rows.running)
     inverse = None if rows.order is None else _device_index(xp, inverse_order(rows.order))
     return _results(xp, grads, inverse)
 
@@ -655,6 +704,10 @@ class _Plan:
         self.backward_graphs: dict[tuple[str, ...], Any] = {}
         self.fresh: tuple | None = None
         self.last_use: Any = None  # event after the latest work on the static buffers
+        # cuBLAS scratch of the captured products (a plan's replays are ordered, so
+        # they may share it; other plans' and eager runs' may overlap, so not theirs).
+        self.workspace: Any = None
+        self.handles: list = []  # the cuBLAS handles its graphs were captured with
 
     def remember(self, cache: SequenceCache | None) -> None:
         if cache is None:
@@ -745,9 +798,15 @@ def _plan_for(rt, d: _Dims, dtype: Any, device_id: int, recompute: bool) -> _Pla
     return plan
 
 
-def _captured(rt, program: Callable[[], None], device_id: int, what: str) -> Any:
+def _captured(rt, program: Callable[[Any], None], plan: _Plan, device_id: int, what: str) -> Any:
+    """Capture ``program(gemm)`` with the plan's cuBLAS workspace (allocated on first use)."""
+    gemm = rt.blas(device_id)
+    if plan.workspace is None:
+        plan.workspace = gemm.new_workspace()
+    if not any(kept is gemm for kept in plan.handles):
+        plan.handles.append(gemm)  # the graph's products ran on its handle: keep it alive
     try:
-        return rt.capture(program, device_id)
+        return rt.capture(program, device_id, plan.workspace)
     except Exception as error:
         msg = (
             f"capturing the {what} time loop as a CUDA graph failed ({error}); turn graph "
@@ -767,10 +826,10 @@ def _forward_replayed(rt, x, h0, c0, W, b, recompute: bool) -> SequenceCache:
     if plan.forward_graph is None:
         kernels = rt.kernels(x.dtype, device_id)
 
-        def program() -> None:
-            _forward_program(xp, kernels, d, plan.inputs, plan.states, plan.forward_work)
+        def program(gemm) -> None:
+            _forward_program(xp, kernels, gemm, d, plan.inputs, plan.states, plan.forward_work)
 
-        plan.forward_graph = _captured(rt, program, device_id, "forward")
+        plan.forward_graph = _captured(rt, program, plan, device_id, "forward")
     else:
         rt.launch(plan.forward_graph)
     # Copy out: the caller's arrays must survive the next replay.
@@ -802,12 +861,13 @@ def _backward_replayed(rt, cache: SequenceCache, x, da_tm, dc_tm, dh_n, dc_n) ->
     if graph is None:
         kernels = rt.kernels(x.dtype, device_id)
 
-        def program() -> None:
+        def program(gemm) -> None:
             _backward_program(
-                xp, kernels, d, plan.inputs, plan.states, used, parts["work"], parts["grads"]
-            )
+                xp, kernels, gemm, d, plan.inputs, plan.states, used, parts["work"],
+                parts["grads"],
+            )  # fmt: skip
 
-        plan.backward_graphs[names] = _captured(rt, program, device_id, "backward")
+        plan.backward_graphs[names] = _captured(rt, program, plan, device_id, "backward")
     else:
         rt.launch(graph)
     grads = parts["grad_slab"].views(parts["grad_flat"].copy())
