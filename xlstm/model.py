@@ -335,11 +335,15 @@ class LSTM:
         dtype: Any = None,
         dropout: float | None = None,
         engine: str = "auto",
+        fused: Any = None,
     ) -> LSTM:
         """Import a ``torch.nn.LSTM`` (or its ``state_dict``; see :func:`xlstm.convert.from_torch`).
 
-        ``dropout`` defaults to the module's ``dropout`` (0 for a bare ``state_dict``).
+        ``dropout`` defaults to the module's ``dropout`` (0 for a bare ``state_dict``);
+        ``engine`` and its alias ``fused`` as for :class:`LSTM`.  A GRU or plain RNN (module
+        or weights), a module on the meta device, bfloat16 or mixed dtypes are refused by name.
         """
+        engine = engine_option(engine, fused)  # checked before any weight is read
         weights = convert.from_torch(module, prefix=prefix, xp=backend, dtype=dtype, device=device)
         if dropout is None:
             dropout = float(getattr(module, "dropout", 0.0))
@@ -357,27 +361,52 @@ class LSTM:
 
     @classmethod
     def from_keras(
-        cls, weights: Any, *, backend: Any = "numpy", device: Any = None, dtype: Any = None,
-        engine: str = "auto",
+        cls, layer: Any, *, backend: Any = "numpy", device: Any = None, dtype: Any = None,
+        engine: str = "auto", fused: Any = None,
     ) -> LSTM:  # fmt: skip
-        """A one-layer model from a Keras 3 ``LSTM`` layer's ``get_weights()``.
+        """A model from a Keras 3 layer, or from one ``LSTM`` layer's ``get_weights()``.
 
-        Keras layers compute what xlstm computes only with their default activations
-        (see :mod:`xlstm.convert`).
+        ``layer`` is a built ``keras.layers.LSTM``, ``keras.layers.Bidirectional(LSTM,
+        merge_mode="concat")`` or ``keras.Sequential`` of them: every setting that changes
+        what Keras computes is checked and a layer xlstm does not reproduce is refused naming
+        the setting (:func:`xlstm.convert.from_keras_layer`).  A weight list (or dict) gives a
+        one-layer model; the weights cannot tell the layer's activations, so that check is
+        then the caller's.  ``engine`` and its alias ``fused`` as for :class:`LSTM`.
         """
-        gates = convert.from_keras(weights, xp=backend, dtype=dtype, device=device)
-        n_a = int(gates["Wf"].shape[0])
-        n_x = int(gates["Wf"].shape[1]) - n_a
-        return cls(n_x, n_a, engine=engine, parameters=cls._flat([gates], False))
+        engine = engine_option(engine, fused)
+        if isinstance(layer, (list, tuple, Mapping)):
+            gates = convert.from_keras(layer, xp=backend, dtype=dtype, device=device)
+            n_a = int(gates["Wf"].shape[0])
+            n_x = int(gates["Wf"].shape[1]) - n_a
+            return cls(n_x, n_a, engine=engine, parameters=cls._flat([gates], False))
+        weights = convert.from_keras_layer(layer, xp=backend, dtype=dtype, device=device)
+        return cls(
+            weights.n_x, weights.n_a, num_layers=weights.num_layers,
+            bidirectional=weights.bidirectional, engine=engine,
+            parameters=cls._flat(weights.layers, weights.bidirectional),
+        )  # fmt: skip
 
-    def to_keras(self, *, use_bias: bool = True) -> list[np.ndarray]:
-        """``layer.set_weights(...)`` arrays of a Keras 3 ``LSTM`` layer (one-layer models).
+    def to_keras(self, *, use_bias: bool = True, as_layer: bool = False) -> Any:
+        """The model for Keras 3: one layer's weights, or a built Keras layer of any model.
 
-        ``use_bias=False`` (a Keras layer without bias) gives two arrays and requires the
-        bias to be zero.
+        By default the ``layer.set_weights(...)`` arrays ``[kernel, recurrent_kernel, bias]``
+        of a Keras ``LSTM`` (one-layer, one-direction models); ``use_bias=False`` (a layer
+        without bias) gives two arrays and requires the bias to be zero.  With
+        ``as_layer=True``, the Keras equivalent of any model, built and filled: an ``LSTM``, a
+        ``Bidirectional(LSTM, merge_mode="concat")`` or a ``Sequential`` of them
+        (:func:`xlstm.convert.to_keras_layer`; imports ``keras``).
         """
+        if not isinstance(as_layer, bool):
+            raise TypeError(f"`as_layer` must be a bool, got {type(as_layer).__name__}")
+        if as_layer:
+            if use_bias is not True:
+                raise ValueError("`as_layer=True` makes layers with bias; leave `use_bias` True")
+            return convert.to_keras_layer(self)
         if self.num_layers != 1 or self.bidirectional:
-            msg = "a Keras LSTM layer is one layer, one direction; export each layer separately"
+            msg = (
+                "a Keras LSTM layer is one layer, one direction: to_keras(as_layer=True) "
+                "builds the Bidirectional / Sequential equivalent of this model"
+            )
             raise ValueError(msg)
         return convert.to_keras(self.layers[0], use_bias=use_bias)
 

@@ -17,7 +17,8 @@ Gate orders (the one thing to get right):
   ``kernel (n_in, 4 n_a)``, ``recurrent_kernel (n_a, 4 n_a)``, ``bias (4 n_a,)``; gates are
   ``x @ kernel + h @ recurrent_kernel + bias`` (the transpose of ours, row vectors).  Only
   the defaults ``activation="tanh"``, ``recurrent_activation="sigmoid"`` compute what
-  xlstm computes; the weights cannot tell, so this is the caller's to check.
+  xlstm computes: given a layer, :func:`from_keras_layer` checks them (and every other
+  setting that changes the computation); bare weights cannot tell.
 
 Lists of layers follow ``torch.nn.LSTM``'s order (layer 0, layer 0 reverse, layer 1, ...),
 as :func:`xlstm.layers.multilayer_forward` takes them.  Every array is read through the host
@@ -34,8 +35,10 @@ from .weights import (
     TORCH_GATE_ORDER,
     LSTMWeights,
     from_keras,
+    from_keras_layer,
     from_torch,
     to_keras,
+    to_keras_layer,
     to_torch,
 )
 
@@ -185,9 +188,11 @@ __all__ = [
     "TORCH_GATE_ORDER",
     "LSTMWeights",
     "from_keras",
+    "from_keras_layer",
     "from_onnx",
     "from_torch",
     "to_keras",
+    "to_keras_layer",
     "to_onnx",
     "to_torch",
 ]
