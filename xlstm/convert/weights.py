@@ -392,7 +392,7 @@ _KERAS_IGNORED = {
     "unit_forget_bias", "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
     "activity_regularizer", "kernel_constraint", "recurrent_constraint", "bias_constraint",
     "dropout", "recurrent_dropout", "seed", "use_cudnn", "zero_output_for_mask", "go_backwards",
-    "input_shape", "batch_input_shape", "time_major",
+    "input_shape", "batch_input_shape", "time_major", "implementation",
 }  # fmt: skip
 _KERAS_FLOATS = ("float32", "float64")
 
