@@ -323,6 +323,19 @@ def test_special_files_are_refused_without_reading(tmp_path):
     assert all("is not a regular file" in line for line in lines)
 
 
+def test_file_size_is_capped_from_fstat(tmp_path, monkeypatch):
+    from xlstm.convert import onnx as onnx_module
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(convert.to_onnx(make_model()).SerializeToString())
+    monkeypatch.setattr(onnx_module, "_MAX_FILE_BYTES", 64)
+    read = []
+    monkeypatch.setattr(onnx_module.os, "read", lambda *args: read.append(args) or b"")
+    with pytest.raises(ValueError, match=r"m\.onnx'\) is \d+ bytes; more than an ONNX file can be"):
+        convert.from_onnx(path)
+    assert read == []  # refused from fstat, before a byte is read
+
+
 def test_a_file_that_is_a_model_still_reads(tmp_path):
     model = make_model(num_layers=2, bidirectional=True)
     path = tmp_path / "m.onnx"
