@@ -362,22 +362,29 @@ class LSTM:
         dtype: Any = None,
         dropout: float | None = None,
         engine: str = "auto",
+        fused: Any = None,
         layout: str = "features_first",
     ) -> LSTM:
         """Import a ``torch.nn.LSTM`` (or its ``state_dict``; see :func:`xlstm.convert.from_torch`).
 
-        ``dropout`` defaults to the module's ``dropout`` (0 for a bare ``state_dict``).
-        ``layout`` is how the model is called (see :class:`LSTM`): pass ``"batch_first"`` or
-        ``"time_major"`` to call it as the torch module is called.
+        ``dropout`` defaults to the module's ``dropout`` (0 for a bare ``state_dict``);
+        ``engine`` (``fused`` is its deprecated alias) as for :class:`LSTM`.  A GRU or plain
+        RNN (module or weights), a module on the meta device, bfloat16 or mixed dtypes are
+        refused by name.  ``layout`` is how the model is called (see :class:`LSTM`): pass
+        ``"batch_first"`` or ``"time_major"`` to call it as the torch module is called.
         """
+        # Checked before any weight is read.
+        choice = engine_option(engine, fused, where="xlstm.LSTM.from_torch")
         weights = convert.from_torch(module, prefix=prefix, xp=backend, dtype=dtype, device=device)
         if dropout is None:
             dropout = float(getattr(module, "dropout", 0.0))
-        return cls(
+        model = cls(
             weights.n_x, weights.n_a, num_layers=weights.num_layers,
-            bidirectional=weights.bidirectional, dropout=dropout, engine=engine,
+            bidirectional=weights.bidirectional, dropout=dropout,
             parameters=cls._flat(weights.layers, weights.bidirectional), layout=layout,
         )  # fmt: skip
+        model.engine = choice
+        return model
 
     def to_torch_state_dict(self, *, prefix: str = "", as_tensors: bool = False) -> dict[str, Any]:
         """A ``torch.nn.LSTM`` ``state_dict`` (bias in ``bias_ih``, zeros in ``bias_hh``)."""
@@ -387,27 +394,55 @@ class LSTM:
 
     @classmethod
     def from_keras(
-        cls, weights: Any, *, backend: Any = "numpy", device: Any = None, dtype: Any = None,
-        engine: str = "auto",
+        cls, layer: Any, *, backend: Any = "numpy", device: Any = None, dtype: Any = None,
+        engine: str = "auto", fused: Any = None,
     ) -> LSTM:  # fmt: skip
-        """A one-layer model from a Keras 3 ``LSTM`` layer's ``get_weights()``.
+        """A model from a Keras 3 layer, or from one ``LSTM`` layer's ``get_weights()``.
 
-        Keras layers compute what xlstm computes only with their default activations
-        (see :mod:`xlstm.convert`).
+        ``layer`` is a built ``keras.layers.LSTM``, ``keras.layers.Bidirectional(LSTM,
+        merge_mode="concat")`` or ``keras.Sequential`` of them: every setting that changes
+        what Keras computes is checked and a layer xlstm does not reproduce is refused naming
+        the setting (:func:`xlstm.convert.from_keras_layer`).  A weight list (or dict) gives a
+        one-layer model; the weights cannot tell the layer's activations, so that check is
+        then the caller's.  ``engine`` and its alias ``fused`` as for :class:`LSTM`.
         """
-        gates = convert.from_keras(weights, xp=backend, dtype=dtype, device=device)
-        n_a = int(gates["Wf"].shape[0])
-        n_x = int(gates["Wf"].shape[1]) - n_a
-        return cls(n_x, n_a, engine=engine, parameters=cls._flat([gates], False))
+        choice = engine_option(engine, fused, where="xlstm.LSTM.from_keras")
+        if isinstance(layer, (list, tuple, Mapping)):
+            gates = convert.from_keras(layer, xp=backend, dtype=dtype, device=device)
+            n_a = int(gates["Wf"].shape[0])
+            n_x = int(gates["Wf"].shape[1]) - n_a
+            model = cls(n_x, n_a, parameters=cls._flat([gates], False))
+        else:
+            weights = convert.from_keras_layer(layer, xp=backend, dtype=dtype, device=device)
+            model = cls(
+                weights.n_x, weights.n_a, num_layers=weights.num_layers,
+                bidirectional=weights.bidirectional,
+                parameters=cls._flat(weights.layers, weights.bidirectional),
+            )  # fmt: skip
+        model.engine = choice
+        return model
 
-    def to_keras(self, *, use_bias: bool = True) -> list[np.ndarray]:
-        """``layer.set_weights(...)`` arrays of a Keras 3 ``LSTM`` layer (one-layer models).
+    def to_keras(self, *, use_bias: bool = True, as_layer: bool = False) -> Any:
+        """The model for Keras 3: one layer's weights, or a built Keras layer of any model.
 
-        ``use_bias=False`` (a Keras layer without bias) gives two arrays and requires the
-        bias to be zero.
+        By default the ``layer.set_weights(...)`` arrays ``[kernel, recurrent_kernel, bias]``
+        of a Keras ``LSTM`` (one-layer, one-direction models); ``use_bias=False`` (a layer
+        without bias) gives two arrays and requires the bias to be zero.  With
+        ``as_layer=True``, the Keras equivalent of any model, built and filled: an ``LSTM``, a
+        ``Bidirectional(LSTM, merge_mode="concat")`` or a ``Sequential`` of them
+        (:func:`xlstm.convert.to_keras_layer`; imports ``keras``).
         """
+        if not isinstance(as_layer, bool):
+            raise TypeError(f"`as_layer` must be a bool, got {type(as_layer).__name__}")
+        if as_layer:
+            if use_bias is not True:
+                raise ValueError("`as_layer=True` makes layers with bias; leave `use_bias` True")
+            return convert.to_keras_layer(self)
         if self.num_layers != 1 or self.bidirectional:
-            msg = "a Keras LSTM layer is one layer, one direction; export each layer separately"
+            msg = (
+                "a Keras LSTM layer is one layer, one direction: to_keras(as_layer=True) "
+                "builds the Bidirectional / Sequential equivalent of this model"
+            )
             raise ValueError(msg)
         return convert.to_keras(self.layers[0], use_bias=use_bias)
 

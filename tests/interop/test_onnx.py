@@ -548,25 +548,25 @@ def test_external_data_refused():
     ("tensor", "shape", "match"),
     [
         (raw_tensor("W", [1, 12, 2], b"\0" * 8), (1, 12, 2), "holds 8 bytes"),
-        (raw_tensor("W", [1 << 15, 1 << 15], b""), (1 << 15, 1 << 15), "elements"),
+        (raw_tensor("W", [1 << 15, 1 << 15], b""), (1 << 15, 1 << 15), "more elements"),
         (raw_tensor("W", [1, 12, 2], b""), (1, 12, 3), r"has shape \(1, 12, 2\)"),
     ],
 )
 def test_tensor_checks_before_arrays_are_built(tensor, shape, match):
     # What xlstm checks itself, whatever the installed onnx.checker catches first.
-    from xlstm.convert.onnx import _array
+    from xlstm.convert.onnx import _tensor_array
 
     with pytest.raises(ValueError, match=match):
-        _array(onnx, tensor, shape, "`W`")
+        _tensor_array(tensor, "`W`", types=("FLOAT",), shape=shape)
 
 
 def test_external_tensor_refused_by_xlstm():
-    from xlstm.convert.onnx import _array
+    from xlstm.convert.onnx import _tensor_array
 
     tensor = raw_tensor("W", [1, 12, 2], b"")
     tensor.data_location = TensorProto.EXTERNAL
     with pytest.raises(ValueError, match="external data"):
-        _array(onnx, tensor, (1, 12, 2), "`W`")
+        _tensor_array(tensor, "`W`", types=("FLOAT",), shape=(1, 12, 2))
 
 
 def test_weights_fed_at_run_time_are_refused():

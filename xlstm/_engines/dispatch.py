@@ -76,17 +76,17 @@ def engine_option(engine: Any = "auto", fused: Any = None, *, where: str | None 
         raise ValueError(f"`engine` = {engine!r}; expected one of {ENGINE_CHOICES}")
     if fused is None:
         return engine
+    if not (fused is True or fused is False or (isinstance(fused, str) and fused == "auto")):
+        raise TypeError(f"`fused` = {fused!r}; expected 'auto', True or False (or use `engine=`)")
+    if engine != "auto":
+        msg = f"pass `engine=` or its alias `fused=`, not both (engine={engine!r}, fused={fused!r})"
+        raise TypeError(msg)
     if where is not None:
         msg = (
             f"`fused=` is deprecated for {where}; pass engine='auto', 'generic' or a named "
             "engine (fused=True: the backend's fast engine, e.g. engine='numba')"
         )
         warnings.warn(msg, DeprecationWarning, stacklevel=3)
-    if not (fused is True or fused is False or (isinstance(fused, str) and fused == "auto")):
-        raise TypeError(f"`fused` = {fused!r}; expected 'auto', True or False (or use `engine=`)")
-    if engine != "auto":
-        msg = f"pass `engine=` or its alias `fused=`, not both (engine={engine!r}, fused={fused!r})"
-        raise TypeError(msg)
     if fused is True:
         return _FAST
     return "generic" if fused is False else "auto"

@@ -17,7 +17,8 @@ Gate orders (the one thing to get right):
   ``kernel (n_in, 4 n_a)``, ``recurrent_kernel (n_a, 4 n_a)``, ``bias (4 n_a,)``; gates are
   ``x @ kernel + h @ recurrent_kernel + bias`` (the transpose of ours, row vectors).  Only
   the defaults ``activation="tanh"``, ``recurrent_activation="sigmoid"`` compute what
-  xlstm computes; the weights cannot tell, so this is the caller's to check.
+  xlstm computes: given a layer, :func:`from_keras_layer` checks them (and every other
+  setting that changes the computation); bare weights cannot tell.
 
 Lists of layers follow ``torch.nn.LSTM``'s order (layer 0, layer 0 reverse, layer 1, ...),
 as :func:`xlstm.layers.multilayer_forward` takes them.  Every array is read through the host
@@ -34,8 +35,10 @@ from .weights import (
     TORCH_GATE_ORDER,
     LSTMWeights,
     from_keras,
+    from_keras_layer,
     from_torch,
     to_keras,
+    to_keras_layer,
     to_torch,
 )
 
@@ -116,24 +119,45 @@ def to_onnx(
     )  # fmt: skip
 
 
-def from_onnx(path_or_model: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
-    """An ``xlstm.LSTM`` from an ONNX graph made of ``LSTM`` nodes.
+def from_onnx(
+    path_or_model: Any,
+    *,
+    backend: Any = "numpy",
+    dtype: Any = None,
+    engine: str = "auto",
+    fused: Any = None,
+) -> Any:
+    """An ``xlstm.LSTM`` from an ONNX graph made of ``LSTM`` nodes, or a refusal by name.
 
     Reads what :func:`to_onnx` writes, what ``torch.onnx.export`` makes of a
     ``torch.nn.LSTM``, and single ``LSTM`` nodes (layout 0 or 1).  Node ``k`` is layer
-    ``k``; between layers only Identity, Transpose, Squeeze of the direction axis and a
-    Reshape merging (direction, hidden) are accepted, checked to give ``(T, m, D n_a)``.
-    ONNX's gate order (i, o, f, c) is mapped to xlstm's (i, f, o, g) and ``Wb + Rb`` folded
-    into one bias.  Initial states and ``sequence_lens`` are run-time inputs, not read.
+    ``k``.  ONNX's gate order (i, o, f, c) is mapped to xlstm's (i, f, o, g) and ``Wb + Rb``
+    folded into one bias.  Every node that computes what the graph returns must be one xlstm
+    reproduces, else the graph is refused naming it:
+
+    * before the first LSTM: only Transpose and Identity (X's layout);
+    * between layers: Identity, Transpose, Squeeze of the direction axis and a Reshape merging
+      (direction, hidden), checked to give ``(T, m, D n_a)``;
+    * after the last: the same layout changes on ``Y``, and ``Y_h``, ``Y_c`` as the nodes' own
+      (one layer) or concatenated on axis 0 in layer order;
+    * initial states: zeros (a zero constant, ``ConstantOfShape``, ``Expand`` of zeros) or, for
+      every layer, its rows ``[l D, (l + 1) D)`` of one state input (``Slice`` on axis 0);
+    * ``sequence_lens``: none, or one graph input shared by every node (xlstm's ``lengths``).
 
     Parameters
     ----------
     path_or_model : str, path, bytes or onnx.ModelProto
-        An untrusted file is checked before arrays are built: ``onnx.checker``, element
-        types, shapes against ``hidden_size``, payload sizes, and bounds on every size.
+        Untrusted.  A path must name a regular file (a FIFO, a device, a directory is refused
+        before it is opened; the size is checked with ``fstat``).  External data is refused
+        everywhere, before ``onnx.checker`` runs, so no other file is ever opened.  Every
+        stored tensor, weights and the small integer constants (Reshape's shape, Squeeze's
+        and Slice's axes) alike, is read by one checked reader: element type, shape and
+        payload size are checked before an array is built.
     backend : str or namespace, default "numpy"
     dtype : optional
         Default: the file's (float16 is read as float32).
+    engine, fused
+        As for :class:`xlstm.LSTM`.
 
     Returns
     -------
@@ -145,14 +169,18 @@ def from_onnx(path_or_model: Any, *, backend: Any = "numpy", dtype: Any = None) 
     ValueError
         What an xlstm LSTM cannot express, named: peepholes (input ``P``), ``clip``,
         ``input_forget = 1``, activations other than Sigmoid, Tanh, Tanh, ``direction =
-        "reverse"``, a fixed nonzero initial state, other ops (an output layer), weights that
-        are graph inputs or external data; a malformed or inconsistent file.
+        "reverse"``, a fixed nonzero initial state, a constant ``sequence_lens``, any op on the
+        data path other than those above (a Gather or Slice before the first LSTM, an output
+        layer), weights that are graph inputs, external data; a malformed or inconsistent
+        file; a path that is not a regular file.
+    TypeError
+        ``engine`` / ``fused`` as :class:`xlstm.LSTM` refuses them.
     ImportError
         ``onnx`` is not installed.
     """
     from . import onnx as _onnx
 
-    return _onnx.from_onnx(path_or_model, backend=backend, dtype=dtype)
+    return _onnx.from_onnx(path_or_model, backend=backend, dtype=dtype, engine=engine, fused=fused)
 
 
 __all__ = [
@@ -160,9 +188,11 @@ __all__ = [
     "TORCH_GATE_ORDER",
     "LSTMWeights",
     "from_keras",
+    "from_keras_layer",
     "from_onnx",
     "from_torch",
     "to_keras",
+    "to_keras_layer",
     "to_onnx",
     "to_torch",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,16 +58,6 @@ _NODE_ATTRIBUTES = {
     "hidden_size", "direction", "layout", "activations", "activation_alpha",
     "activation_beta", "clip", "input_forget",
 }  # fmt: skip
-# Ops that only move, reshape or make constants.  A graph with anything else (a MatMul, a
-# Softmax: an output layer) computes more than an xlstm.LSTM holds.
-_PLUMBING = {
-    "Cast", "Concat", "Constant", "ConstantOfShape", "Expand", "Gather", "Identity", "Reshape",
-    "Shape", "Slice", "Split", "Squeeze", "Transpose", "Unsqueeze",
-}  # fmt: skip
-# Ops allowed on the data path from one layer's Y to the next layer's X.
-_LINK_OPS = {"Identity", "Transpose", "Reshape", "Squeeze"}
-# Ops through which a constant initial state is traced (to see whether it is zero).
-_STATE_OPS = {"Identity", "Slice", "Expand", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
 
 
 def _import_onnx() -> Any:
@@ -374,6 +365,167 @@ def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
 
 
 # =========================================================================== import
+#
+# An ONNX file is untrusted.  Three rules, each in one place:
+#
+# * every tensor is read by :func:`_tensor_array` only: external data refused (no file but the
+#   model is ever opened), element type checked against what the reader expects, sizes
+#   checked before anything is allocated, bytes decoded here (``numpy_helper.to_array``, which
+#   follows external-data paths, is never called);
+# * every node that computes a graph output, or an LSTM node's X or initial state, must be one
+#   xlstm reproduces (:func:`_check_dataflow`): Identity and Transpose before the first LSTM,
+#   layout changes between and after the LSTMs, Concat of the final states, zeros or the rows
+#   of one state input as initial states.  Anything else is refused by op and node name;
+# * files are read only when they are regular files, opened without blocking, their size
+#   taken from ``fstat`` and capped (:func:`_read_regular_file`).
+
+# Element types each kind of constant may have: weights are floating; the integer constants
+# are what the ONNX operators themselves accept (Reshape's shape and Squeeze's axes are
+# int64, Slice's starts, ends, axes and steps int32 or int64).
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "FLOAT16")
+_INT64 = ("INT64",)
+_INDEX_TYPES = ("INT32", "INT64")
+_MAX_INDEX_ELEMENTS = 16  # a shape, axes or starts vector between LSTM layers is never longer
+# ONNX element type -> (little-endian NumPy dtype, the typed field that may hold the values).
+# FLOAT16 values are stored as their bit patterns in ``int32_data``.
+_DECODE = {
+    "FLOAT": ("<f4", "float_data"),
+    "DOUBLE": ("<f8", "double_data"),
+    "FLOAT16": ("<f2", "int32_data"),
+    "INT32": ("<i4", "int32_data"),
+    "INT64": ("<i8", "int64_data"),
+}
+_OUTPUT_OPS = {"Identity", "Transpose", "Squeeze", "Reshape"}  # after the last LSTM's Y
+_INPUT_OPS = {"Identity", "Transpose"}  # before the first LSTM's X: layout only
+# Ops allowed on the data path from one layer's Y to the next layer's X.
+_LINK_OPS = {"Identity", "Transpose", "Reshape", "Squeeze"}
+# Ops through which an initial state is traced to zeros or to a graph input.
+_STATE_OPS = {"Identity", "Slice", "Expand", "ConstantOfShape"}
+# Ops that only move, reshape or make constants (a MatMul, a Softmax: an output layer is
+# refused before anything else is looked at).  Where each may appear is _check_dataflow's.
+_PLUMBING = {
+    "Cast", "Concat", "Constant", "ConstantOfShape", "Expand", "Gather", "Identity", "Reshape",
+    "Shape", "Slice", "Split", "Squeeze", "Transpose", "Unsqueeze",
+}  # fmt: skip
+
+
+def _type_name(code: int) -> str:
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(code)
+    except ValueError:
+        return f"code {code}"
+
+
+def _is_external(tensor: Any) -> bool:
+    from onnx import TensorProto
+
+    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _tensor_array(
+    tensor: Any,
+    what: str,
+    *,
+    types: tuple[str, ...],
+    shape: tuple[int, ...] | None = None,
+    max_elements: int = _MAX_ELEMENTS,
+) -> np.ndarray:
+    """The one reader of a TensorProto: checks, then decodes the embedded bytes.
+
+    Refused, in this order and before anything is allocated: external data (its location is
+    not even looked at), a ``segment``, an element type not in ``types``, negative or too many
+    elements, a shape other than ``shape``, a payload whose size does not match the shape.
+    Messages name ``what`` and the declared type and shape, never the payload.
+    """
+    if _is_external(tensor):
+        msg = f"{what} is stored as external data; from_onnx reads only tensors inside the model"
+        raise ValueError(msg)
+    if tensor.HasField("segment"):
+        raise ValueError(f"{what} is a segment of a tensor; from_onnx reads whole tensors")
+    type_name = _type_name(tensor.data_type)
+    if type_name not in types:
+        raise ValueError(f"{what} has element type {type_name}; expected {' or '.join(types)}")
+    dims = tuple(int(d) for d in tensor.dims)
+    count = 1
+    for d in dims:
+        if d < 0:
+            raise ValueError(f"{what} has shape {dims}; dimensions must be >= 0")
+        count *= d
+        if count > max_elements:
+            raise ValueError(f"{what} has shape {dims}: more elements than this reader accepts")
+    if shape is not None and dims != shape:
+        raise ValueError(f"{what} has shape {dims}; expected {shape}")
+    dtype_code, field = _DECODE[type_name]
+    dtype = np.dtype(dtype_code)
+    if tensor.raw_data:
+        stored = len(tensor.raw_data)
+        if stored != count * dtype.itemsize:
+            msg = (
+                f"{what} holds {stored} bytes of data for shape {dims}; "
+                f"expected {count * dtype.itemsize}"
+            )
+            raise ValueError(msg)
+        flat = np.frombuffer(tensor.raw_data, dtype=dtype)
+    else:
+        values = getattr(tensor, field)
+        if len(values) != count:
+            msg = f"{what} holds {len(values)} values for shape {dims}; expected {count}"
+            raise ValueError(msg)
+        if type_name == "FLOAT16":
+            flat = np.asarray(values, dtype=np.int64).astype(np.uint16).view(np.float16)
+        else:
+            flat = np.asarray(values, dtype=dtype)
+    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+def _graph_tensors(graph: Any, where: str):
+    """``(tensor, description)`` for every tensor stored in ``graph`` and its subgraphs."""
+    for tensor in graph.initializer:
+        yield tensor, f"{where}initializer {tensor.name!r}"
+    for sparse in graph.sparse_initializer:
+        yield sparse.values, f"{where}sparse initializer {sparse.values.name!r}"
+        yield sparse.indices, f"{where}sparse initializer {sparse.values.name!r} (indices)"
+    yield from _node_tensors(graph.node, where)
+
+
+def _node_tensors(nodes: Any, where: str):
+    for node in nodes:
+        label = f"{where}attribute of {node.op_type} node {node.name or 'unnamed'!r}"
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t, label
+            for tensor in attribute.tensors:
+                yield tensor, label
+            sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+            for item in [*sparse, *attribute.sparse_tensors]:
+                yield item.values, label
+                yield item.indices, label
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*subgraphs, *attribute.graphs]:
+                yield from _graph_tensors(subgraph, f"{label}: subgraph ")
+
+
+def _refuse_external_data(model: Any) -> None:
+    """External data anywhere (weights, constants, subgraphs, functions) is refused.
+
+    Checked before ``onnx.checker``, which would look up the named files relative to the
+    current directory.
+    """
+    places = [_graph_tensors(model.graph, "")]
+    for function in model.functions:
+        places.append(_node_tensors(function.node, f"function {function.name!r}: "))
+    for info in model.training_info:
+        places.append(_graph_tensors(info.initialization, "training initialization: "))
+        places.append(_graph_tensors(info.algorithm, "training algorithm: "))
+    for tensor, where in itertools.chain(*places):
+        if _is_external(tensor):
+            msg = (
+                f"the {where} is stored as external data; from_onnx reads only tensors inside "
+                "the model and opens no other file"
+            )
+            raise ValueError(msg)
 
 
 class _Graph:
@@ -382,7 +534,10 @@ class _Graph:
     def __init__(self, graph: Any) -> None:
         self.producer = {name: node for node in graph.node for name in node.output if name}
         self.constants = {tensor.name: tensor for tensor in graph.initializer}
-        self.inputs = {value.name for value in graph.input}
+        # An initializer that is also listed as a graph input is a default the caller may
+        # override: it is a constant here and not a run-time input.
+        self.inputs = {value.name for value in graph.input} - set(self.constants)
+        self.outputs = [value.name for value in graph.output]
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for attribute in node.attribute:
@@ -400,6 +555,19 @@ class _Graph:
             name = node.input[0]
         return None
 
+    def through_identity(self, name: str) -> str:
+        """``name`` with Identity nodes stepped over."""
+        for _ in range(_MAX_LAYERS):
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity" or name in self.constants:
+                return name
+            name = node.input[0]
+        return name
+
+
+def _node_label(node: Any) -> str:
+    return f"{node.op_type} node {node.name or 'unnamed'!r}"
+
 
 def _attributes(onnx: Any, node: Any) -> dict[str, Any]:
     values = {}
@@ -411,34 +579,6 @@ def _attributes(onnx: Any, node: Any) -> dict[str, Any]:
             value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
         values[attribute.name] = value
     return values
-
-
-def _array(onnx: Any, tensor: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """``tensor`` as a NumPy array after its type, shape and payload size are checked."""
-    from onnx import TensorProto
-
-    fields = {
-        TensorProto.FLOAT: ("float_data", 4),
-        TensorProto.DOUBLE: ("double_data", 8),
-        TensorProto.FLOAT16: ("int32_data", 2),
-    }
-    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
-        raise ValueError(f"{what} is stored as external data; from_onnx reads embedded tensors")
-    if tensor.data_type not in fields:
-        name = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type < 64 else "?"
-        raise ValueError(f"{what} has element type {name}; expected FLOAT, DOUBLE or FLOAT16")
-    dims = tuple(int(d) for d in tensor.dims)
-    if dims != shape:
-        raise ValueError(f"{what} has shape {dims}; expected {shape}")
-    count = math.prod(dims)
-    if count > _MAX_ELEMENTS:
-        raise ValueError(f"{what} has {count} elements; more than this reader accepts")
-    field, itemsize = fields[tensor.data_type]
-    stored = len(tensor.raw_data) if tensor.raw_data else len(getattr(tensor, field)) * itemsize
-    if stored != count * itemsize:
-        msg = f"{what} holds {stored} bytes of data for shape {dims}; expected {count * itemsize}"
-        raise ValueError(msg)
-    return onnx.numpy_helper.to_array(tensor)
 
 
 class _Layer(NamedTuple):
@@ -500,82 +640,51 @@ def _read_node(onnx: Any, node: Any, index: int, graph: _Graph) -> _Layer:
     if len(w_dims) != 3 or not 1 <= w_dims[2] <= _MAX_FEATURES:
         raise ValueError(f"{label}: `W` has shape {w_dims}; expected (D, 4 n_a, n_in)")
     n_in = w_dims[2]
-    w = _array(onnx, w_proto, (directions, 4 * n_a, n_in), f"{label}: `W`")
-    r = _array(onnx, r_proto, (directions, 4 * n_a, n_a), f"{label}: `R`")
+
+    def weight(proto: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+        return _tensor_array(proto, f"{label}: `{name}`", types=_FLOAT_TYPES, shape=shape)
+
+    w = weight(w_proto, (directions, 4 * n_a, n_in), "W")
+    r = weight(r_proto, (directions, 4 * n_a, n_a), "R")
     if inputs[3]:
-        b = _array(onnx, tensor(3, "B"), (directions, 8 * n_a), f"{label}: `B`")
+        b = weight(tensor(3, "B"), (directions, 8 * n_a), "B")
     else:
         b = np.zeros((directions, 8 * n_a), dtype=w.dtype)
     if not (w.dtype == r.dtype == b.dtype):
         raise ValueError(f"{label}: `W`, `R`, `B` have dtypes {w.dtype}, {r.dtype}, {b.dtype}")
     # The two biases are always added: fold them (in float64, as convert.from_torch does).
     bias = (b[:, : 4 * n_a].astype(np.float64) + b[:, 4 * n_a :]).astype(w.dtype)
-    for position, name in ((5, "initial_h"), (6, "initial_c")):
-        if inputs[position] and _fixed_nonzero(onnx, inputs[position], graph):
-            msg = (
-                f"{label}: `{name}` is a fixed nonzero constant; an xlstm.LSTM starts from "
-                "zeros or from the state passed to forward"
-            )
-            raise ValueError(msg)
     return _Layer(node, w, r, bias, directions, n_a, layout)
 
 
-def _fixed_nonzero(onnx: Any, name: str, graph: _Graph) -> bool:
-    """Whether an initial state is a constant (through slicing and casts) that is not zero."""
-    for _ in range(_MAX_LAYERS):
-        found = graph.constant(name)
-        if found is not None:
-            dims = tuple(int(d) for d in found.dims)
-            if math.prod(dims) > _MAX_ELEMENTS:
-                raise ValueError(f"initial state {name!r} has shape {dims}; too large")
-            return bool(np.any(_array(onnx, found, dims, f"initial state {name!r}")))
-        node = graph.producer.get(name)
-        if node is None:
-            return False  # a graph input: given at run time
-        if node.op_type == "ConstantOfShape":
-            value = _attributes(onnx, node).get("value")
-            if value is None:
-                return False  # the default fill is a float32 zero
-            what = f"the fill value of {node.op_type} {node.name or 'unnamed'!r}"
-            return bool(np.any(_array(onnx, value, (1,), what)))
-        if node.op_type not in _STATE_OPS:
-            return False
-        name = node.input[0]
-    return False
+def _int_constant(name: str, graph: _Graph, node: Any, types: tuple[str, ...]) -> list[int]:
+    """A small integer vector (a shape, axes, starts) that must be stored in the model."""
+    found = graph.constant(name)
+    what = f"input {name!r} of the {_node_label(node)}"
+    if found is None:
+        raise ValueError(f"{what} is computed or a graph input; from_onnx needs it constant")
+    array = _tensor_array(found, what, types=types, max_elements=_MAX_INDEX_ELEMENTS)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{what} has shape {array.shape}; expected a non-empty vector")
+    return [int(v) for v in array]
 
 
-def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: _Graph) -> None:
-    """Check that layer ``number``'s X is the previous layer's Y as ``(T, m, D n_a)``.
+def _replay(onnx: Any, chain: list[Any], graph: _Graph, layer: _Layer, label: str):
+    """The axes of an LSTM's Y after ``chain`` (first to last), as tuples of symbols.
 
-    The ops between them are replayed on symbolic axes; only Identity, Transpose, Squeeze of
-    the direction axis and a Reshape merging (direction, hidden) into one feature axis are
-    understood.  Anything else could mix time, batch and directions, so it is refused.
+    Symbols: T time, m batch, D direction, n hidden.  Only Identity, Transpose, Squeeze of a
+    size-1 axis and a Reshape merging trailing axes are understood; anything else could mix
+    time, batch and directions, so it is refused.
     """
-    label = f"LSTM node {number} ({layer.node.name or 'unnamed'!r})"
-    source = previous.node.output[0] if previous.node.output else ""
-    chain, name = [], layer.node.input[0]
-    while not (source and name == source):
-        node = graph.producer.get(name)
-        if node is None or node.op_type not in _LINK_OPS or len(chain) > _MAX_LAYERS:
-            found = "a graph input" if node is None else f"a {node.op_type} node"
-            msg = (
-                f"{label}: its input X is not the previous LSTM's output Y after layout "
-                f"changes (the path reaches {found}); from_onnx reads stacks of LSTM nodes"
-            )
-            raise ValueError(msg)
-        chain.append(node)
-        name = node.input[0]
-    directions, n_a = previous.directions, previous.n_a
-    sizes = {"D": directions, "n": n_a}
-    # Each axis is a tuple of the symbols merged into it: T time, m batch, D, n hidden.
-    axes = [("T",), ("D",), ("m",), ("n",)] if previous.layout == 0 else [
+    sizes = {"D": layer.directions, "n": layer.n_a}
+    axes = [("T",), ("D",), ("m",), ("n",)] if layer.layout == 0 else [
         ("m",), ("T",), ("D",), ("n",)
     ]  # fmt: skip
 
     def fail(node: Any, why: str) -> ValueError:
-        return ValueError(f"{label}: the {node.op_type} between layers {why}")
+        return ValueError(f"{label}: the {_node_label(node)} {why}")
 
-    for node in reversed(chain):
+    for node in chain:
         attributes = _attributes(onnx, node)
         if node.op_type == "Transpose":
             perm = attributes.get("perm", list(range(len(axes)))[::-1])
@@ -585,9 +694,11 @@ def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: 
         elif node.op_type == "Squeeze":
             drop = attributes.get("axes")
             if drop is None and len(node.input) > 1 and node.input[1]:
-                drop = _int_constant(onnx, node.input[1], graph, node)
+                drop = _int_constant(node.input[1], graph, node, _INT64)
             if not drop:
                 raise fail(node, "has no explicit axes")
+            if any(not -len(axes) <= a < len(axes) for a in drop):
+                raise fail(node, f"has axes {drop} for rank {len(axes)}")
             drop = {a % len(axes) for a in drop}
             if any(math.prod(sizes.get(s, 0) for s in axes[a]) != 1 for a in drop):
                 raise fail(node, "removes an axis that is not the size-1 direction axis")
@@ -595,9 +706,9 @@ def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: 
         elif node.op_type == "Reshape":
             if attributes.get("allowzero", 0):
                 raise fail(node, "has allowzero = 1")
-            shape = _int_constant(onnx, node.input[1], graph, node)
+            shape = _int_constant(node.input[1], graph, node, _INT64)
             kept = 0
-            while kept < len(shape) and shape[kept] == 0:
+            while kept < len(shape) and kept < len(axes) and shape[kept] == 0:
                 kept += 1  # 0 copies the input's dimension
             merged = tuple(s for axis in axes[kept:] for s in axis)
             known = all(s in sizes for s in merged)
@@ -605,10 +716,42 @@ def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: 
             if len(shape) != kept + 1 or not merged or shape[kept] not in (-1, size):
                 raise fail(node, f"has shape {shape}, which is not a merge of the last axes")
             axes = [*axes[:kept], merged]
-        # Identity changes nothing.
+        elif node.op_type != "Identity":
+            raise fail(node, "is not a layout change (Identity, Transpose, Squeeze, Reshape)")
     # With one direction the size-1 D may be merged into the features or squeezed away.
-    axes = [tuple(s for s in axis if s != "D" or directions == 2) or axis for axis in axes]
-    features = ("D", "n") if directions == 2 else ("n",)
+    return [tuple(s for s in axis if s != "D" or layer.directions == 2) or axis for axis in axes]
+
+
+def _path_to(graph: _Graph, start: str, target: str, allowed: set[str], label: str, where: str):
+    """Nodes from ``target`` (an LSTM output) to ``start``, first to last; only ``allowed`` ops."""
+    chain, name = [], start
+    while name != target:
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in allowed or len(chain) > _MAX_LAYERS:
+            found = "a graph input" if node is None else f"a {_node_label(node)}"
+            msg = (
+                f"{label}: the path from {where} reaches {found}; only "
+                f"{', '.join(sorted(allowed))} may lie there"
+            )
+            raise ValueError(msg)
+        chain.append(node)
+        name = node.input[0]
+    return chain[::-1]
+
+
+def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: _Graph) -> None:
+    """Check that layer ``number``'s X is the previous layer's Y as ``(T, m, D n_a)``."""
+    label = f"LSTM node {number} ({layer.node.name or 'unnamed'!r})"
+    source = previous.node.output[0] if previous.node.output else ""
+    if not source:
+        raise ValueError(f"{label}: the previous LSTM node has no output Y")
+    try:
+        chain = _path_to(graph, layer.node.input[0], source, _LINK_OPS, label, "its input X")
+    except ValueError as error:
+        msg = f"{error}: its input X is not the previous LSTM's output Y after layout changes"
+        raise ValueError(msg) from None
+    axes = _replay(onnx, chain, graph, previous, label)
+    features = ("D", "n") if previous.directions == 2 else ("n",)
     wanted = [("T",), ("m",), features] if layer.layout == 0 else [("m",), ("T",), features]
     if axes != wanted:
         msg = (
@@ -618,23 +761,248 @@ def _check_link(onnx: Any, layer: _Layer, previous: _Layer, number: int, graph: 
         raise ValueError(msg)
 
 
-def _int_constant(onnx: Any, name: str, graph: _Graph, node: Any) -> list[int]:
-    found = graph.constant(name)
-    if found is None or len(found.dims) != 1 or not 1 <= found.dims[0] <= 8:
-        raise ValueError(f"the {node.op_type} between LSTM layers has a non-constant shape/axes")
-    return [int(v) for v in onnx.numpy_helper.to_array(found)]
+def _check_input(graph: _Graph, first: _Layer) -> None:
+    """The first LSTM's X is a graph input, at most transposed (a layout, not a change)."""
+    label = f"LSTM node 0 ({first.node.name or 'unnamed'!r})"
+    name = first.node.input[0]
+    for _ in range(_MAX_LAYERS):
+        if name in graph.inputs:
+            return
+        node = graph.producer.get(name)
+        if node is None:
+            msg = f"{label}: its input X ({name!r}) is a constant, not a graph input"
+            raise ValueError(msg)
+        if node.op_type not in _INPUT_OPS:
+            msg = (
+                f"{label}: its input X is computed by the {_node_label(node)}; from_onnx "
+                "reads X as the graph's input (only Transpose and Identity, which change its "
+                f"layout, may come first): a {node.op_type} there would change the model"
+            )
+            raise ValueError(msg)
+        name = node.input[0]
+    raise ValueError(f"{label}: its input X is computed by too many nodes")
+
+
+def _check_outputs(onnx: Any, graph: _Graph, layers: list[_Layer]) -> None:
+    """Every graph output is the last LSTM's Y (layout changes only) or the final states."""
+    owner = {}
+    for index, layer in enumerate(layers):
+        for position, name in enumerate(layer.node.output[:3]):
+            if name:
+                owner[name] = (index, position)
+    last = len(layers) - 1
+    for output in graph.outputs:
+        label = f"graph output {output!r}"
+        name = graph.through_identity(output)
+        if name in owner and owner[name][1] != 0:
+            index, position = owner[name]
+            if len(layers) != 1:
+                msg = (
+                    f"{label} is the {('Y_h', 'Y_c')[position - 1]} of LSTM node {index} alone; "
+                    "from_onnx reads the final states of all layers (a Concat in layer order)"
+                )
+                raise ValueError(msg)
+            continue
+        node = graph.producer.get(name)
+        if node is not None and node.op_type == "Concat" and name not in owner:
+            parts = [owner.get(graph.through_identity(part)) for part in node.input]
+            position = parts[0][1] if parts[0] else None
+            axis = _attributes(onnx, node).get("axis")
+            wanted = [(index, position) for index in range(len(layers))]
+            if position in (1, 2) and parts == wanted and axis == 0:
+                continue
+            msg = (
+                f"{label} is computed by the {_node_label(node)}, which is not the final "
+                "states Y_h or Y_c of every LSTM node concatenated on axis 0 in layer order"
+            )
+            raise ValueError(msg)
+        target = layers[last].node.output[0] if layers[last].node.output else ""
+        label = f"LSTM node {last}: {label}"
+        try:
+            chain = _path_to(graph, output, target, _OUTPUT_OPS, label, "the graph output")
+        except ValueError as error:
+            msg = (
+                f"{error}; from_onnx reads graphs whose outputs are the last LSTM's Y "
+                "(up to its layout) and the final states"
+            )
+            raise ValueError(msg) from None
+        axes = _replay(onnx, chain, graph, layers[last], label)
+        groups = {("T",), ("m",), ("n",), ("D",), ("D", "n")}
+        symbols = sorted(s for axis in axes for s in axis)
+        present = sorted(["T", "m", "n"] + (["D"] if layers[last].directions == 2 else []))
+        if layers[last].directions == 1:  # its size-1 D may be kept or squeezed away
+            symbols = [s for s in symbols if s != "D"]
+            present = [s for s in present if s != "D"]
+        if any(axis not in groups for axis in axes) or symbols != present:
+            msg = (
+                f"{label}: the output has axes {axes}: it mixes time, batch and features "
+                "(T time, m batch, D direction, n hidden)"
+            )
+            raise ValueError(msg)
+
+
+def _state_source(onnx: Any, name: str, graph: _Graph, label: str) -> tuple[Any, ...]:
+    """Where an initial state comes from: ``("zero",)`` or ``("input", name, rows)``.
+
+    ``rows`` is ``(start, stop)`` along axis 0 or None for the whole input.  Traced through
+    Identity, Expand of a constant, a one-axis Slice of axis 0 with step 1; a nonzero constant
+    and any other op are refused by name.
+    """
+    rows = None
+    for _ in range(_MAX_LAYERS):
+        found = graph.constant(name)
+        if found is not None:
+            value = _tensor_array(found, f"{label} ({name!r})", types=_FLOAT_TYPES)
+            if np.any(value != 0):
+                msg = (
+                    f"{label} is a fixed nonzero constant; an xlstm.LSTM starts from zeros or "
+                    "from the state passed to forward"
+                )
+                raise ValueError(msg)
+            return ("zero",)
+        if name in graph.inputs:
+            return ("input", name, rows)
+        node = graph.producer.get(name)
+        if node is None:
+            raise ValueError(f"{label} ({name!r}) is neither computed nor a graph input")
+        if node.op_type not in _STATE_OPS:
+            msg = (
+                f"{label} is computed by the {_node_label(node)}; from_onnx reads initial "
+                "states that are zeros or rows of a graph input (Identity, Slice, Expand)"
+            )
+            raise ValueError(msg)
+        if node.op_type == "ConstantOfShape":
+            fill = _attributes(onnx, node).get("value")
+            if fill is not None:
+                what = f"the fill value of the {_node_label(node)}"
+                value = _tensor_array(fill, what, types=_FLOAT_TYPES, shape=(1,))
+                if np.any(value != 0):
+                    raise ValueError(f"{label} is a fixed nonzero constant ({what})")
+            return ("zero",)
+        if node.op_type == "Slice":
+            if rows is not None:
+                raise ValueError(f"{label} is sliced twice; from_onnx reads one Slice of rows")
+            inputs = [*node.input, "", "", ""][:5]
+            starts = _int_constant(inputs[1], graph, node, _INDEX_TYPES)
+            ends = _int_constant(inputs[2], graph, node, _INDEX_TYPES)
+            axes = _int_constant(inputs[3], graph, node, _INDEX_TYPES) if inputs[3] else [0]
+            steps = _int_constant(inputs[4], graph, node, _INDEX_TYPES) if inputs[4] else [1]
+            if not (len(starts) == len(ends) == 1 and axes == [0] and steps == [1]):
+                msg = f"{label}: the {_node_label(node)} is not a slice of rows (axis 0, step 1)"
+                raise ValueError(msg)
+            if starts[0] < 0 or ends[0] < starts[0]:
+                raise ValueError(f"{label}: the {_node_label(node)} has rows {starts}:{ends}")
+            rows = (starts[0], ends[0])
+        name = node.input[0]
+    raise ValueError(f"{label} is computed by too many nodes")
+
+
+def _check_states(onnx: Any, graph: _Graph, layers: list[_Layer]) -> None:
+    """Initial states: for h and for c, zeros everywhere or each layer's rows of one input.
+
+    That is what ``forward(x, state=(a0, c0))`` computes (``(L D, ...)`` states, torch's
+    order); a graph that hands a layer other rows is refused.
+    """
+    directions = layers[0].directions
+    for position, name in ((5, "initial_h"), (6, "initial_c")):
+        sources = []
+        for index, layer in enumerate(layers):
+            inputs = [*layer.node.input, "", "", "", "", "", "", ""]
+            label = f"LSTM node {index}: `{name}`"
+            if not inputs[position]:
+                sources.append(("zero",))
+                continue
+            sources.append(_state_source(onnx, inputs[position], graph, label))
+        if all(source == ("zero",) for source in sources):
+            continue
+        feeds = {source[1] for source in sources if source[0] == "input"}
+        whole = len(layers) == 1 and sources[0][0] == "input" and sources[0][2] is None
+        wanted = [(index * directions, (index + 1) * directions) for index in range(len(layers))]
+        rows = [source[2] if source[0] == "input" else None for source in sources]
+        if len(feeds) != 1 or not (whole or rows == wanted):
+            msg = (
+                f"`{name}` of the LSTM nodes comes from {sorted(feeds) or 'constants'} with rows "
+                f"{rows}; from_onnx reads one (L D, m, n_a) state input whose rows {wanted} "
+                "go to the layers in order (or zeros everywhere)"
+            )
+            raise ValueError(msg)
+
+
+def _check_sequence_lens(graph: _Graph, layers: list[_Layer]) -> None:
+    """All LSTM nodes take the same run-time ``sequence_lens`` (xlstm's ``lengths``) or none."""
+    names = []
+    for index, layer in enumerate(layers):
+        inputs = [*layer.node.input, "", "", "", ""]
+        name = graph.through_identity(inputs[4]) if inputs[4] else ""
+        label = f"LSTM node {index}: `sequence_lens` ({inputs[4]!r})"
+        if name and graph.constant(name) is not None:
+            msg = (
+                f"{label} is a constant stored in the graph; an xlstm.LSTM takes `lengths` at "
+                "run time (export the model without fixed lengths)"
+            )
+            raise ValueError(msg)
+        if name and name not in graph.inputs:
+            raise ValueError(f"{label} is computed by the graph; from_onnx reads a graph input")
+        names.append(name)
+    if len(set(names)) != 1:
+        msg = (
+            f"the LSTM nodes take `sequence_lens` {names}; an xlstm.LSTM applies one `lengths` "
+            "to every layer (all the same graph input, or none)"
+        )
+        raise ValueError(msg)
+
+
+def _check_dataflow(onnx: Any, graph: _Graph, layers: list[_Layer]) -> None:
+    """Everything that computes what the graph returns is something xlstm reproduces."""
+    _check_input(graph, layers[0])
+    for number, (previous, layer) in enumerate(itertools.pairwise(layers), start=1):
+        _check_link(onnx, layer, previous, number, graph)
+    _check_sequence_lens(graph, layers)
+    _check_states(onnx, graph, layers)
+    _check_outputs(onnx, graph, layers)
+
+
+def _read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file, its size checked before reading (special files refused).
+
+    A FIFO, a device or a directory is refused from ``stat`` before it is opened (no read
+    that blocks, no endless ``/dev/zero``); the file is then opened without blocking, checked
+    again with ``fstat`` (it may have been swapped) and read up to the size found there.
+    """
+    where = f"`path_or_model` ({os.fspath(path)!r})"
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{where} is not a regular file; from_onnx reads model files")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{where} is not a regular file; from_onnx reads model files")
+        if info.st_size > _MAX_FILE_BYTES:
+            raise ValueError(f"{where} is {info.st_size} bytes; more than an ONNX file can be")
+        chunks, left = [], info.st_size
+        while left > 0:
+            chunk = os.read(descriptor, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left or os.read(descriptor, 1):
+            raise ValueError(f"{where} changed size while it was read")
+    finally:
+        os.close(descriptor)
+    return b"".join(chunks)
 
 
 def _load(onnx: Any, source: Any) -> Any:
     if isinstance(source, onnx.ModelProto):
         return source
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        if len(data) > _MAX_FILE_BYTES:
+            raise ValueError(f"`path_or_model` is {len(data)} bytes; more than an ONNX model")
     elif isinstance(source, (str, os.PathLike)):
-        size = os.stat(source).st_size
-        if size > _MAX_FILE_BYTES:
-            raise ValueError(f"`path_or_model` is {size} bytes; more than an ONNX file can be")
-        data = Path(source).read_bytes()
+        data = _read_regular_file(source)
     else:
         msg = f"`path_or_model` must be a path, bytes or a ModelProto, got {type(source).__name__}"
         raise TypeError(msg)
@@ -646,10 +1014,18 @@ def _load(onnx: Any, source: Any) -> Any:
     return model
 
 
-def from_onnx(source: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
+def from_onnx(
+    source: Any, *, backend: Any = "numpy", dtype: Any = None, engine: str = "auto",
+    fused: Any = None,
+) -> Any:  # fmt: skip
     """See :func:`xlstm.convert.from_onnx`."""
     onnx = _import_onnx()
+    from .._engines.dispatch import engine_option
+
+    # Checked before the file is read.
+    engine = engine_option(engine, fused, where="xlstm.convert.from_onnx")
     model = _load(onnx, source)
+    _refuse_external_data(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
@@ -677,7 +1053,7 @@ def from_onnx(source: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
         raise ValueError(f"the graph has {len(nodes)} LSTM nodes; at most {_MAX_LAYERS} are read")
     layers = [_read_node(onnx, node, index, graph) for index, node in enumerate(nodes)]
     first = layers[0]
-    for number, (previous, layer) in enumerate(itertools.pairwise(layers), start=1):
+    for number, layer in enumerate(layers[1:], start=1):
         if (layer.directions, layer.n_a) != (first.directions, first.n_a):
             msg = (
                 f"LSTM node {number} has D = {layer.directions}, hidden_size = {layer.n_a}; "
@@ -689,7 +1065,7 @@ def from_onnx(source: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
             reads = layer.w.shape[2]
             msg = f"LSTM node {number}: `W` reads {reads} features; expected D n_a = {n_in}"
             raise ValueError(msg)
-        _check_link(onnx, layer, previous, number, graph)
+    _check_dataflow(onnx, graph, layers)
     host = {}
     for number, layer in enumerate(layers):
         for direction in range(layer.directions):
@@ -705,8 +1081,10 @@ def from_onnx(source: Any, *, backend: Any = "numpy", dtype: Any = None) -> Any:
     parameters = _place(host, backend, dtype, None)
     placed = str(parameters["Wf_l0"].dtype)
     dtype_name = next(name for name in ("float16", "float32", "float64") if name in placed)
-    return _model_class()(
+    model = _model_class()(
         int(first.w.shape[2]), first.n_a, num_layers=len(layers),
         bidirectional=first.directions == 2, backend=backend, dtype=dtype_name,
         parameters=parameters,
     )  # fmt: skip
+    model.engine = engine
+    return model

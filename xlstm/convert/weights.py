@@ -37,6 +37,22 @@ class LSTMWeights(NamedTuple):
 
 
 def _host(name: str, value: Any) -> np.ndarray:
+    """``value`` as a floating NumPy array; what has no host values is refused by name."""
+    if array_api_compat.is_torch_array(value):
+        # Checked here, not left to torch: a meta tensor has no values (torch raises a bare
+        # NotImplementedError) and NumPy has no bfloat16 (torch raises its own TypeError).
+        if value.device.type == "meta":
+            msg = (
+                f"`{name}` is on the meta device: it has a shape but no values. Materialise "
+                "the module first (module.to_empty(device='cpu'), then load its weights)"
+            )
+            raise ValueError(msg)
+        if str(value.dtype) == "torch.bfloat16":
+            msg = (
+                f"`{name}` has dtype torch.bfloat16, which xlstm does not hold; convert the "
+                "module first (module.float(), exact for bfloat16)"
+            )
+            raise TypeError(msg)
     if isinstance(value, np.ndarray):
         host = value
     elif array_api_compat.is_array_api_obj(value):
@@ -111,6 +127,41 @@ def _stacked_from_gates(layer: Mapping[str, Any], order, name: str):
 
 # --------------------------------------------------------------------------- PyTorch
 
+# Recurrent layers that are not an LSTM: their weights have the same names (torch) or the
+# same roles (Keras), with 3 gate blocks (GRU) or 1 (plain RNN) instead of 4.
+_OTHER_RNNS = {
+    "GRU": "a GRU", "RNN": "a plain RNN", "SimpleRNN": "a SimpleRNN", "GRUCell": "a GRU cell",
+    "RNNCell": "a plain RNN cell", "LSTMCell": "an LSTM cell (one step)",
+    "SimpleRNNCell": "a SimpleRNN cell", "ConvLSTM1D": "a convolutional LSTM",
+    "ConvLSTM2D": "a convolutional LSTM", "ConvLSTM3D": "a convolutional LSTM",
+}  # fmt: skip
+
+
+def _refuse_other_torch_rnn(module: Any) -> None:
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch.nn") and cls.__name__ == "LSTM":
+            return
+        if cls.__module__.startswith("torch.nn") and cls.__name__ in _OTHER_RNNS:
+            msg = (
+                f"`state_dict` is a torch.nn.{cls.__name__}: {_OTHER_RNNS[cls.__name__]}, not "
+                "an LSTM (torch.nn.LSTM)"
+            )
+            raise TypeError(msg)
+
+
+def _refuse_other_rnn_shapes(shape: tuple[int, ...], name: str, library: str) -> None:
+    """``shape`` is a recurrent weight's ``(blocks n_a, n_a)`` (torch) or ``(n_a, blocks n_a)``."""
+    if len(shape) != 2 or 0 in shape:
+        return
+    blocks = shape[0] / shape[1] if library == "torch.nn" else shape[1] / shape[0]
+    kind = {3: "a GRU's (3 gate blocks)", 1: "a plain RNN's (no gates)"}.get(blocks)
+    if kind is not None:
+        msg = (
+            f"{name} has shape {tuple(shape)}: these are {kind} weights, not an LSTM's "
+            "(4 gate blocks)"
+        )
+        raise ValueError(msg)
+
 
 def from_torch(
     state_dict: Any,
@@ -162,6 +213,7 @@ def from_torch(
             msg = f"`dtype` = {dtype!r}; expected a real floating dtype ('float32' or 'float64')"
             raise TypeError(msg)
     if not isinstance(state_dict, Mapping) and callable(getattr(state_dict, "state_dict", None)):
+        _refuse_other_torch_rnn(state_dict)
         state_dict = state_dict.state_dict()
     if not isinstance(state_dict, Mapping):
         msg = f"`state_dict` must be a mapping or a torch.nn.LSTM, got {type(state_dict).__name__}"
@@ -188,14 +240,36 @@ def from_torch(
     suffixes = ("", "_reverse") if bidirectional else ("",)
     has_bias = any(kind.startswith("bias") for kind, _, _ in found)
 
+    # Every tensor read once, on the host (meta, bfloat16, non-floating refused by name), in
+    # sorted key order so the first one named is the same from run to run.
+    hosts = {
+        key: np.ascontiguousarray(_host(f"state_dict[{key!r}]", state_dict[key]))
+        for key in sorted(found.values())
+    }  # contiguous: NumPy sources may be views with negative strides, which torch refuses
+
     def get(kind: str, layer: int, suffix: str) -> np.ndarray:
         key = f"{prefix}{kind}_l{layer}{suffix}"
         if (kind, layer, suffix) not in found:
             raise ValueError(f"`state_dict` is missing {key!r}")
-        # Contiguous: NumPy sources may be views with negative strides, which torch refuses.
-        return np.ascontiguousarray(_host(f"state_dict[{key!r}]", state_dict[key]))
+        return hosts[key]
 
+    # One dtype throughout, as a torch.nn.LSTM holds: a float32 weight_ih beside a float64
+    # weight_hh would otherwise be cast silently.
+    dtypes: dict[str, str] = {}
+    for key, value in hosts.items():
+        dtypes.setdefault(str(value.dtype), key)
+    if len(dtypes) > 1:
+        listed = ", ".join(f"{key!r} is {dtype}" for dtype, key in dtypes.items())
+        msg = (
+            f"`state_dict` mixes dtypes ({listed}); a torch.nn.LSTM holds one: convert it "
+            "first (module.float() or module.double())"
+        )
+        raise TypeError(msg)
     first = get("weight_ih", 0, "")
+    recurrent = get("weight_hh", 0, "")
+    _refuse_other_rnn_shapes(
+        recurrent.shape, f"`state_dict[{prefix + 'weight_hh_l0'!r}]`", "torch.nn"
+    )
     if first.ndim != 2 or first.shape[0] % 4 or first.shape[0] == 0:
         key = f"{prefix}weight_ih_l0"
         raise ValueError(f"`state_dict[{key!r}]` has shape {first.shape}; expected (4 n_a, n_x)")
@@ -304,6 +378,85 @@ def to_torch(
 
 
 # --------------------------------------------------------------------------- Keras 3
+#
+# A Keras layer is read through its config (``get_config()``) and its weights: every setting
+# that changes what the layer computes is checked, and a layer xlstm does not compute the
+# same way is refused naming the setting.  Settings that only shape training (initialisers,
+# regularisers, constraints, dropout, which Keras applies in training only) or what is
+# returned (return_sequences, return_state) or how (unroll, use_cudnn) are accepted.
+
+_KERAS_REQUIRED = {"activation": "tanh", "recurrent_activation": "sigmoid", "stateful": False}
+_KERAS_IGNORED = {
+    "name", "trainable", "dtype", "return_sequences", "return_state", "unroll", "units",
+    "use_bias", "kernel_initializer", "recurrent_initializer", "bias_initializer",
+    "unit_forget_bias", "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+    "activity_regularizer", "kernel_constraint", "recurrent_constraint", "bias_constraint",
+    "dropout", "recurrent_dropout", "seed", "use_cudnn", "zero_output_for_mask", "go_backwards",
+    "input_shape", "batch_input_shape", "time_major", "implementation",
+}  # fmt: skip
+_KERAS_FLOATS = ("float32", "float64")
+
+
+def _is_keras_layer(value: Any) -> bool:
+    return callable(getattr(value, "get_config", None)) and callable(
+        getattr(value, "get_weights", None)
+    )
+
+
+def _keras_dtype(layer: Any, config: Mapping[str, Any], name: str) -> None:
+    """The layer computes in its weights' dtype, float32 or float64 (no mixed precision)."""
+    compute = getattr(layer, "compute_dtype", None)
+    variable = getattr(layer, "variable_dtype", None)
+    if compute is None:
+        policy = config.get("dtype")
+        if isinstance(policy, Mapping):
+            policy = policy.get("config", {}).get("name")
+        compute = variable = policy
+    if compute is None:
+        return
+    if compute != variable or compute not in _KERAS_FLOATS:
+        msg = (
+            f"{name} computes in {compute} with {variable} weights (dtype policy); xlstm "
+            "reproduces float32 or float64 layers only"
+        )
+        raise ValueError(msg)
+
+
+def _check_keras_lstm(layer: Any, name: str, *, backward: bool = False) -> None:
+    """Refuse, by setting, a Keras LSTM that computes something other than xlstm's LSTM."""
+    kind = type(layer).__name__
+    if kind in _OTHER_RNNS:
+        raise TypeError(f"{name} is a Keras {kind}: {_OTHER_RNNS[kind]}, not an LSTM")
+    if kind != "LSTM":
+        raise TypeError(f"{name} is a {kind}; expected a keras.layers.LSTM")
+    config = layer.get_config()
+    different = [
+        f"{key}={config[key]!r} (xlstm: {value!r})"
+        for key, value in _KERAS_REQUIRED.items()
+        if key in config and config[key] != value
+    ]
+    if bool(config.get("go_backwards", False)) != backward:
+        # Inside Bidirectional the backward copy reads time reversed; that is xlstm's reverse
+        # direction.  Alone, a layer reading time backwards is not an xlstm LSTM.
+        different.append(f"go_backwards={config.get('go_backwards')!r} (xlstm: {backward!r})")
+    unknown = sorted(set(config) - _KERAS_IGNORED - set(_KERAS_REQUIRED))
+    different += [f"{key}={config[key]!r} (a setting xlstm does not know)" for key in unknown]
+    if different:
+        msg = f"{name} computes something xlstm's LSTM does not: {', '.join(different)}"
+        raise ValueError(msg)
+    _keras_dtype(layer, config, name)
+
+
+def _keras_lstm_gates(layer: Any, name: str, *, backward: bool = False) -> dict[str, np.ndarray]:
+    _check_keras_lstm(layer, name, backward=backward)
+    weights = layer.get_weights()
+    if not weights:
+        raise ValueError(f"{name} has no weights yet: build it (call it on an input) first")
+    expected = 3 if layer.get_config().get("use_bias", True) else 2
+    if len(weights) != expected:
+        msg = f"{name} has {len(weights)} weight arrays; a Keras LSTM has {expected}"
+        raise ValueError(msg)
+    return from_keras(weights)
 
 
 def from_keras(
@@ -313,11 +466,13 @@ def from_keras(
 
     Parameters
     ----------
-    weights : list or mapping
-        ``layer.get_weights()``: ``[kernel, recurrent_kernel, bias]`` (or without ``bias``
-        for ``use_bias=False``), or a mapping with those keys.  ``kernel (n_x, 4 n_a)``,
-        ``recurrent_kernel (n_a, 4 n_a)``, ``bias (4 n_a,)``, columns in Keras's gate order
-        i, f, c, o.
+    weights : keras.layers.LSTM, list or mapping
+        The layer itself (its settings are checked, see :func:`from_keras_layer`), or
+        ``layer.get_weights()``: ``[kernel, recurrent_kernel, bias]`` (or without ``bias`` for
+        ``use_bias=False``), or a mapping with those keys.  ``kernel (n_x, 4 n_a)``,
+        ``recurrent_kernel (n_a, 4 n_a)``, ``bias (4 n_a,)``, columns in Keras's gate order i,
+        f, c, o.  Bare weights cannot tell which activations the layer used: that is then the
+        caller's to check.
     xp, dtype, device
         Where to put the result; ``dtype=None`` keeps the source dtype.
 
@@ -326,7 +481,26 @@ def from_keras(
     dict
         ``Wf, bf, Wi, bi, Wc, bc, Wo, bo`` (add ``Wy``, ``by`` for :func:`xlstm.lstm_forward`,
         or use it as one entry of ``layers`` in :func:`xlstm.layers.multilayer_forward`).
+
+    Raises
+    ------
+    ValueError
+        Misshapen weights; a GRU's or SimpleRNN's weights (3 or 1 gate blocks); a layer with
+        a setting xlstm does not reproduce (named).
+    TypeError
+        Neither weights nor a Keras LSTM layer (a GRU layer is named as such; use
+        :func:`from_keras_layer` for ``Bidirectional`` and ``Sequential``).
     """
+    if _is_keras_layer(weights):
+        kind = type(weights).__name__
+        if kind in ("Bidirectional", "Sequential"):
+            msg = (
+                f"`weights` is a Keras {kind}, more than one LSTM layer: use "
+                "xlstm.LSTM.from_keras or xlstm.convert.from_keras_layer"
+            )
+            raise TypeError(msg)
+        host = _keras_lstm_gates(weights, "`weights`")
+        return _place(host, xp, dtype, device)
     names = ("kernel", "recurrent_kernel", "bias")
     if isinstance(weights, Mapping):
         missing = [key for key in names[:2] if key not in weights]
@@ -343,9 +517,14 @@ def from_keras(
         given = dict(zip(names, weights, strict=False))
     else:
         raise TypeError(
-            f"`weights` must be a list or a dict of arrays, got {type(weights).__name__}"
+            "`weights` must be a list or a dict of arrays (or a Keras LSTM layer), got "
+            f"{type(weights).__name__}"
         )
     host = {key: _host(f"weights[{key!r}]", value) for key, value in given.items()}
+    dtypes = sorted({str(array.dtype) for array in host.values()})
+    if len(dtypes) > 1:
+        raise TypeError(f"`weights` mixes dtypes {dtypes}; a Keras layer holds one")
+    _refuse_other_rnn_shapes(host["recurrent_kernel"].shape, "`weights['recurrent_kernel']`", "")
     kernel = host["kernel"]
     if kernel.ndim != 2 or kernel.shape[1] % 4 or kernel.shape[1] == 0:
         raise ValueError(f"`weights['kernel']` has shape {kernel.shape}; expected (n_x, 4 n_a)")
@@ -357,6 +536,101 @@ def from_keras(
     _check("weights['bias']", bias, (4 * n_a,), "(4 n_a,)")
     gates = _gate_dict(kernel.T, host["recurrent_kernel"].T, bias, KERAS_GATE_ORDER, n_a)
     return _place(gates, xp, dtype, device)
+
+
+def _keras_entries(layer: Any, name: str) -> tuple[list[dict[str, np.ndarray]], bool]:
+    """One stack entry: an LSTM (one gate dict) or a Bidirectional(LSTM) (two)."""
+    kind = type(layer).__name__
+    if kind == "Bidirectional":
+        merge = layer.get_config().get("merge_mode")
+        if merge != "concat":
+            msg = (
+                f"{name} is a Bidirectional with merge_mode={merge!r}; xlstm concatenates the "
+                "two directions (merge_mode='concat')"
+            )
+            raise ValueError(msg)
+        _keras_dtype(layer, layer.get_config(), name)
+        forward = _keras_lstm_gates(layer.forward_layer, f"{name}.forward_layer")
+        backward = _keras_lstm_gates(layer.backward_layer, f"{name}.backward_layer", backward=True)
+        return [forward, backward], True
+    return [_keras_lstm_gates(layer, name)], False
+
+
+def from_keras_layer(
+    layer: Any, *, xp: Any = "numpy", dtype: Any = None, device: Any = None
+) -> LSTMWeights:
+    """A Keras 3 ``LSTM``, ``Bidirectional(LSTM)`` or ``Sequential`` of them, checked.
+
+    Parameters
+    ----------
+    layer : keras.layers.LSTM, keras.layers.Bidirectional or keras.Sequential
+        Built (with weights).  Each LSTM must compute what xlstm computes: ``activation="tanh"``,
+        ``recurrent_activation="sigmoid"``, ``go_backwards=False`` (True only as the backward
+        half of a ``Bidirectional``), ``stateful=False``, a float32 or float64 dtype policy;
+        ``Bidirectional`` with ``merge_mode="concat"``; a ``Sequential`` of such layers only,
+        each of one ``units`` and direction count.  Accepted as they do not change inference:
+        initialisers, regularisers, constraints, ``dropout`` and ``recurrent_dropout`` (Keras
+        applies them in training only; they are not carried over), ``return_sequences``,
+        ``return_state``, ``unroll``, ``use_bias=False`` (zero bias).
+    xp, dtype, device
+        Where to put the result; ``dtype=None`` keeps the layer's.
+
+    Returns
+    -------
+    LSTMWeights
+        Layers in torch order (layer 0, layer 0 reverse, layer 1, ...).
+
+    Raises
+    ------
+    ValueError
+        A setting xlstm does not reproduce, named with the layer; layers of different sizes.
+    TypeError
+        A GRU, SimpleRNN or any other layer in the stack (named), or not a Keras layer.
+    """
+    if not _is_keras_layer(layer):
+        msg = (
+            f"`layer` must be a Keras LSTM, Bidirectional or Sequential, got {type(layer).__name__}"
+        )
+        raise TypeError(msg)
+    kind = type(layer).__name__
+    if kind == "Sequential":
+        members = [
+            (f"`layer.layers[{index}]` ({item.name!r})", item)
+            for index, item in enumerate(layer.layers)
+            if type(item).__name__ != "InputLayer"
+        ]
+        for label, item in members:
+            if type(item).__name__ not in ("LSTM", "Bidirectional"):
+                if type(item).__name__ in _OTHER_RNNS:
+                    _check_keras_lstm(item, label)  # names the GRU / SimpleRNN
+                msg = (
+                    f"{label} is a {type(item).__name__}; xlstm.LSTM reads a Sequential of LSTM "
+                    "and Bidirectional(LSTM) layers only"
+                )
+                raise TypeError(msg)
+        if not members:
+            raise ValueError("`layer` is a Sequential without layers")
+    elif kind in ("LSTM", "Bidirectional") or kind in _OTHER_RNNS:
+        members = [("`layer`", layer)]
+    else:
+        msg = f"`layer` is a Keras {kind}; expected an LSTM, a Bidirectional or a Sequential"
+        raise TypeError(msg)
+    entries, directions = [], set()
+    for label, item in members:
+        gates, bidirectional = _keras_entries(item, label)
+        entries += gates
+        directions.add(bidirectional)
+    if len(directions) != 1:
+        msg = "`layer` mixes Bidirectional and one-direction LSTM layers; xlstm.LSTM has one kind"
+        raise ValueError(msg)
+    bidirectional = directions.pop()
+    n_a = int(entries[0]["Wf"].shape[0])
+    n_x = int(entries[0]["Wf"].shape[1]) - n_a
+    # to_torch checks that the layers chain (one n_a, inputs D n_a above the first).
+    to_torch(entries, bidirectional=bidirectional)
+    placed = [_place(gates, xp, dtype, device) for gates in entries]
+    count = len(entries) // (2 if bidirectional else 1)
+    return LSTMWeights(placed, count, bidirectional, n_x, n_a)
 
 
 def to_keras(parameters: Mapping[str, Any], *, use_bias: bool = True) -> list[np.ndarray]:
@@ -377,12 +651,57 @@ def to_keras(parameters: Mapping[str, Any], *, use_bias: bool = True) -> list[np
     return weights
 
 
+def to_keras_layer(weights: Any, *, return_sequences: bool = True) -> Any:
+    """A built Keras 3 layer computing what ``weights`` compute (imports ``keras``).
+
+    Parameters
+    ----------
+    weights : LSTMWeights or xlstm.LSTM
+        Anything with ``layers``, ``bidirectional``, ``num_layers``, ``n_x``, ``n_a``.
+    return_sequences : bool, default True
+        Of the last layer (the ones below always return sequences).
+
+    Returns
+    -------
+    keras.layers.LSTM, keras.layers.Bidirectional or keras.Sequential
+        An ``LSTM`` for one layer and direction, ``Bidirectional(LSTM, merge_mode="concat")``
+        for one bidirectional layer, a ``Sequential`` (with its ``Input``) for a stack; in the
+        weights' dtype (float32 or float64).  Input ``(m, T, n_x)``, batch first.
+    """
+    import keras
+
+    if not isinstance(return_sequences, bool):
+        raise TypeError(f"`return_sequences` must be a bool, got {type(return_sequences).__name__}")
+    layers, bidirectional = list(weights.layers), bool(weights.bidirectional)
+    n_x, n_a, count = int(weights.n_x), int(weights.n_a), int(weights.num_layers)
+    directions = 2 if bidirectional else 1
+    arrays = [to_keras(gates) for gates in layers]
+    dtype = str(arrays[0][0].dtype)
+    if dtype not in _KERAS_FLOATS:
+        raise TypeError(f"`weights` are {dtype}; Keras layers are made float32 or float64")
+    built = []
+    for number in range(count):
+        last = number == count - 1
+        lstm = keras.layers.LSTM(n_a, return_sequences=return_sequences or not last, dtype=dtype)
+        layer = keras.layers.Bidirectional(lstm, merge_mode="concat", dtype=dtype) if (
+            bidirectional
+        ) else lstm  # fmt: skip
+        layer.build((None, None, n_x if number == 0 else directions * n_a))
+        layer.set_weights([a for d in range(directions) for a in arrays[number * directions + d]])
+        built.append(layer)
+    if count == 1:
+        return built[0]
+    return keras.Sequential([keras.Input((None, n_x), dtype=dtype), *built])
+
+
 __all__ = [
     "KERAS_GATE_ORDER",
     "TORCH_GATE_ORDER",
     "LSTMWeights",
     "from_keras",
+    "from_keras_layer",
     "from_torch",
     "to_keras",
+    "to_keras_layer",
     "to_torch",
 ]
