@@ -94,3 +94,14 @@ def test_head_and_targets_are_checked():
 
     with pytest.raises(ValueError, match="`bidirectional` = True: a character model"):
         CharLSTM("abc", 4, bidirectional=True)
+
+
+def test_onnx_export_refuses_heads_it_cannot_write():
+    pytest.importorskip("onnx")
+    from xlstm.convert import to_onnx
+
+    for options in ({"head": "last"}, {"head": "mean"}, {"bidirectional": True}):
+        model = LSTMModel(2, 3, 4, seed=0, **options)
+        with pytest.raises(ValueError, match="to_onnx exports output layers of one direction"):
+            to_onnx(model)
+    to_onnx(LSTMModel(2, 3, 4, seed=0))  # the per-step head of one direction is exported

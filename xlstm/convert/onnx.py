@@ -148,6 +148,16 @@ def _describe(model: Any, output: str | None, dtype: Any) -> _Recurrent:
         b.append(np.stack([np.concatenate([bias, np.zeros_like(bias)]) for _, _, bias in stacked]))
     head = None
     if head_parameters is not None:
+        # The graph's output layer is a softmax at every step over one direction's states:
+        # anything else would export a different model.
+        kind_of_head = getattr(model, "head", "per_step")
+        if kind_of_head != "per_step" or bidirectional:
+            msg = (
+                f"`model` ({kind}) has a {'bidirectional ' if bidirectional else ''}"
+                f"{kind_of_head!r} head; to_onnx exports output layers of one direction at "
+                "every step only: export `model.lstm` and apply `Wy`, `by` yourself"
+            )
+            raise ValueError(msg)
         wy = _host("parameters['Wy']", head_parameters["Wy"])
         by = _host("parameters['by']", head_parameters["by"])
         if wy.ndim != 2 or wy.shape[1] != n_a or by.shape != (wy.shape[0], 1):
