@@ -240,7 +240,7 @@ def multilayer_forward(
     choice = engine_option(engine, fused, where="xlstm.layers.multilayer_forward")
     selected = _direction.select(xp, x.dtype, choice, lengths=lengths is not None)
     # Independent directions side by side in two threads (see xlstm._threads).
-    threaded = selected.spec.numpy_in_place
+    threaded = selected.spec.threaded_directions
     rng = None
     if training and rate > 0.0 and num_layers > 1:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -365,7 +365,7 @@ def multilayer_backward(
     d_h0, d_c0 = [None] * count, [None] * count
     for layer in range(cache.num_layers - 1, -1, -1):
         first = layer * directions
-        if directions == 2 and engines[first].spec.numpy_in_place:
+        if directions == 2 and engines[first].spec.threaded_directions:
             n_in = int(cache.directions[first].x.shape[2])
             pair = _threads.run_pair(
                 lambda: run_direction(first, False, d_inputs_tm),  # noqa: B023 (run at once)

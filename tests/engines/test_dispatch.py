@@ -66,7 +66,7 @@ def test_declared_capabilities_decide_before_anything_runs(monkeypatch):
     spec = dispatch.ENGINES["numpy"]
     limited = dispatch.EngineSpec(
         spec.name, spec.module, spec.backends, supports_lengths=False,
-        supports_final_state_grads=False, numpy_in_place=True,
+        supports_final_state_grads=False, threaded_directions=True,
     )  # fmt: skip
     monkeypatch.setitem(dispatch.ENGINES, "numpy", limited)
     monkeypatch.setitem(dispatch.AUTO_ORDER, "numpy", ("numpy",))

@@ -77,9 +77,11 @@ class EngineSpec:
         ``forward`` takes ``lengths`` and ``backward`` reads caches that have them.
     supports_final_state_grads : bool
         ``backward`` takes ``dh_n`` / ``dc_n``.
-    numpy_in_place : bool
-        Works on NumPy arrays and releases the GIL in its loops: callers may use NumPy
-        in-place helpers around it and run independent recurrences in two threads.
+    threaded_directions : bool
+        Its loops release the GIL: the layers may run the two directions of a
+        bidirectional layer in two threads (:mod:`xlstm._threads`).  (It meant "NumPy
+        in-place helpers may be used around it" too, as ``numpy_in_place``; the loss now
+        decides that from the arrays' library.)
     """
 
     name: str
@@ -89,7 +91,7 @@ class EngineSpec:
     extra: str | None = None
     supports_lengths: bool = True
     supports_final_state_grads: bool = True
-    numpy_in_place: bool = False
+    threaded_directions: bool = False
 
     def installed(self) -> bool:
         """Whether the optional dependency is importable (checked without importing it)."""

@@ -33,10 +33,10 @@ ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
         EngineSpec("generic", "xlstm._engines.generic", backends=None),
-        EngineSpec("numpy", "xlstm._engines.numpy.engine", ("numpy",), numpy_in_place=True),
+        EngineSpec("numpy", "xlstm._engines.numpy.engine", ("numpy",), threaded_directions=True),
         EngineSpec(
             "numba", "xlstm._engines.numba.engine", ("numpy",), requires="numba", extra="cpu",
-            numpy_in_place=True,
+            threaded_directions=True,
         ),
         EngineSpec(
             "cupy", "xlstm._engines.cupy.engine", ("cupy",), requires="cupy", extra="cuda12",
