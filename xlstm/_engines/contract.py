@@ -79,9 +79,7 @@ class EngineSpec:
         ``backward`` takes ``dh_n`` / ``dc_n``.
     threaded_directions : bool
         Its loops release the GIL: the layers may run the two directions of a
-        bidirectional layer in two threads (:mod:`xlstm._threads`).  (It meant "NumPy
-        in-place helpers may be used around it" too, as ``numpy_in_place``; the loss now
-        decides that from the arrays' library.)
+        bidirectional layer in two threads (:mod:`xlstm._threads`).
     """
 
     name: str
