@@ -2,7 +2,7 @@
 
 The same functions run on NumPy, CuPy, PyTorch, JAX and array-api-strict
 arrays; the backend is inferred from the arguments.  The public API follows the
-seed notebook (``lstm_cell_forward``, ``lstm_forward``, ``lstm_cell_backward``,
+notebook (``lstm_cell_forward``, ``lstm_forward``, ``lstm_cell_backward``,
 ``lstm_backward``) with correct backpropagation through time.  Conventions are
 stated once in :mod:`xlstm._layout`.
 

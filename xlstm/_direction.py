@@ -1,6 +1,6 @@
 """One path from the public functions to the engines: one direction of one layer.
 
-Every public function that runs the recurrence — the seed's :func:`xlstm.lstm_forward` /
+Every public function that runs the recurrence — the notebook's :func:`xlstm.lstm_forward` /
 :func:`~xlstm.lstm_backward`, the layers (:func:`xlstm.layers.multilayer_forward` /
 :func:`~xlstm.layers.multilayer_backward`, hence :class:`xlstm.LSTM` and the training
 models) and the training loss — validates its own arguments and then calls :func:`forward`
@@ -10,7 +10,7 @@ it packs the gate parameters into the engine layout, reverses time for the rever
 direction of a bidirectional layer, and gives states back in batch and time order.
 
 Layouts (see :mod:`xlstm._engines.contract`): inputs and per-step gradients are
-time-major ``(T, m, n)``, states ``(m, n_a)``.  Gate parameters are one direction's seed
+time-major ``(T, m, n)``, states ``(m, n_a)``.  Gate parameters are one direction's notebook
 dict (``Wf, bf, Wi, bi, Wc, bc, Wo, bo``).
 """
 
@@ -73,7 +73,7 @@ def forward(
         Inputs in time order (any strides).
     h0, c0 : array, shape (m, n_a)
     gates : dict
-        The direction's gate parameters (seed keys).
+        The direction's gate parameters (notebook keys).
     xp : namespace
     choice : str
         What :func:`xlstm._engines.dispatch.engine_option` returned.
@@ -111,7 +111,7 @@ def states(direction: Direction, xp: Any) -> tuple[Any, Any]:
 def from_cache(cache: SequenceCache, x: Any, choice: str) -> Direction:
     """The forward direction that made ``cache`` from the time-major input ``x``.
 
-    For the seed's ``caches = (SequenceCache, x)``, which keep no :class:`Direction`.
+    For the notebook's ``caches = (SequenceCache, x)``, which keep no :class:`Direction`.
     """
     lengths = cache.lengths
     if lengths is not None and cache.order is not None:

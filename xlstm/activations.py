@@ -54,7 +54,7 @@ def softmax(x: Any, /, axis: int = 0, *, xp: Any = None) -> Any:
     .. math:: \operatorname{softmax}(x)_k = \frac{e^{x_k - \max_j x_j}}{\sum_l e^{x_l - \max_j x_j}}
 
     The maximum is taken per slice along ``axis`` (per column for the default
-    ``axis=0``, as the seed's ``y`` is ``(n_y, m)``).
+    ``axis=0``, as the notebook's ``y`` is ``(n_y, m)``).
 
     Parameters
     ----------

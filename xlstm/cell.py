@@ -1,6 +1,6 @@
-"""One LSTM step, forward and backward (seed-compatible API).
+"""One LSTM step, forward and backward (the notebook's API).
 
-The cell works in the seed's feature-major layout, ``(n_a, m)``; it shares its
+The cell works in the notebook's feature-major layout, ``(n_a, m)``; it shares its
 arithmetic with the sequence engine (:func:`xlstm._engines.generic.cell_step` and
 :func:`xlstm._engines.generic.cell_step_backward`) by working on transposes.
 """
@@ -20,7 +20,7 @@ from .parameters import pack, unpack_gradients
 
 
 class CellCache(NamedTuple):
-    """The seed's cell cache, field for field (it unpacks like the seed's tuple).
+    """The notebook's cell cache, field for field (it unpacks like the notebook's tuple).
 
     ``parameters`` is a reference to the caller's dict, not a copy.
     """
@@ -58,7 +58,7 @@ def lstm_cell_forward(
     xt : array, shape (n_x, m)
     a_prev, c_prev : array, shape (n_a, m)
     parameters : dict
-        The seed's dict (see :func:`lstm_forward`).
+        The notebook's dict (see :func:`lstm_forward`).
     xp : str or namespace, optional
         Default: inferred from all arrays.
 
@@ -96,7 +96,7 @@ def lstm_cell_backward(da_next: Any, dc_next: Any, cache: Any, *, xp: Any = None
     ----------
     da_next, dc_next : array, shape (n_a, m)
         Total gradients reaching ``a_t`` and ``c_t``.
-    cache : CellCache or the seed's 10-tuple
+    cache : CellCache or the notebook's 10-tuple
         From :func:`lstm_cell_forward`.
 
     Returns

@@ -8,7 +8,7 @@ Shape legend (feature-first, like the seed)::
     T    time steps         a_n, c_n (L D, n_a, m)
 
 ``layers`` is a list of ``L * D`` gate-parameter dicts in ``torch.nn.LSTM``'s order
-(layer 0 forward, layer 0 reverse, layer 1 forward, ...), each with the seed's keys
+(layer 0 forward, layer 0 reverse, layer 1 forward, ...), each with the notebook's keys
 ``Wf, bf, Wi, bi, Wc, bc, Wo, bo``: ``W* (n_a, n_a + n_in)`` with columns
 ``[recurrent | input]``, ``b* (n_a, 1)``, where ``n_in = n_x`` for layer 0 and ``D n_a``
 above.  Gate order of the stacked engine weights: :data:`xlstm.GATE_ORDER` = (i, f, o, g).

@@ -70,7 +70,7 @@ class LSTM:
         Engine of the recurrence, as in :func:`xlstm.lstm_forward`.
     fused : optional
         Deprecated alias of ``engine`` (a ``DeprecationWarning``); it stays on the 0.1
-        seed functions (:func:`xlstm.lstm_forward`) only.
+        notebook functions (:func:`xlstm.lstm_forward`) only.
     parameters : dict, optional
         Start from these arrays (flat keys, see the module docstring) instead; they fix
         backend, device and dtype.
@@ -85,7 +85,7 @@ class LSTM:
         batch_first       ``(m, T, n_x)``  ``(m, T, D n_a)``   ``(L D, m, n_a)``
         ================  ===============  ==================  ===================
 
-        ``features_first`` is the seed notebook's; the other two are ``torch.nn.LSTM``'s
+        ``features_first`` is the notebook's; the other two are ``torch.nn.LSTM``'s
         (``batch_first=False`` / ``True``).  Converting is a free view (a transpose): the
         engines read any strides.
 

@@ -1,6 +1,6 @@
 """Parameter dicts: initialisation and the stacked engine layout.
 
-The public form is the seed's dict (``Wf, bf, Wi, bi, Wc, bc, Wo, bo, Wy, by``).
+The public form is the notebook's dict (``Wf, bf, Wi, bi, Wc, bc, Wo, bo, Wy, by``).
 The engine works on one stacked weight ``W`` of shape ``(4 n_a, n_a + n_x)`` and
 one bias ``b`` of shape ``(4 n_a,)`` in :data:`~xlstm._layout.GATE_ORDER`.
 """
@@ -29,7 +29,7 @@ def pack(parameters: Mapping[str, Any], xp: Any) -> tuple[Any, Any]:
 
 
 def unpack_gradients(d_weights: Any, d_bias: Any, n_a: int, xp: Any) -> dict[str, Any]:
-    """Split stacked gradients ``dW (4 n_a, ...)``, ``db (4 n_a,)`` into seed keys."""
+    """Split stacked gradients ``dW (4 n_a, ...)``, ``db (4 n_a,)`` into notebook keys."""
     gradients = {}
     for index, gate in enumerate(GATE_ORDER):
         rows = slice(index * n_a, (index + 1) * n_a)
@@ -88,7 +88,7 @@ def init_parameters(
     device: Any = None,
     forget_bias: float = 1.0,
 ) -> dict[str, Any]:
-    r"""Initialise the seed's parameter dict on a backend.
+    r"""Initialise the notebook's parameter dict on a backend.
 
     The scheme is Keras's default for LSTMs: the input columns of each gate
     weight are Glorot-uniform, :math:`U(-\sqrt{6/(n_x + n_a)}, \sqrt{6/(n_x + n_a)})`;

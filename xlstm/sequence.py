@@ -1,4 +1,4 @@
-"""Sequence forward and backpropagation through time (seed-compatible API)."""
+"""Sequence forward and backpropagation through time (the notebook's API)."""
 
 from __future__ import annotations
 

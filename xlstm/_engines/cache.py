@@ -1,7 +1,7 @@
 """What every engine produces and how to read it: :class:`SequenceCache`.
 
 The engine boundary is time-major with the batch in rows (see :mod:`xlstm._layout`):
-inputs ``x (T, m, n_x)`` (any strides; the seed's ``(n_x, m, T)`` array passes as the
+inputs ``x (T, m, n_x)`` (any strides; the notebook's ``(n_x, m, T)`` array passes as the
 free view :func:`time_major`), states ``(m, n_a)``, per-step gradients
 ``(T, m, n_a)``.  A cache made by one engine is readable by every engine that
 accepts it (see :mod:`xlstm._engines.dispatch`).
@@ -92,7 +92,7 @@ def segment_length(t_x: int, m: int, n_a: int, recompute: bool = False) -> int:
 
 
 def time_major(x: Any, xp: Any) -> Any:
-    """``(n_x, m, T)`` seed layout to ``(T, m, n_x)`` engine layout, and back (a view)."""
+    """``(n_x, m, T)`` notebook layout to ``(T, m, n_x)`` engine layout, and back (a view)."""
     return xp.permute_dims(x, (2, 1, 0))
 
 

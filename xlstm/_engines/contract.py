@@ -6,7 +6,7 @@ that decides which engine runs.
 
 Layout at the boundary (time-major, batch in rows; see :mod:`xlstm._layout`)::
 
-    x        (T, m, n_x)      any strides: the seed's (n_x, m, T) array passes as a view
+    x        (T, m, n_x)      any strides: the notebook's (n_x, m, T) array passes as a view
     h0, c0   (m, n_a)
     W        (4 n_a, n_a + n_x)   stacked in GATE_ORDER, columns [recurrent | input]
     b        (4 n_a,)

@@ -49,7 +49,7 @@ def check_collection(name: str, value: Any) -> None:
 
 
 def model_namespace(parameters: Any) -> tuple[Any, _validation.Sizes]:
-    """Check the seed parameter dict; return its namespace and sizes."""
+    """Check the notebook parameter dict; return its namespace and sizes."""
     _validation.check_parameter_dict(parameters)
     xp = namespace_of(_validation.named_parameters(parameters))
     return xp, _validation.parameter_sizes(parameters)

@@ -100,7 +100,7 @@ def lstm_forward(
         Initial hidden state: a dask array (rechunked like the batch of ``x``) or an array
         in memory (cut into the same slices); ``None`` is zeros.
     parameters : dict
-        The seed's dict ``Wf, Wi, Wc, Wo (n_a, n_a + n_x)``, ``bf ... bo (n_a, 1)``,
+        The notebook's dict ``Wf, Wi, Wc, Wo (n_a, n_a + n_x)``, ``bf ... bo (n_a, 1)``,
         ``Wy (n_y, n_a)``, ``by (n_y, 1)`` as NumPy or CuPy arrays.  They travel once per
         call, as one key of the graph under a fresh name (persisted with a distributed
         client, so that a copy lost with a worker is made again).

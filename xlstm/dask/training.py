@@ -62,7 +62,7 @@ def _count(targets: Any, mask: Any, xp: Any, dtype: Any) -> Any:
 
 
 def _gradient_block(x, targets, mask, a0, c0, parameters, engine):
-    """One chunk, seed parameter dict: ``(loss_sum, grads_sum, count, a_T, c_T)``."""
+    """One chunk, notebook parameter dict: ``(loss_sum, grads_sum, count, a_T, c_T)``."""
     x = _common.inputs_block(x, parameters)
     xp = array_api_compat.array_namespace(x)
     device = array_api_compat.device(x)
@@ -283,7 +283,7 @@ def loss_and_gradients(
     targets : integer array, shape (m, T)
         A dask array (rechunked like the batch) or an array in memory (cut to match).
     parameters : dict
-        The seed's dict ``Wf ... by`` (NumPy or CuPy arrays of the chunks' library).  It
+        The notebook's dict ``Wf ... by`` (NumPy or CuPy arrays of the chunks' library).  It
         travels once per call, as one key under a fresh name.
     a0, c0 : array, shape (n_a, m), optional
         Initial states, typically the previous call's final states (dask arrays that stay
@@ -368,7 +368,7 @@ def train_step(
     Parameters
     ----------
     parameters : dict
-        The seed's dict, on the client.
+        The notebook's dict, on the client.
     optimizer : xlstm.training.Optimizer
     opt_state : dict or None
         The optimiser's state; ``None`` starts a fresh one (``optimizer.init``).
@@ -428,14 +428,14 @@ class DataParallelTrainer:
         each chunk runs its ``loss_and_gradients(x, targets, mask=, state=)`` on a copy
         without optimiser state, and ``model.apply_gradients(grads)`` (clip, update)
         takes the step on the client.  An object without those methods but with the
-        seed's ``.parameters``, ``.optimizer``, ``.opt_state`` and ``.clip_norm`` works
+        notebook's ``.parameters``, ``.optimizer``, ``.opt_state`` and ``.clip_norm`` works
         too: the trainer updates those attributes.  With dropout, each chunk draws its
         own masks, so steps differ from a single process's.
     parameters, optimizer, opt_state, clip_norm
-        Without a model: the seed dict, an :class:`xlstm.training.Optimizer`, its state
+        Without a model: the notebook dict, an :class:`xlstm.training.Optimizer`, its state
         (``None``: fresh) and the global-norm clip (``None``: none).
     engine : str, default "auto"
-        For the seed dict (a model uses its own ``engine``).
+        For the notebook dict (a model uses its own ``engine``).
     client : distributed.Client, optional
         Default: the active client, else dask's local scheduler.
     split_every : int, default 8

@@ -1,6 +1,6 @@
 r"""Softmax cross-entropy over the per-step outputs, and the output layer's backward.
 
-Shape legend (the seed's names)::
+Shape legend (the notebook's names)::
 
     n_x  inputs     x        (n_x, m, T)      n_a  hidden   a, c   (n_a, m, T)
     n_y  classes    logits   (n_y, m, T)      m    batch    targets, mask  (m, T)
@@ -191,7 +191,7 @@ def log_softmax(z: Any, /, axis: int = 0, *, xp: Any = None) -> Any:
     ----------
     z : array of real floating dtype
     axis : int, default 0
-        The class axis (0 in the seed layout ``(n_y, m, T)``).
+        The class axis (0 in the notebook layout ``(n_y, m, T)``).
     xp : str or namespace, optional
         Default: inferred from ``z``.
     """
@@ -210,7 +210,7 @@ def _check_axis(axis: Any, ndim: int) -> None:
 def one_hot(indices: Any, n_classes: int, /, *, axis: int = 0, dtype: Any = None) -> Any:
     """One-hot encoding of integer ``indices`` with a new class axis at ``axis``.
 
-    ``indices`` of shape ``(m, T)`` give ``(n_classes, m, T)`` for ``axis=0`` (the seed's
+    ``indices`` of shape ``(m, T)`` give ``(n_classes, m, T)`` for ``axis=0`` (the notebook's
     ``x``) or ``(m, T, n_classes)`` for ``axis=-1``.  Indices outside ``[0, n_classes)``
     give all-zero vectors.  Built by comparison with ``arange`` (no indexed assignment),
     on the backend and device of ``indices``.
@@ -428,7 +428,7 @@ def loss_and_gradients(
     targets : integer array, shape (m, T)
         The class to predict at each step.
     parameters : dict
-        The seed's dict: ``Wf, Wi, Wc, Wo (n_a, n_a + n_x)``, ``bf, bi, bc, bo (n_a, 1)``,
+        The notebook's dict: ``Wf, Wi, Wc, Wo (n_a, n_a + n_x)``, ``bf, bi, bc, bo (n_a, 1)``,
         ``Wy (n_y, n_a)``, ``by (n_y, 1)``.
     a0, c0 : array, shape (n_a, m), optional
         Initial states (default zeros).  Pass the previous chunk's final state for
