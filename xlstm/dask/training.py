@@ -44,7 +44,7 @@ from dask.core import flatten
 
 from .._backend import namespace_of
 from ..training import loss as _loss
-from ..training.optim import Optimizer, clip_by_global_norm
+from ..training.optim import Optimizer, apply_gradients
 from . import _common
 
 SPLIT_EVERY = 8
@@ -398,11 +398,9 @@ def train_step(
     loss, grads, final = loss_and_gradients(
         x, targets, parameters, a0=a0, c0=c0, mask=mask, engine=engine, client=client
     )
-    if clip_norm is not None:
-        grads, _ = clip_by_global_norm(grads, clip_norm)
-    if opt_state is None:
-        opt_state = optimizer.init(parameters)
-    new_parameters, new_state = optimizer.update(parameters, grads, opt_state)
+    new_parameters, new_state, _ = apply_gradients(
+        parameters, grads, optimizer, opt_state, clip_norm
+    )
     return new_parameters, new_state, loss, final
 
 
@@ -501,12 +499,8 @@ class DataParallelTrainer:
             client=self.client, split_every=self.split_every,
         )  # fmt: skip
         owner = self if model is None else model
-        if owner.clip_norm is not None:
-            grads, _ = clip_by_global_norm(grads, owner.clip_norm)
-        if owner.opt_state is None:
-            owner.opt_state = owner.optimizer.init(self.parameters)
-        new_parameters, owner.opt_state = owner.optimizer.update(
-            self.parameters, grads, owner.opt_state
+        new_parameters, owner.opt_state, _ = apply_gradients(
+            self.parameters, grads, owner.optimizer, owner.opt_state, owner.clip_norm
         )
         if model is None:
             self._parameters = new_parameters

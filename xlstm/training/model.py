@@ -46,7 +46,7 @@ from ..parameters import init_parameters
 from . import heads
 from .heads import check_head
 from .loss import _one_hot
-from .optim import Adam, Optimizer, clip_by_global_norm, optimizer_from_config
+from .optim import Adam, Optimizer, apply_gradients, optimizer_from_config
 
 CheckpointError = checkpoint.CheckpointError
 
@@ -416,12 +416,9 @@ class LSTMModel:
     def apply_gradients(self, grads: Mapping[str, Any]) -> Any:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
         before clipping (a 0-d array), or ``None`` without clipping."""
-        norm = None
-        if self.clip_norm is not None:
-            grads, norm = clip_by_global_norm(grads, self.clip_norm)
-        if self.opt_state is None:
-            self.opt_state = self.optimizer.init(self._parameters)
-        parameters, self.opt_state = self.optimizer.update(self._parameters, grads, self.opt_state)
+        parameters, self.opt_state, norm = apply_gradients(
+            self._parameters, grads, self.optimizer, self.opt_state, self.clip_norm
+        )
         self._replace_parameters(parameters)
         return norm
 

@@ -323,11 +323,41 @@ def clip_by_value(
     return {key: xp.clip(g, -clip_value, clip_value) for key, g in grads.items()}
 
 
+def apply_gradients(
+    parameters: Mapping[str, Any],
+    grads: Mapping[str, Any],
+    optimizer: Optimizer,
+    opt_state: Mapping[str, Any] | None,
+    clip_norm: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """One optimiser step: clip by global norm (if ``clip_norm``), then update.
+
+    The one update of every trainer (:meth:`xlstm.training.LSTMModel.apply_gradients`,
+    :mod:`xlstm.dask`'s).  ``opt_state=None`` starts a fresh state.
+
+    Returns
+    -------
+    parameters : dict
+        New arrays (the given ones are unchanged).
+    opt_state : dict
+    norm : 0-d array or None
+        The gradients' global norm before clipping (``None`` without clipping).
+    """
+    norm = None
+    if clip_norm is not None:
+        grads, norm = clip_by_global_norm(grads, clip_norm)
+    if opt_state is None:
+        opt_state = optimizer.init(parameters)
+    new_parameters, new_state = optimizer.update(parameters, grads, opt_state)
+    return new_parameters, new_state, norm
+
+
 __all__ = [
     "SGD",
     "Adam",
     "AdamW",
     "Optimizer",
+    "apply_gradients",
     "clip_by_global_norm",
     "clip_by_value",
     "global_norm",
