@@ -135,3 +135,16 @@ def test_fused_alias_is_deprecated_outside_the_seed_functions():
     assert trainer.engine == "fast"
     with pytest.warns(DeprecationWarning, match="multilayer_forward"):
         multilayer_forward(x, model.layers, fused="auto")
+
+
+def test_a_copy_of_a_training_model_owns_its_recurrent_part():
+    import copy
+
+    model = LSTMModel(2, 3, 2, seed=0)
+    light = copy.copy(model)
+    light.engine = "generic"
+    light._replace_parameters({k: v * 0 for k, v in model.parameters.items()})
+    assert model.engine == "auto"
+    assert float(np.abs(model.parameters["Wf_l0"]).sum()) > 0
+    with pytest.raises(ValueError, match="`engine` = 'fastest'"):
+        light.engine = "fastest"

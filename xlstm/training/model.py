@@ -23,6 +23,7 @@ Checkpoints are :mod:`xlstm.checkpoint` files (:meth:`LSTMModel.save`, :func:`lo
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -249,6 +250,19 @@ class LSTMModel:
     def engine(self) -> str:
         """The engine choice of the recurrence (see :func:`xlstm.lstm_forward`)."""
         return self.lstm.engine
+
+    @engine.setter
+    def engine(self, engine: str) -> None:
+        self.lstm.engine = engine_option(engine)
+
+    def __copy__(self) -> LSTMModel:
+        # A copy owns its recurrent part: setting the copy's engine or parameters leaves
+        # this model alone (arrays are shared: they are never modified in place).
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.lstm = copy.copy(self.lstm)
+        clone._head = dict(self._head)
+        return clone
 
     @property
     def xp(self) -> Any:
