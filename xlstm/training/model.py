@@ -7,12 +7,13 @@ output layer's ``Wy``, ``by``; gradients are ``"d" + key``.  The arrays are neve
 in place; a training step replaces the model's dict with new arrays.
 
 Shape legend: ``x (n_x, m, T)``, integer ``ids`` and ``targets (m, T)``, ``y (n_y, m, T)``.
-States: ``a, c (n_a, m)`` for one layer (the seed's), ``(num_layers, n_a, m)`` for more.
+States: ``a, c (n_a, m)`` for one layer (the notebook's), ``(L D, n_a, m)`` for more (``L`` layers,
+``D = 2`` when bidirectional).
 Gate order :data:`xlstm.GATE_ORDER` = (i, f, o, g).
 
-One layer runs the seed-compatible functions (:func:`xlstm.training.loss_and_gradients`,
-with the NumPy output-layer fast path); more layers run :func:`xlstm.layers.multilayer_forward`
-/ :func:`~xlstm.layers.multilayer_backward` with dropout between layers in training steps.
+Every model, one layer or more, runs its :class:`xlstm.LSTM` (``model.lstm``: stacked,
+optionally bidirectional, variable lengths, dropout between layers in training steps) and
+then its head (:mod:`xlstm.training.heads`: a softmax per step or per sequence).
 
 Truncated backpropagation through time: :meth:`LSTMModel.train_step` takes and returns the
 state; pass each chunk's final state to the next chunk of the same streams (see
@@ -343,7 +344,7 @@ class LSTMModel:
     def _state(self, state: Any) -> tuple[Any, Any] | None:
         """The carried state as the LSTM's ``(L, n_a, m)`` arrays (``None``: zeros).
 
-        A one-layer model's state is the seed's ``(n_a, m)``: a free reshape.
+        A one-layer model's state is the notebook's ``(n_a, m)``: a free reshape.
         """
         if state is None:
             return None
@@ -358,15 +359,10 @@ class LSTMModel:
 
     def _final(self, final: tuple[Any, Any]) -> tuple[Any, Any]:
         # Copies: carrying the state to the next chunk keeps no engine buffer alive and
-        # cannot see it reused.  One layer: the seed's (n_a, m).
+        # cannot see it reused.  One layer: the notebook's (n_a, m).
         if self.num_layers == 1:
             final = (final[0][0, ...], final[1][0, ...])
         return tuple(self.xp.asarray(v, copy=True) for v in final)
-
-    def _rows(self, outputs: Any) -> Any:
-        """The last layer's outputs ``(n_a, m, T)`` as time-major rows ``(T m, n_a)``."""
-        n_a, m, t_x = (int(s) for s in outputs.shape)
-        return self.xp.reshape(self.xp.permute_dims(outputs, (2, 1, 0)), (t_x * m, n_a))
 
     def forward(
         self, x: Any, state: Any = None, *, lengths: Any = None
