@@ -105,3 +105,12 @@ def test_onnx_export_refuses_heads_it_cannot_write():
         with pytest.raises(ValueError, match="to_onnx exports output layers of one direction"):
             to_onnx(model)
     to_onnx(LSTMModel(2, 3, 4, seed=0))  # the per-step head of one direction is exported
+
+
+def test_carried_state_of_a_one_layer_bidirectional_model_keeps_both_directions():
+    model = LSTMModel(2, 3, 3, bidirectional=True, dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    _, (a_n, c_n) = model.forward(x)
+    assert a_n.shape == c_n.shape == (2, 3, 4)
+    one_way = LSTMModel(2, 3, 3, dtype="float64", seed=0)
+    assert one_way.forward(x)[1][0].shape == (3, 4)  # the notebook's (n_a, m)

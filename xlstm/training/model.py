@@ -350,17 +350,22 @@ class LSTMModel:
             return None
         if not (isinstance(state, tuple) and len(state) == 2):
             raise TypeError("`state` must be None or the (a, c) tuple a previous call returned")
-        if self.num_layers == 1:
+        if self._notebook_states:
             state = tuple(
                 v if getattr(v, "ndim", None) != 2 else self.xp.reshape(v, (1, *v.shape))
                 for v in state
             )
         return state
 
+    @property
+    def _notebook_states(self) -> bool:
+        """One layer, one direction: states are the notebook's ``(n_a, m)``."""
+        return self.num_layers == 1 and not self.bidirectional
+
     def _final(self, final: tuple[Any, Any]) -> tuple[Any, Any]:
         # Copies: carrying the state to the next chunk keeps no engine buffer alive and
         # cannot see it reused.  One layer: the notebook's (n_a, m).
-        if self.num_layers == 1:
+        if self._notebook_states:
             final = (final[0][0, ...], final[1][0, ...])
         return tuple(self.xp.asarray(v, copy=True) for v in final)
 
