@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from xlstm._backend import get_namespace
 from xlstm._engines.dispatch import engine_option
 from xlstm._engines.lengths import check_lengths
 from xlstm._layout import GATE_PARAMETERS
@@ -52,8 +53,8 @@ _DTYPES = (torch.float32, torch.float64)
 class Bridge(NamedTuple):
     """How tensors of one device become arrays of an xlstm backend and back, without copies."""
 
-    name: str
-    """``"numpy"`` (CPU tensors) or ``"cupy"`` (CUDA tensors)."""
+    xp: Any
+    """The array namespace xlstm runs on: NumPy's (CPU tensors) or CuPy's (CUDA tensors)."""
     to_array: Callable[[torch.Tensor], Any]
     from_array: Callable[[Any], torch.Tensor]
     stream: Callable[[], contextlib.AbstractContextManager]
@@ -65,16 +66,34 @@ def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().numpy()
 
 
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
+def _positive_strides(array: Any, xp: Any) -> Any:
+    # torch has no negative strides (a reversed view): the one case that must copy.
     if any(stride < 0 for stride in array.strides):
-        # torch has no negative strides (a reversed view): the one case that must copy.
-        array = np.ascontiguousarray(array)
-    return torch.from_numpy(array)
+        return xp.asarray(array, copy=True)
+    return array
 
 
 def cpu_bridge() -> Bridge:
     """CPU tensors as NumPy arrays (shared memory)."""
-    return Bridge("numpy", _numpy_view, _from_numpy, contextlib.nullcontext)
+    xp = get_namespace("numpy")
+    return Bridge(
+        xp,
+        _numpy_view,
+        lambda array: torch.from_numpy(_positive_strides(array, np)),
+        contextlib.nullcontext,
+    )
+
+
+def _import_cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as error:
+        msg = (
+            "xlstm.torch.LSTM on CUDA tensors runs xlstm's CuPy engine: install the `cuda12` "
+            "or `cuda13` extra (CuPy), or move the module and inputs to the CPU"
+        )
+        raise ImportError(msg) from error
+    return cupy
 
 
 def cuda_bridge(device: torch.device) -> Bridge:
@@ -85,17 +104,13 @@ def cuda_bridge(device: torch.device) -> Bridge:
     ImportError
         CuPy is not installed (the message names the extra that installs it).
     """
-    try:
-        import cupy
-    except ImportError as error:
-        msg = (
-            "xlstm.torch.LSTM on CUDA tensors runs xlstm's CuPy engine: install the `cuda12` "
-            "or `cuda13` extra (CuPy), or move the module and inputs to the CPU"
-        )
-        raise ImportError(msg) from error
+    cupy = _import_cupy()
+    xp = get_namespace(cupy)
 
     @contextlib.contextmanager
     def stream() -> Iterator[None]:
+        # torch's current stream of the tensors' device, as CuPy's current stream: the
+        # kernels queue behind torch's pending work and torch's later work behind them.
         pointer = torch.cuda.current_stream(device).cuda_stream
         with cupy.cuda.Device(device.index or 0), cupy.cuda.ExternalStream(pointer):
             yield
@@ -103,7 +118,10 @@ def cuda_bridge(device: torch.device) -> Bridge:
     def to_array(tensor: torch.Tensor) -> Any:
         return cupy.from_dlpack(tensor.detach())
 
-    return Bridge("cupy", to_array, torch.from_dlpack, stream)
+    def from_array(array: Any) -> torch.Tensor:
+        return torch.from_dlpack(_positive_strides(array, xp))
+
+    return Bridge(xp, to_array, from_array, stream)
 
 
 def bridge_for(device: torch.device) -> Bridge:
@@ -150,7 +168,9 @@ def torch_gradients(grads: dict[str, Any], hidden: int, has_bias: bool, xp: Any)
     d_hh = xp.concat([block[:, :hidden] for block in d_w], axis=0)
     if not has_bias:
         return [d_ih, d_hh]
-    d_b = [xp.reshape(grads["d" + GATE_PARAMETERS[gate][1]], (hidden,)) for gate in TORCH_GATE_ORDER]
+    d_b = [
+        xp.reshape(grads["d" + GATE_PARAMETERS[gate][1]], (hidden,)) for gate in TORCH_GATE_ORDER
+    ]
     d_bias = xp.concat(d_b, axis=0)
     # Two tensors: an optimiser or clipping that scales one .grad in place must not scale both.
     return [d_ih, d_hh, d_bias, xp.asarray(d_bias, copy=True)]
@@ -186,12 +206,6 @@ def _torch_layout(array: Any, batch_first: bool, xp: Any) -> Any:
     return xp.permute_dims(array, (1, 2, 0) if batch_first else (2, 1, 0))
 
 
-def _namespace(bridge: Bridge) -> Any:
-    from xlstm._backend import get_namespace
-
-    return get_namespace(bridge.name)
-
-
 class LSTMFunction(torch.autograd.Function):
     """Forward: :func:`xlstm.layers.multilayer_forward`; backward: its hand-written BPTT.
 
@@ -202,7 +216,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, setup: Setup, x, h0, c0, *weights):
         bridge = setup.bridge
-        xp = _namespace(bridge)
+        xp = bridge.xp
         directions = 2 if setup.bidirectional else 1
         with bridge.stream():
             arrays = [bridge.to_array(w) for w in weights]
@@ -249,7 +263,7 @@ class LSTMFunction(torch.autograd.Function):
             raise RuntimeError(msg)
         ctx.saved_tensors  # noqa: B018 (raises if a saved tensor was modified in place)
         bridge = setup.bridge
-        xp = _namespace(bridge)
+        xp = bridge.xp
         with bridge.stream():
             grads = multilayer_backward(
                 _feature_first(bridge.to_array(d_output), setup.batch_first, xp),
@@ -263,7 +277,9 @@ class LSTMFunction(torch.autograd.Function):
             for layer in grads["layers"]:
                 d_weights += torch_gradients(layer, hidden, setup.has_bias, xp)
             d_x = bridge.from_array(_torch_layout(grads["dx"], setup.batch_first, xp))
-            d_states = [bridge.from_array(xp.permute_dims(grads[k], (0, 2, 1))) for k in ("da0", "dc0")]
+            d_states = [
+                bridge.from_array(xp.permute_dims(grads[k], (0, 2, 1))) for k in ("da0", "dc0")
+            ]
             d_weights = [bridge.from_array(d) for d in d_weights]
         needs = ctx.needs_input_grad
         return (
@@ -448,7 +464,7 @@ class LSTM(torch.nn.Module):
             raise TypeError(msg)
         return value if batched else value.unsqueeze(1)
 
-    def forward(self, input, hx=None, *, lengths=None):  # noqa: A002 (torch's name)
+    def forward(self, input, hx=None, *, lengths=None):
         """Run the LSTM: ``(input, (h0, c0))`` -> ``(output, (h_n, c_n))`` (see the class)."""
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -458,10 +474,13 @@ class LSTM(torch.nn.Module):
             batch_first, batched = False, True
         else:
             if not isinstance(input, torch.Tensor):
-                msg = f"`input` must be a torch.Tensor or a PackedSequence, got {type(input).__name__}"
+                kind = type(input).__name__
+                msg = f"`input` must be a torch.Tensor or a PackedSequence, got {kind}"
                 raise TypeError(msg)
             if input.dim() not in (2, 3):
-                msg = f"`input` must be 3-D (T, m, n_x) (or 2-D unbatched), got {tuple(input.shape)}"
+                msg = (
+                    f"`input` must be 3-D (T, m, n_x) (or 2-D unbatched), got {tuple(input.shape)}"
+                )
                 raise ValueError(msg)
             batched = input.dim() == 3
             padded = input if batched else input.unsqueeze(1)
@@ -477,7 +496,9 @@ class LSTM(torch.nn.Module):
             )
             raise TypeError(msg)
         if padded.shape[-1] != self.input_size:
-            msg = f"`input` has {padded.shape[-1]} features; expected input_size = {self.input_size}"
+            msg = (
+                f"`input` has {padded.shape[-1]} features; expected input_size = {self.input_size}"
+            )
             raise ValueError(msg)
         m = int(padded.shape[0] if batch_first else padded.shape[1])
         t_x = int(padded.shape[1] if batch_first else padded.shape[0])
