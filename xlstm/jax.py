@@ -20,8 +20,8 @@ Shape legend (xlstm's feature-first layout, as :func:`xlstm.layers.multilayer_fo
 * ``impl="callback"`` (CPU): xlstm's fastest CPU engine (numba, else NumPy) on the arrays'
   memory through ``jax.pure_callback``; forward hands its cache (states, gates, ``tanh(c)``)
   to backward as residuals, backward is the engine's BPTT.
-* ``impl="auto"`` (default): ``"callback"`` when JAX's default backend is the CPU and the
-  engine there is numba, else ``"scan"`` (see ``docs/frameworks.md`` for the measurements).
+* ``impl="auto"`` (default): per platform from :data:`AUTO_IMPL`, ``"scan"`` on every
+  platform at present (see ``docs/frameworks.md`` for the measurements).
 
 Everything works under ``jax.jit``, ``jax.grad`` and ``jax.vjp``; ``jax.vmap`` works with
 ``"scan"`` (and, one call per mapped element, with ``"callback"``).  Importing this module
@@ -248,14 +248,15 @@ def _callback_direction(masked: bool):
 # --------------------------------------------------------------------------- choice
 
 
-def default_impl() -> str:
-    """What ``impl="auto"`` runs: ``"callback"`` on a CPU default backend with numba
-    installed (xlstm's fastest CPU engine), else ``"scan"``."""
-    import importlib.util
+AUTO_IMPL = {"cpu": "scan", "gpu": "scan", "tpu": "scan"}
+"""What ``impl="auto"`` runs on each JAX platform (:func:`jax.default_backend`), from the
+measurements in ``docs/frameworks.md``: on the CPU the scan measured faster than the
+callback (whose residual copies and host round trip cost more than the engine gains)."""
 
-    if jax.default_backend() == "cpu" and importlib.util.find_spec("numba") is not None:
-        return "callback"
-    return "scan"
+
+def default_impl() -> str:
+    """What ``impl="auto"`` runs on JAX's default backend (see :data:`AUTO_IMPL`)."""
+    return AUTO_IMPL.get(jax.default_backend(), "scan")
 
 
 def _check_impl(impl: Any) -> str:
@@ -419,4 +420,4 @@ def lstm(
     return outputs, (a_n, c_n)
 
 
-__all__ = ["IMPLS", "default_impl", "lstm"]
+__all__ = ["AUTO_IMPL", "IMPLS", "default_impl", "lstm"]
