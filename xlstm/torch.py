@@ -432,6 +432,10 @@ class LSTM(torch.nn.Module):
         flat = [getattr(self, name) for name in self._flat_weights_names]
         return [flat[k : k + per] for k in range(0, len(flat), per)]
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do (torch.nn.LSTM compacts its weights for cuDNN; xlstm reads them as
+        they are): kept so that code written for torch.nn.LSTM runs unchanged."""
+
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
