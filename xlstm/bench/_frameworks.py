@@ -161,12 +161,14 @@ def _jax_layers(rng, n_x: int, n_a: int, dtype: str):
     ]
 
 
-def _jax_functions(run: Callable, d_output: Any):
+def _jax_functions(run: Callable):
     import jax
     import jax.numpy as jnp
 
+    # d_output is an argument, not a closure constant: a constant of T steps would be
+    # embedded in the program and make compile time grow with T.
     forward = jax.jit(run)
-    gradient = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x) * d_output), argnums=(0, 1)))
+    gradient = jax.jit(jax.grad(lambda p, x, d: jnp.sum(run(p, x) * d), argnums=(0, 1)))
     return forward, gradient
 
 
@@ -189,26 +191,26 @@ def _jax_contestants(shape, dtype: str, use_flax: bool):
         def run(p, x, impl=impl):
             return xj.lstm(p, x, impl=impl)[0]
 
-        contestants[f"xlstm.jax ({impl})"] = (_jax_functions(run, d_output), layers)
+        contestants[f"xlstm.jax ({impl})"] = (_jax_functions(run), layers)
     peer_name = "flax nn.RNN(OptimizedLSTMCell)" if use_flax else "jax.lax.scan LSTM"
-    contestants[peer_name] = (_jax_functions(peer_run, d_output), peer_params)
+    contestants[peer_name] = (_jax_functions(peer_run), peer_params)
 
     def block(value):
         return jax.block_until_ready(value)
 
-    return contestants, x, peer_name, block
+    return contestants, (x, d_output), peer_name, block
 
 
 def jax_shape(shape, dtype: str, repeat: int, use_flax: bool):
     """Rows and checks of one shape for ``--backend jax``."""
     import jax
 
-    contestants, x, peer_name, block = _jax_contestants(shape, dtype, use_flax)
+    contestants, (x, d_output), peer_name, block = _jax_contestants(shape, dtype, use_flax)
     calls = {}
     for name, ((forward, gradient), params) in contestants.items():
         calls[name] = {
             "forward": lambda f=forward, p=params: block(f(p, x)),
-            "forward_backward": lambda g=gradient, p=params: block(g(p, x)),
+            "forward_backward": lambda g=gradient, p=params: block(g(p, x, d_output)),
         }
     # Check: both impls against each other and the reference scan of xlstm's own equations
     # (the peer has other weights, so it is timed, not compared).
@@ -218,8 +220,8 @@ def jax_shape(shape, dtype: str, repeat: int, use_flax: bool):
     out_scan, out_cb = scan_fwd(layers, x), cb_fwd(layers, x)
     error = _relative(out_cb, out_scan)
     checks.append({"mode": "forward", "max_rel_diff": error, "ok": error <= CHECK_TOLERANCE[dtype]})
-    g_scan = jax.tree.leaves(scan_grad(layers, x))
-    g_cb = jax.tree.leaves(cb_grad(layers, x))
+    g_scan = jax.tree.leaves(scan_grad(layers, x, d_output))
+    g_cb = jax.tree.leaves(cb_grad(layers, x, d_output))
     error = max(_relative(a, b) for a, b in zip(g_cb, g_scan, strict=True))
     checks.append(
         {"mode": "forward_backward", "max_rel_diff": error, "ok": error <= CHECK_TOLERANCE[dtype]}
@@ -231,10 +233,10 @@ def jax_compile_times(shape, dtype: str, use_flax: bool) -> list[dict[str, Any]]
     """Compile time of forward+backward at T = 10 and T = 1000 (shape's other sizes)."""
     rows = []
     for t_x in (10, 1000):
-        contestants, x, _, _ = _jax_contestants((*shape[:3], t_x), dtype, use_flax)
+        contestants, (x, d_output), _, _ = _jax_contestants((*shape[:3], t_x), dtype, use_flax)
         for name, ((_, gradient), params) in contestants.items():
             start = time.perf_counter()
-            gradient.lower(params, x).compile()
+            gradient.lower(params, x, d_output).compile()
             rows.append({"contestant": name, "T": t_x, "compile_s": time.perf_counter() - start})
     return rows
 
