@@ -260,3 +260,23 @@ def test_generic_path_jits_with_arrays_captured_in_a_closure():
     np.testing.assert_array_equal(np.asarray(closure(x)), np.asarray(arguments(x, a0, parameters)))
     eager = xlstm.lstm_forward(x, a0, parameters)[0]
     np.testing.assert_allclose(np.asarray(closure(x)), np.asarray(eager), rtol=0, atol=TOL)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_framework_jax_reports_both_impls_and_compile_times(tmp_path):
+    import json
+
+    from xlstm.bench import cli
+
+    path = tmp_path / "bench.json"
+    argv = ["--backend", "jax", "--framework", "--sizes", "4,6,3,5", "--repeat", "1", "--quiet"]
+    assert cli.main([*argv, "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert all(check["ok"] for check in report["checks"])
+    names = {row["contestant"] for row in report["results"]}
+    assert {"xlstm.jax (scan)", "xlstm.jax (callback)", report["peer"]} <= names
+    assert {(row["contestant"], row["T"]) for row in report["compile"]} == {
+        (name, t_x) for name in names for t_x in (10, 1000)
+    }

@@ -395,3 +395,30 @@ def test_cuda_without_cupy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
     with pytest.raises(ImportError, match="install the `cuda12` or `cuda13` extra"):
         xt.cuda_bridge(torch.device("cuda", 0))
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_framework_torch_compares_with_torch_nn_lstm(tmp_path, capsys):
+    import json
+
+    from xlstm.bench import cli
+
+    path = tmp_path / "bench.json"
+    argv = ["--backend", "torch", "--framework", "--sizes", "4,6,3,5", "--repeat", "1"]
+    assert cli.main([*argv, "--quiet", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["peer"] == "torch.nn.LSTM"
+    assert all(check["ok"] for check in report["checks"])
+    pairs = {(row["contestant"], row["mode"]) for row in report["results"]}
+    for mode in ("inference", "forward", "forward_backward"):
+        assert {("xlstm.torch.LSTM", mode), ("torch.nn.LSTM", mode)} <= pairs
+    assert "xlstm.torch.LSTM" in capsys.readouterr().out
+
+
+def test_bench_framework_needs_torch_or_jax(capsys):
+    from xlstm.bench import cli
+
+    assert cli.main(["--framework", "--sizes", "4,6,3,5"]) == 2
+    assert "add --backend torch|jax" in capsys.readouterr().err
