@@ -44,7 +44,8 @@ def _inputs(m, t_x, n_x, count, hidden, batch_first=False, seed=1):
 def _loss(output, h_n, c_n):
     """Every output and both final states reach the loss, with unequal weights."""
     data = output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
-    weights = torch.linspace(-1.0, 2.0, data.numel(), dtype=data.dtype).reshape(data.shape)
+    weights = torch.linspace(-1.0, 2.0, data.numel(), dtype=data.dtype, device=data.device)
+    weights = weights.reshape(data.shape)
     return (data * weights).sum() + (data**2).sum() + (h_n**3).sum() - (c_n * h_n).sum()
 
 
@@ -395,6 +396,27 @@ def test_cuda_without_cupy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
     with pytest.raises(ImportError, match="install the `cuda12` or `cuda13` extra"):
         xt.cuda_bridge(torch.device("cuda", 0))
+
+
+@pytest.mark.gpu
+def test_cuda_equals_torch_on_cuda():
+    """The real CUDA path (CuPy engine on torch's memory and stream): only with a GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA GPU")
+    pytest.importorskip("cupy")
+    reference, mine = _pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    reference, mine = reference.cuda(), mine.cuda()
+    x, h0, c0 = (t.detach().cuda().requires_grad_() for t in _inputs(5, 6, 3, 4, 4))
+    lengths = torch.tensor([6, 2, 4, 1, 5])
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # not the default stream: the kernels must follow it
+        got = _run(mine, (x, (h0, c0)), {"lengths": lengths}, wrt=(x, h0, c0))
+    torch.cuda.synchronize()
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    output, (h_n, c_n) = reference(packed, (h0, c0))
+    output, _ = pad_packed_sequence(output, total_length=6)
+    grads = torch.autograd.grad(_loss(output, h_n, c_n), [x, h0, c0, *reference.parameters()])
+    _assert_close(got, (output, h_n, c_n, grads))
 
 
 # --------------------------------------------------------------------------- bench
