@@ -116,6 +116,8 @@ def cuda_bridge(device: torch.device) -> Bridge:
             yield
 
     def to_array(tensor: torch.Tensor) -> Any:
+        if 0 in tensor.stride():  # an expanded gradient (``output.sum().backward()``)
+            tensor = tensor.contiguous()
         return cupy.from_dlpack(tensor.detach())
 
     def from_array(array: Any) -> torch.Tensor:
