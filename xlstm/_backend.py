@@ -125,7 +125,9 @@ def namespace_of(arrays: Mapping[str, Any], *, xp: Any = None) -> ModuleType:
     namespace = array_api_compat.array_namespace(*arrays.values())
     reference_device = array_api_compat.device(first)
     for name, array in arrays.items():
-        if array_api_compat.device(array) != reference_device:
+        # Inside jax.jit a tracer meets arrays captured in a closure: JAX places them all.
+        placed_by_jax = _placed_by_jax(array) or _placed_by_jax(first)
+        if not placed_by_jax and array_api_compat.device(array) != reference_device:
             msg = (
                 f"`{name}` is on device {array_api_compat.device(array)} but `{first_name}` "
                 f"is on {reference_device}; all arrays must be on one device"
@@ -147,6 +149,12 @@ def namespace_of(arrays: Mapping[str, Any], *, xp: Any = None) -> ModuleType:
         msg = f"`xp` = {xp!r} does not match the arrays, which are {library_name(first)} arrays"
         raise TypeError(msg)
     return namespace
+
+
+def _placed_by_jax(array: Any) -> bool:
+    """A JAX tracer (an argument inside ``jax.jit``) has no device until JAX places it,
+    together with the concrete arrays it meets (closure constants are moved there)."""
+    return library_name(array) == "jax" and array_api_compat.device(array) is None
 
 
 def backend_name(xp: ModuleType) -> str:

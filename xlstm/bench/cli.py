@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="seconds to sleep when switching between CPU libraries (default: 0.2)",
     )
+    add(
+        "--framework",
+        action="store_true",
+        help="with --backend torch|jax: time xlstm.torch.LSTM / xlstm.jax.lstm against "
+        "torch.nn.LSTM / a jitted JAX LSTM (see docs/frameworks.md)",
+    )
     add("--json", metavar="FILE", default=None, help="also write all results to FILE")
     add("--quiet", action="store_true", help="no progress display on stderr")
     return parser
@@ -552,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     except UsageError as error:
         return _fail(str(error))
+    if args.framework:
+        from ._frameworks import main as frameworks_main
+
+        return frameworks_main(args)
     try:
         sizes = parse_sizes(args.sizes)
         if args.json is not None:
