@@ -105,6 +105,9 @@ class LSTMModel:
         The optimiser and its explicit state (``None`` until the first step).
     extra : dict
         JSON-serialisable data saved with the model (e.g. training progress).
+    carried_state : tuple or None
+        The truncated-BPTT state saved with the checkpoint this model was loaded from
+        (:meth:`save` ``state=``), to continue that run exactly; ``None`` otherwise.
     """
 
     kind = "LSTMModel"
@@ -168,6 +171,7 @@ class LSTMModel:
         self.clip_norm = clip_norm
         self.opt_state: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
+        self.carried_state: tuple[Any, Any] | None = None
 
     def _initial_parameters(self, backend, device, dtype, seed, init_seed) -> dict[str, Any]:
         options = {
@@ -444,6 +448,9 @@ class LSTMModel:
         clone.lstm = self.lstm.to(backend, device=device)
         clone._head = to_backend(self._head, backend, device=device)
         clone.extra = json.loads(json.dumps(self.extra))
+        if self.carried_state is not None:
+            moved = to_backend(dict(zip("ac", self.carried_state)), backend, device=device)
+            clone.carried_state = (moved["a"], moved["c"])
         if self.opt_state is not None:
             clone.opt_state = {
                 key: (
@@ -462,10 +469,12 @@ class LSTMModel:
         """
         return self._copy_to(backend, device)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, state: Any = None) -> Path:
         """Write a ``.npz`` checkpoint atomically (:mod:`xlstm.checkpoint`); returns its path.
 
-        ``".npz"`` is appended when ``path`` has no suffix.
+        ``".npz"`` is appended when ``path`` has no suffix.  ``state``: the carried ``(a, c)``
+        of a truncated-BPTT run (what :meth:`train_step` returned), kept in the file so that
+        the run continues exactly (:attr:`carried_state` of the loaded model).
         """
         meta = {
             "class": self.kind,
@@ -480,7 +489,26 @@ class LSTMModel:
             for slot, buffers in self.opt_state.items():
                 if isinstance(buffers, Mapping):
                     arrays.update({f"opt/{slot}/{k}": to_host(v) for k, v in buffers.items()})
+        if state is not None:
+            arrays["state/a"], arrays["state/c"] = self._host_state(state)
         return checkpoint.write(path, meta, arrays)
+
+    def _host_state(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        """A carried ``(a, c)`` as host arrays ``(L D, n_a, m)`` (the checkpoint's layout)."""
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError("`state` must be None or the (a, c) tuple a previous call returned")
+        a, c = (_host_array(v) for v in state)
+        rows = self.num_layers * self.lstm.directions
+        if a.shape != c.shape or a.ndim not in (2, 3) or a.shape[-2] != self.n_a:
+            msg = (
+                f"`state` arrays have shapes {a.shape}, {c.shape}; expected ({rows}, {self.n_a}, m)"
+            )
+            raise ValueError(msg)
+        shape = (rows, self.n_a, a.shape[-1])
+        if a.size != np.prod(shape):
+            msg = f"`state` arrays have shape {a.shape}; expected {shape}"
+            raise ValueError(msg)
+        return a.reshape(shape), c.reshape(shape)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: Any = None, device: Any = None) -> LSTMModel:
@@ -499,6 +527,11 @@ class LSTMModel:
             msg = f"`path` {str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}"
             raise ValueError(msg)
         return model
+
+
+def _host_array(value: Any) -> np.ndarray:
+    # A data-parallel run carries its state as dask arrays on the workers.
+    return np.asarray(value.compute()) if hasattr(value, "compute") else to_host(value)
 
 
 class CharLSTM(LSTMModel):
@@ -670,6 +703,11 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
             }
         model.opt_state = state
     model.extra = dict(meta.get("extra", {}))
+    if "state/a" in arrays:
+        carried = tuple(
+            xp.asarray(arrays[k], device=device, copy=True) for k in ("state/a", "state/c")
+        )
+        model.carried_state = model._final(carried)
     return model
 
 
