@@ -895,7 +895,8 @@ class _Session:
             "args": {k: str(v) for k, v in vars(self.args).items()},
         }
         try:
-            self.model.save(self.checkpoint, state=snapshot.state if exact else None)
+            self.model.carried_state = snapshot.state if exact else None
+            self.model.save(self.checkpoint)
         except (OSError, ValueError, TypeError) as error:  # disk full, read-only, NaN weights
             raise _SaveError(f"cannot save {self.checkpoint}: {error}") from None
 

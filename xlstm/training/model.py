@@ -106,8 +106,9 @@ class LSTMModel:
     extra : dict
         JSON-serialisable data saved with the model (e.g. training progress).
     carried_state : tuple or None
-        The truncated-BPTT state saved with the checkpoint this model was loaded from
-        (:meth:`save` ``state=``), to continue that run exactly; ``None`` otherwise.
+        The ``(a, c)`` of a truncated-BPTT run to keep with the model (what
+        :meth:`train_step` returned): :meth:`save` writes it and :func:`load_model` restores
+        it, so that the run continues exactly.  ``None``: nothing kept.
     """
 
     kind = "LSTMModel"
@@ -449,7 +450,8 @@ class LSTMModel:
         clone._head = to_backend(self._head, backend, device=device)
         clone.extra = json.loads(json.dumps(self.extra))
         if self.carried_state is not None:
-            moved = to_backend(dict(zip("ac", self.carried_state)), backend, device=device)
+            a, c = self.carried_state
+            moved = to_backend({"a": a, "c": c}, backend, device=device)
             clone.carried_state = (moved["a"], moved["c"])
         if self.opt_state is not None:
             clone.opt_state = {
@@ -469,12 +471,11 @@ class LSTMModel:
         """
         return self._copy_to(backend, device)
 
-    def save(self, path: str | os.PathLike, *, state: Any = None) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.npz`` checkpoint atomically (:mod:`xlstm.checkpoint`); returns its path.
 
-        ``".npz"`` is appended when ``path`` has no suffix.  ``state``: the carried ``(a, c)``
-        of a truncated-BPTT run (what :meth:`train_step` returned), kept in the file so that
-        the run continues exactly (:attr:`carried_state` of the loaded model).
+        ``".npz"`` is appended when ``path`` has no suffix.  The file holds the parameters,
+        the optimiser state, :attr:`extra` and :attr:`carried_state`.
         """
         meta = {
             "class": self.kind,
@@ -489,14 +490,14 @@ class LSTMModel:
             for slot, buffers in self.opt_state.items():
                 if isinstance(buffers, Mapping):
                     arrays.update({f"opt/{slot}/{k}": to_host(v) for k, v in buffers.items()})
-        if state is not None:
-            arrays["state/a"], arrays["state/c"] = self._host_state(state)
+        if self.carried_state is not None:
+            arrays["state/a"], arrays["state/c"] = self._host_state(self.carried_state)
         return checkpoint.write(path, meta, arrays)
 
     def _host_state(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
         """A carried ``(a, c)`` as host arrays ``(L D, n_a, m)`` (the checkpoint's layout)."""
         if not (isinstance(state, tuple) and len(state) == 2):
-            raise TypeError("`state` must be None or the (a, c) tuple a previous call returned")
+            raise TypeError("`carried_state` must be None or the (a, c) tuple of a train_step")
         a, c = (_host_array(v) for v in state)
         rows = self.num_layers * self.lstm.directions
         if a.shape != c.shape or a.ndim not in (2, 3) or a.shape[-2] != self.n_a:
@@ -506,7 +507,7 @@ class LSTMModel:
             raise ValueError(msg)
         shape = (rows, self.n_a, a.shape[-1])
         if a.size != np.prod(shape):
-            msg = f"`state` arrays have shape {a.shape}; expected {shape}"
+            msg = f"`carried_state` arrays have shape {a.shape}; expected {shape}"
             raise ValueError(msg)
         return a.reshape(shape), c.reshape(shape)
 
