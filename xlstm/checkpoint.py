@@ -23,16 +23,17 @@ a broken checkpoint.  A save killed outright (``SIGKILL``, power loss) leaves it
 file behind; the next save of the same checkpoint removes it.  A new checkpoint gets the
 usual mode of new files (``0o666`` less the umask); replacing one keeps its mode.
 
-Reading (:func:`read`): files are untrusted.  Nothing is unpickled, and everything is
-checked before it is allocated, in this order: the file is a regular file and a zip whose
-member names are exactly ``meta.npy``, ``param/<key>.npy``, ``opt/<slot>/<key>.npy`` and
+Reading (:func:`read`): files are untrusted. Nothing is unpickled, and everything is checked
+before it is allocated, in this order: the file is a regular file and a zip whose member
+names are exactly ``meta.npy``, ``param/<key>.npy``, ``opt/<slot>/<key>.npy`` and
 ``state/a.npy``, ``state/c.npy`` (no folders, duplicates or other names), stored
-uncompressed (so no member can expand beyond the file's own size); the ``meta`` record
-(at most :data:`MAX_META_CHARS` characters of JSON nested at most :data:`MAX_META_DEPTH`
-deep) and every field's type; the set of members the record calls for; each member's ``.npy`` header (dtype, shape, size,
-against the record and the zip directory).  Only then is array data read, exactly the
-declared number of bytes of each member, CRC-checked; parameters and optimiser buffers
-must be finite.  Any problem is a :class:`CheckpointError` naming the file and the problem.
+uncompressed (so no member can expand beyond the file's own size); the ``meta`` record (at
+most :data:`MAX_META_CHARS` characters of JSON nested at most :data:`MAX_META_DEPTH` deep)
+and every field's type; the set of members the record calls for; each member's ``.npy``
+header (dtype, shape, size, against the record and the zip directory). Only then is array
+data read, exactly the declared number of bytes of each member, CRC-checked; parameters and
+optimiser buffers must be finite. Any problem is a :class:`CheckpointError` naming the file
+and the problem.
 """
 
 from __future__ import annotations
