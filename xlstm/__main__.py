@@ -28,7 +28,7 @@ class Command(NamedTuple):
 COMMANDS = {
     "train": Command("xlstm.training.cli", "train a character-level language model"),
     "bench": Command("xlstm.bench.cli", "time forward and forward+backward against torch.nn.LSTM"),
-    "predict": Command("xlstm.dask.predict_cli", "batch inference of a saved model, chunked (Dask)"),
+    "predict": Command("xlstm.dask.predict_cli", "batch inference of a saved model (Dask)"),
     "export": Command("xlstm.export_cli", "write a saved model as an ONNX file"),
 }
 
@@ -41,7 +41,8 @@ def usage() -> str:
         "commands (`python -m xlstm COMMAND --help` for each one's options):",
     ]
     lines += [f"  {name:8} {command.summary}" for name, command in COMMANDS.items()]
-    lines += ["", "options:", "  -h, --help  show this help and exit", "  --version   show the version"]
+    lines += ["", "options:", "  -h, --help  show this help and exit"]
+    lines += ["  --version   show the version and exit"]
     return "\n".join(lines)
 
 
