@@ -196,3 +196,36 @@ def test_the_runner_gives_every_command_the_same_ends(monkeypatch, capsys, error
     assert entry.main(["train"]) == status
     err = capsys.readouterr().err
     assert err.splitlines() == ([] if line is None else [line])
+
+
+TAMPERED = {
+    "offset": ({"offset": 10**9}, None, "does not fit the streams it names"),
+    "chunk": ({"chunk": 10**9}, None, "does not fit the streams it names"),
+    "no carried state": ({}, "drop", "carried state of None streams) does not fit"),
+    "other batch in the state": ({}, "narrow", "carried state of 2 streams) does not fit"),
+    "step": ({"step": 3}, None, "position of step 3, the model is at step 4"),
+    "bool": ({"chunk": True}, None, "position must have the keys"),
+    "keys": ({"where": 1}, None, "position must have the keys"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED), ids=list(TAMPERED))
+def test_a_tampered_position_is_one_line_before_training(tmp_path, case):
+    changes, state, match = TAMPERED[case]
+    options = _options(tmp_path, "float64", 1)
+    _train([*options, "--steps", 4, "--out", tmp_path])
+    path = tmp_path / "checkpoint.npz"
+    model = load_model(path)
+    model.extra["progress"]["position"].update(changes)
+    if state == "drop":
+        model.carried_state = None
+    elif state == "narrow":
+        model.carried_state = tuple(v[:, :2] for v in model.carried_state)
+    model.save(path)
+    code, out, err = _run([*options, "--steps", 1, "--out", tmp_path, "--resume"])
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(f"python -m xlstm train: error: --resume {path}: ")
+    assert match in err
+    assert load_model(path).step == 4

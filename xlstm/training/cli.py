@@ -460,7 +460,9 @@ def _restore_progress(model: CharLSTM, where: str) -> _Restored:
             isinstance(position, dict)
             and sorted(position) == sorted(_POSITION_KEYS)
             and all(
-                isinstance(position[k], int) and position[k] >= 0
+                isinstance(position[k], int)
+                and not isinstance(position[k], bool)
+                and position[k] >= 0
                 for k in ("step", "offset", "chunk")
             )
             and isinstance(position["streams"], str)
@@ -655,15 +657,63 @@ def _setup(args: argparse.Namespace) -> _Run:
         raise UsageError(
             f"--out {args.out}: cannot create it ({error.strerror or error})"
         ) from None
+    train_ids = model.encode(train_text)
+    streams = _streams_identity(train_ids, args)
+    resume_at, initial_state, note = _resume_point(
+        args, train_ids, streams, model, restored, str(resume_path)
+    )
     return _Run(
         model=model,
         text=text,
         train_text=train_text,
-        train_ids=model.encode(train_text),
+        train_ids=train_ids,
         val_ids=model.encode(val_text),
         restored=restored,
         resumed_from=resume_path,
+        streams=streams,
+        resume_at=resume_at,
+        initial_state=initial_state,
+        note=note,
     )
+
+
+def _streams_identity(ids: np.ndarray, args: argparse.Namespace) -> str:
+    """What a saved stream position is valid for: these streams of this text."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(ids))).hexdigest()[:16]
+    return f"{args.batch}x{args.seq_len} over {len(ids)} ids, sha256 {digest}"
+
+
+def _resume_point(args, ids, streams: str, model: CharLSTM, restored: _Restored, where: str):
+    """``(resume_at, initial_state, note)``: where the first pass starts and the state it
+    carries in.  A recorded position of these streams: exactly where the checkpoint
+    stopped; none, or one of other streams: a new pass (with a note)."""
+    position = restored.position
+    if position is None:
+        return None, None, ""
+    if position["streams"] != streams:
+        note = (
+            "note: the text, --batch or --seq-len differ from the checkpoint's run: "
+            "training continues with a new pass over the text (not an exact continuation)"
+        )
+        return None, None, note
+    offset, chunk = position["offset"], position["chunk"]
+    spare = len(ids) - 1 - args.batch * args.seq_len
+    chunks = n_tbptt_chunks(len(ids) - offset, args.batch, args.seq_len)
+    state = model.carried_state
+    m = None if state is None else int(state[0].shape[-1])
+    if (
+        offset > min(args.seq_len - 1, spare)
+        or chunk > chunks
+        or (chunk < chunks and m != args.batch)
+    ):
+        msg = (
+            f"--resume {where}: its position (offset {offset}, chunk {chunk}, carried state of "
+            f"{m} streams) does not fit the streams it names"
+        )
+        raise UsageError(msg)
+    if chunk == chunks:
+        return None, None, ""  # the checkpoint's pass was complete: a new one begins
+    return (offset, chunk), state, ""
 
 
 def _check_lengths(args: argparse.Namespace, text: str, train_text: str) -> None:
@@ -787,22 +837,17 @@ class _Streams:
     where it is: a pass starts at a random offset (so chunk boundaries move), and a resumed
     run finishes the pass its checkpoint stopped in, chunk for chunk."""
 
-    def __init__(self, ids: np.ndarray, args: argparse.Namespace, rng, resume_at=None) -> None:
+    def __init__(self, ids: np.ndarray, args: argparse.Namespace, rng, identity: str) -> None:
         self.ids, self.batch, self.seq_len, self.rng = ids, args.batch, args.seq_len, rng
-        self.chunks = n_tbptt_chunks(len(ids), self.batch, self.seq_len)
+        self.identity = identity
         self.offset, self.chunk, self.begun = 0, 0, False
-        self.resume_at = resume_at  # (offset, chunk) of the first pass
+        self.resume_at: tuple[int, int] | None = None  # (offset, chunk) of the first pass
 
     def position(self) -> tuple[int, int] | None:
         """``(offset, chunks read)`` of the current pass; ``None`` before the first."""
         if self.resume_at is not None:
             return self.resume_at
         return (self.offset, self.chunk) if self.begun else None
-
-    def identity(self) -> str:
-        """What a saved position is valid for: these streams of this text."""
-        digest = hashlib.sha256(self.ids.tobytes()).hexdigest()[:16]
-        return f"{self.batch}x{self.seq_len} over {len(self.ids)} ids, sha256 {digest}"
 
     def __call__(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.resume_at is not None:
@@ -833,7 +878,7 @@ class _Snapshot:
         self.position = None
         if where is not None:
             self.position = {
-                "step": model.step, "streams": streams.identity(),
+                "step": model.step, "streams": streams.identity,
                 "offset": where[0], "chunk": where[1],
             }  # fmt: skip
         self.rng = rng.bit_generator.state
@@ -984,26 +1029,6 @@ class _Checkpoint(Callback):
         s.tick = time.perf_counter()
 
 
-def _streams_for(args, run: _Run, session: _Session) -> tuple[_Streams, Any]:
-    """The training streams and the first batch's carried state: where the checkpoint
-    stopped, when it recorded a position for these streams; a new pass otherwise."""
-    streams = _Streams(run.train_ids, args, session.rng)
-    position, model = run.restored.position, run.model
-    if position is None:
-        return streams, None
-    if position["streams"] != streams.identity():
-        print(
-            "note: the text, --batch or --seq-len differ from the checkpoint's run: "
-            "training continues with a new pass over the text (not an exact continuation)",
-            file=session.stderr,
-        )
-        return streams, None
-    if position["chunk"] >= streams.chunks or model.carried_state is None:
-        return streams, None  # the checkpoint's pass was complete: a new one begins
-    streams.resume_at = (position["offset"], position["chunk"])
-    return streams, model.carried_state
-
-
 def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, trainer) -> int:
     """Train with :func:`xlstm.training.fit` until ``--steps``, ``--time-limit``, a closed
     output or Ctrl-C; save, write the loss curve and the summary line."""
@@ -1016,7 +1041,10 @@ def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, trainer) -> int:
         f"unigram entropy {entropy:.3f} nats/char; target {0.75 * entropy:.3f}",
         file=stderr,
     )
-    streams, state = _streams_for(args, run, session)
+    streams = _Streams(run.train_ids, args, session.rng, run.streams)
+    streams.resume_at, state = run.resume_at, run.initial_state
+    if run.note:
+        print(run.note, file=stderr)
     if run.restored.dropout_rng is not None:
         model.lstm._dropout_rng.bit_generator.state = run.restored.dropout_rng
     callbacks = [
