@@ -121,6 +121,7 @@ def test_step_counts_after_resume_are_the_models(tmp_path):
     options = [*_options(tmp_path, "float64", 1), "--out", tmp_path, "--eval-every", 1]
     _train([*options, "--steps", 5])
     _, err = _train([*options, "--steps", 3, "--resume"])
+    assert "; 3 more steps, to step 8\n" in err
     counts = [(int(a), int(b)) for a, b in re.findall(r"step (\d+)/(\d+)", err)]
     assert counts == [(6, 8), (7, 8), (8, 8)]
     summary = json.loads(err.splitlines()[-1].removeprefix("summary "))

@@ -1035,7 +1035,10 @@ def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, trainer) -> int:
     session = _Session(args, run, stdout, stderr)
     model, entropy = run.model, unigram_entropy(run.text)
     if run.resumed_from is not None:
-        print(f"resumed {model} from {run.resumed_from}", file=stderr)
+        more = (
+            "" if args.steps is None else f"; {args.steps} more steps, to step {session.end_step}"
+        )
+        print(f"resumed {model} from {run.resumed_from}{more}", file=stderr)
     print(
         f"training {model} on {len(run.text)} characters ({len(model.vocab)} distinct); "
         f"unigram entropy {entropy:.3f} nats/char; target {0.75 * entropy:.3f}",
