@@ -1,29 +1,84 @@
-"""``python -m xlstm {bench,train,predict,export} ...``: one entry point, one module a command."""
+"""``python -m xlstm COMMAND [options]``: one entry point, one table of commands.
+
+Each command is a module with a ``main(argv) -> int``; this runner finds it in
+:data:`COMMANDS`, imports it only when it is asked for (so ``python -m xlstm train`` never
+imports Dask or ONNX), and gives every command the same ends (:func:`xlstm._cli.run_command`):
+a usage error is one line and status 2, Ctrl-C one line and status 130, a closed output
+(``... | head``) a quiet end.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import NamedTuple
+
+from ._cli import EXIT_USAGE, UsageError, quiet_closed_stdout, run_command
+
+PROG = "python -m xlstm"
+
+
+class Command(NamedTuple):
+    """Where a command lives and what it does (one line of ``--help``)."""
+
+    module: str
+    summary: str
+
 
 COMMANDS = {
-    "bench": ("xlstm.bench.cli", "time forward and forward+backward against torch.nn.LSTM"),
-    "train": ("xlstm.training.cli", "train a character-level language model"),
-    "predict": ("xlstm.dask.predict_cli", "batch inference of a saved model, chunked (Dask)"),
-    "export": ("xlstm.export_cli", "write a saved model as an ONNX file"),
+    "train": Command("xlstm.training.cli", "train a character-level language model"),
+    "bench": Command("xlstm.bench.cli", "time forward and forward+backward against torch.nn.LSTM"),
+    "predict": Command("xlstm.dask.predict_cli", "batch inference of a saved model (Dask)"),
+    "export": Command("xlstm.export_cli", "write a saved model as an ONNX file"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"usage: python -m xlstm {{{','.join(COMMANDS)}}} [options]", ""]
-        lines += [f"  {name:8} {summary}" for name, (_, summary) in COMMANDS.items()]
-        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
-        print("\n".join(lines), file=sys.stdout if asked_for_help else sys.stderr)
-        return 0 if asked_for_help else 2
-    import importlib
+def usage() -> str:
+    """The runner's ``--help`` text."""
+    lines = [
+        f"usage: {PROG} [--version] {{{','.join(COMMANDS)}}} [options]",
+        "",
+        "commands (`python -m xlstm COMMAND --help` for each one's options):",
+    ]
+    lines += [f"  {name:8} {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "options:", "  -h, --help  show this help and exit"]
+    lines += ["  --version   show the version and exit"]
+    return "\n".join(lines)
 
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+
+def _version() -> str:
+    from . import __version__
+
+    return f"xlstm {__version__}"
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return EXIT_USAGE
+    name, rest = argv[0], argv[1:]
+    if name in ("-h", "--help"):
+        print(usage())
+        return 0
+    if name == "--version":
+        print(_version())
+        return 0
+    if name not in COMMANDS:
+        what = "option" if name.startswith("-") else "command"
+        raise UsageError(f"unknown {what} {name!r} (choose from {', '.join(COMMANDS)})")
+    module = importlib.import_module(COMMANDS[name].module)
+    return run_command(f"{PROG} {name}", lambda: module.main(rest))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m xlstm ...`` with ``argv`` (default: the command line); the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    status = run_command("xlstm", lambda: _dispatch(argv))
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away after the last write
+        quiet_closed_stdout()
+    return status
 
 
 if __name__ == "__main__":

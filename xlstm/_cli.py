@@ -1,17 +1,28 @@
-"""What the command-line tools share: one-line usage errors, number parsers, a progress line.
+"""What the command-line tools share: exit statuses, one-line usage errors, number parsers,
+a help formatter, a progress line.
 
 Every ``python -m xlstm`` command reports a bad argument as exactly one line on stderr
 and exit status 2, before any work starts; progress goes to stderr, rewritten in place on
-a terminal and as plain lines (or nothing) otherwise.
+a terminal and as plain lines (or nothing) otherwise.  :func:`run_command` maps what ends
+a command to its exit status (:data:`EXIT_USAGE`, :data:`EXIT_INTERRUPTED`, quiet on a
+closed pipe), for ``python -m xlstm`` and for the commands' own ``main`` functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+EXIT_USAGE = 2
+"""Exit status of a bad command line or input (one line on stderr, nothing done)."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports it)."""
 
 
 class UsageError(Exception):
@@ -23,6 +34,56 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see --help)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is nothing to show: a
+    default of ``None`` (the help text says what happens) or a help text that already
+    states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def quiet_closed_stdout() -> None:
+    """Point standard output at ``os.devnull`` after its reader went away, so that Python's
+    final flush does not print ``Exception ignored ... BrokenPipeError``."""
+    try:
+        descriptor = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(descriptor, sys.stdout.fileno())
+        os.close(descriptor)
+    except (OSError, ValueError, AttributeError):
+        pass  # no descriptor (a StringIO in tests): nothing will flush it at exit
+
+
+def run_command(prog: str, body: Callable[[], int], *, stderr: TextIO | None = None) -> int:
+    """``body()``'s exit status, with what ends every command handled the same way.
+
+    A :class:`UsageError` is one line ``prog: error: ...`` and :data:`EXIT_USAGE`;
+    ``--help`` (argparse's ``SystemExit``) its own status; Ctrl-C one line
+    ``prog: interrupted`` and :data:`EXIT_INTERRUPTED`; a closed standard output
+    (``... | head``) ends quietly with status 0.
+    """
+    stream = sys.stderr if stderr is None else stderr
+    try:
+        return body()
+    except SystemExit as exit_:  # --help, --version
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=stream)  # sys.exit("message"), as Python itself reports it
+        return 1
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=stream)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=stream)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        quiet_closed_stdout()
+        return 0
 
 
 def number(text: str, convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str):
@@ -112,6 +173,9 @@ class Progress:
 
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "HelpFormatter",
     "Parser",
     "Progress",
     "UsageError",
@@ -121,4 +185,6 @@ __all__ = [
     "number",
     "positive_float",
     "positive_int",
+    "quiet_closed_stdout",
+    "run_command",
 ]

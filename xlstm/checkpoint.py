@@ -2,7 +2,9 @@
 
 A checkpoint is a zip of uncompressed ``.npy`` members (``numpy.savez``): the parameters
 (``param/<key>``, keys of :func:`parameter_shapes`), the optimiser state of a training
-model (``opt/<slot>/<key>``) and one JSON string ``meta``::
+model (``opt/<slot>/<key>``), optionally the carried state ``state/a``, ``state/c`` of a
+truncated-BPTT run (``(num_layers * D, n_a, m)``, so that it continues exactly) and one JSON
+string ``meta``::
 
     format, version       "xlstm-checkpoint", 2
     class                 "LSTM" | "LSTMModel" | "CharLSTM"
@@ -21,16 +23,17 @@ a broken checkpoint.  A save killed outright (``SIGKILL``, power loss) leaves it
 file behind; the next save of the same checkpoint removes it.  A new checkpoint gets the
 usual mode of new files (``0o666`` less the umask); replacing one keeps its mode.
 
-Reading (:func:`read`): files are untrusted.  Nothing is unpickled, and everything is
-checked before it is allocated, in this order: the file is a regular file and a zip whose
-member names are exactly ``meta.npy``, ``param/<key>.npy`` and ``opt/<slot>/<key>.npy``
-(no folders, duplicates or other names), stored uncompressed (so no member can expand
-beyond the file's own size); the ``meta`` record (at most :data:`MAX_META_CHARS`
-characters of JSON nested at most :data:`MAX_META_DEPTH` deep) and every field's type; the
-set of members the record calls for; each member's ``.npy`` header (dtype, shape, size,
-against the record and the zip directory).  Only then is array data read, exactly the
-declared number of bytes of each member, CRC-checked; parameters and optimiser buffers
-must be finite.  Any problem is a :class:`CheckpointError` naming the file and the problem.
+Reading (:func:`read`): files are untrusted. Nothing is unpickled, and everything is checked
+before it is allocated, in this order: the file is a regular file and a zip whose member
+names are exactly ``meta.npy``, ``param/<key>.npy``, ``opt/<slot>/<key>.npy`` and
+``state/a.npy``, ``state/c.npy`` (no folders, duplicates or other names), stored
+uncompressed (so no member can expand beyond the file's own size); the ``meta`` record (at
+most :data:`MAX_META_CHARS` characters of JSON nested at most :data:`MAX_META_DEPTH` deep)
+and every field's type; the set of members the record calls for; each member's ``.npy``
+header (dtype, shape, size, against the record and the zip directory). Only then is array
+data read, exactly the declared number of bytes of each member, CRC-checked; parameters and
+optimiser buffers must be finite. Any problem is a :class:`CheckpointError` naming the file
+and the problem.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ MAX_META_CHARS = 1 << 22
 MAX_META_DEPTH = 32
 """Deepest nesting of lists and objects in the ``meta`` record (``extra`` included)."""
 
-_MEMBER = re.compile(r"meta|param/[A-Za-z0-9_]+|opt/[A-Za-z0-9_]+/[A-Za-z0-9_]+")
+_MEMBER = re.compile(r"meta|param/[A-Za-z0-9_]+|opt/[A-Za-z0-9_]+/[A-Za-z0-9_]+|state/[ac]")
+_STATE = ("state/a", "state/c")  # the carried (a, c) of a training model, optional
 _HEADER_LIMIT = 10_000  # bytes of a .npy header dict (NumPy's own default limit)
 _TEMPORARY = r"\.[a-z0-9_]{8}\.tmp"  # <name>.<8 characters>.tmp, as write() names them
 _STALE_SECONDS = 3600.0  # without file locks: temporary files older than this are stale
@@ -212,7 +216,8 @@ def write(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.nd
     for name, value in arrays.items():
         if not _MEMBER.fullmatch(name) or name == "meta":
             raise ValueError(
-                f"`arrays` has a key {name!r} that is not param/<key> or opt/<slot>/<key>"
+                f"`arrays` has a key {name!r} that is not param/<key>, opt/<slot>/<key> or "
+                "state/<a|c>"
             )
         if not bool(np.isfinite(value).all()):
             msg = (
@@ -307,8 +312,8 @@ class _Reader:
             stem = name[:-4] if name.endswith(".npy") else None
             if stem is None or not _MEMBER.fullmatch(stem):
                 raise self.invalid(
-                    f"unexpected member {name!r} (members are meta.npy, param/<key>.npy and "
-                    "opt/<slot>/<key>.npy)"
+                    f"unexpected member {name!r} (members are meta.npy, param/<key>.npy, "
+                    "opt/<slot>/<key>.npy and state/<a|c>.npy)"
                 )
             if stem in self.members:
                 raise self.invalid(f"member {name!r} appears twice")
@@ -506,7 +511,8 @@ def read(
     meta : dict
         The record, version 1 upgraded to version 2.
     arrays : dict
-        ``param/<key>`` and ``opt/<slot>/<key>`` (version 2 keys), native byte order.
+        ``param/<key>``, ``opt/<slot>/<key>`` (version 2 keys) and, if saved, ``state/a``,
+        ``state/c``; native byte order.
 
     Raises
     ------
@@ -537,6 +543,15 @@ def read(
         return _read_checked(reader, optimizer_slots)
 
 
+def _state_shape(meta, found: tuple[int, ...], fail, name: str) -> tuple[int, ...]:
+    """A carried state's shape: ``(num_layers * D, n_a, m)`` for any ``m >= 1`` (its size is
+    then checked against the zip directory like every member's)."""
+    rows = meta["num_layers"] * (2 if meta["bidirectional"] else 1)
+    if len(found) != 3 or found[:2] != (rows, meta["n_a"]) or found[2] < 1:
+        raise fail(f"`{name}` has shape {found}; expected ({rows}, {meta['n_a']}, m)")
+    return found
+
+
 def _read_checked(reader: _Reader, optimizer_slots) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     fail = reader.invalid
     meta = reader.meta()
@@ -553,7 +568,7 @@ def _read_checked(reader: _Reader, optimizer_slots) -> tuple[dict[str, Any], dic
     def stored(key: str) -> str:
         return key[: -len("_l0")] if meta["version"] == 1 and key.endswith("_l0") else key
 
-    wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # member -> (array name, shape)
+    wanted: dict[str, tuple[str, tuple[int, ...] | None]] = {}  # member -> (name, shape)
     for key, shape in expected.items():
         member = f"param/{stored(key)}"
         if member not in reader.members:
@@ -570,7 +585,12 @@ def _read_checked(reader: _Reader, optimizer_slots) -> tuple[dict[str, Any], dic
             found_slots.setdefault(parts[1], set()).add(key)
             wanted[member] = (f"opt/{parts[1]}/{key}", expected[key])
             continue
+        if member in _STATE and meta["class"] != "LSTM":
+            wanted[member] = (member, None)  # (L D, n_a, m): m from the header, below
+            continue
         raise fail(f"unexpected array `{member}`")
+    if sum(member in reader.members for member in _STATE) == 1:
+        raise fail("a carried state needs both `state/a` and `state/c`")
     if found_slots and meta["class"] == "LSTM":
         raise fail("optimiser buffers in a model without an optimiser")
     if slots is None and found_slots:
@@ -593,6 +613,8 @@ def _read_checked(reader: _Reader, optimizer_slots) -> tuple[dict[str, Any], dic
             found_shape, found_dtype, fortran, offset = reader.header(stream, name)
         if found_dtype.kind != "f" or found_dtype.newbyteorder("=") != dtype.newbyteorder("="):
             raise fail(f"`{name}` has dtype {found_dtype}; the config says {meta['dtype']}")
+        if shape is None:
+            shape = _state_shape(meta, found_shape, fail, name)
         if found_shape != shape:
             raise fail(f"`{name}` has shape {found_shape}; the config says {shape}")
         nbytes = dtype.itemsize * math.prod(shape)
@@ -602,6 +624,8 @@ def _read_checked(reader: _Reader, optimizer_slots) -> tuple[dict[str, Any], dic
             raise reader.unreadable(msg)
         layouts[member] = (name, shape, found_dtype, fortran, nbytes)
 
+    if _STATE[0] in layouts and layouts[_STATE[0]][1] != layouts[_STATE[1]][1]:
+        raise fail("`state/a` and `state/c` differ in shape")
     arrays: dict[str, np.ndarray] = {}
     for member, (name, shape, found_dtype, fortran, nbytes) in layouts.items():
         with reader.member(member, name) as stream:

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +51,8 @@ import numpy as np
 
 from .._backend import BACKENDS, get_namespace
 from .._cli import (
+    EXIT_INTERRUPTED,
+    HelpFormatter,
     Parser,
     Progress,
     UsageError,
@@ -57,8 +61,10 @@ from .._cli import (
     number,
     positive_float,
     positive_int,
+    run_command,
 )
 from .data import default_corpus, n_tbptt_chunks, split_text, tbptt_batches, unigram_entropy
+from .fit import Callback, Run, fit
 from .model import CharLSTM
 from .optim import SGD, Adam, AdamW
 
@@ -99,15 +105,6 @@ class _SaveError(Exception):
     """A checkpoint that could not be written (exit status 1)."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except ``None`` (options whose default the help text explains)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def _sample_length(text: str) -> int:
     return number(
         text,
@@ -132,14 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
             "stops); 1 the loss diverged or a file could not be written; 2 bad arguments or "
             "input (one line on stderr, before training); 130 Ctrl-C (state saved)."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    _data_options(parser.add_argument_group("data"))
+    _model_options(parser.add_argument_group("model"))
+    _training_options(parser.add_argument_group("training"))
+    _report_options(parser.add_argument_group("reporting and checkpoints"))
+    _dask_options(parser.add_argument_group("data-parallel training on dask (the `dask` extra)"))
+    return parser
+
+
+def _default(name: str) -> str:
     resumed = "with --resume: the checkpoint's, and a different value is an error"
+    return f"(default: {DEFAULTS[name]}; {resumed})"
 
-    def default(name: str) -> str:
-        return f"(default: {DEFAULTS[name]}; {resumed})"
 
-    data = parser.add_argument_group("data")
+def _data_options(data) -> None:
     data.add_argument(
         "--text",
         type=_path,
@@ -148,39 +153,53 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--val-fraction", type=_FRACTION, default=0.1, help="held-out tail of the text"
     )
-    model = parser.add_argument_group("model")
+
+
+def _model_options(model) -> None:
     model.add_argument(
         "--backend", default="numpy", help="numpy, cupy, torch, jax or array_api_strict"
     )
     model.add_argument("--device", default=None, help="device in the backend's terms, e.g. cuda:0")
-    model.add_argument("--dtype", choices=("float32", "float64"), help=default("dtype"))
-    model.add_argument("--hidden", type=positive_int, help=f"hidden units n_a {default('hidden')}")
+    model.add_argument("--dtype", choices=("float32", "float64"), help=_default("dtype"))
+    model.add_argument("--hidden", type=positive_int, help=f"hidden units n_a {_default('hidden')}")
     model.add_argument(
-        "--layers", type=positive_int, help=f"stacked LSTM layers {default('layers')}"
+        "--layers", type=positive_int, help=f"stacked LSTM layers {_default('layers')}"
     )
     model.add_argument(
-        "--dropout", type=_FRACTION, help=f"dropout between layers {default('dropout')}"
+        "--dropout", type=_FRACTION, help=f"dropout between layers {_default('dropout')}"
     )
     model.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of initialisation and batching"
     )
-    train = parser.add_argument_group("training")
+
+
+def _training_options(train) -> None:
     train.add_argument("--batch", type=positive_int, default=32, help="streams per batch m")
     train.add_argument("--seq-len", type=positive_int, default=64, help="truncated BPTT length T")
-    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=default("optimizer"))
-    train.add_argument("--lr", type=positive_float, help=f"learning rate {default('lr')}")
-    train.add_argument("--clip", type=positive_float, help=f"global-norm clip {default('clip')}")
-    train.add_argument("--steps", type=positive_int, default=None, help="stop after N steps")
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help=_default("optimizer"))
+    train.add_argument("--lr", type=positive_float, help=f"learning rate {_default('lr')}")
+    train.add_argument("--clip", type=positive_float, help=f"global-norm clip {_default('clip')}")
+    train.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="stop after N steps of this run (with --resume: N more than the checkpoint's; "
+        "the progress shows the model's step out of the step the run stops at)",
+    )
     train.add_argument(
         "--time-limit", type=positive_float, default=170.0, help="stop after this many seconds"
     )
-    report = parser.add_argument_group("reporting and checkpoints")
+
+
+def _report_options(report) -> None:
     report.add_argument("--eval-every", type=positive_int, default=100, help="steps")
     report.add_argument("--sample-every", type=positive_int, default=500, help="steps")
     report.add_argument(
         "--sample-length", type=_sample_length, default=240, help="characters per sample"
     )
-    report.add_argument("--temperature", type=positive_float, default=0.5)
+    report.add_argument(
+        "--temperature", type=positive_float, default=0.5, help="of the samples' softmax"
+    )
     report.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps")
     report.add_argument("--out", type=_path, default=Path("xlstm-run"), help="output directory")
     report.add_argument(
@@ -190,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         type=_path,
         metavar="CHECKPOINT",
-        help="continue from a checkpoint (default: OUT/checkpoint.npz)",
+        help="continue from a checkpoint, exactly where it stopped (default: OUT/checkpoint.npz)",
     )
     report.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
-    scale = parser.add_argument_group("data-parallel training on dask (the `dask` extra)")
+
+
+def _dask_options(scale) -> None:
     where = scale.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
     where.add_argument(
@@ -203,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-chunk", type=positive_int, default=None,
         help="streams per task (default: the batch split evenly over the workers)",
     )  # fmt: skip
-    return parser
 
 
 # ---------------------------------------------------------------------- inputs
@@ -389,15 +409,30 @@ def _fresh_history() -> dict[str, list]:
     return {key: [] for key in _HISTORY_KEYS}
 
 
-def _restore_progress(model: CharLSTM, where: str) -> tuple[dict[str, list], Any, float]:
-    """``(history, rng state or None, seconds)`` from the checkpoint's ``extra["progress"]``.
+class _Restored:
+    """What a checkpoint's ``extra["progress"]`` gives back (a fresh start: empty)."""
+
+    def __init__(self) -> None:
+        self.history = _fresh_history()
+        self.rng: Any = None
+        self.dropout_rng: Any = None
+        self.seconds = 0.0
+        self.position: dict[str, Any] | None = None
+
+
+_POSITION_KEYS = ("step", "streams", "offset", "chunk")
+
+
+def _restore_progress(model: CharLSTM, where: str) -> _Restored:
+    """The checkpoint's ``extra["progress"]``: history, random states, time, position.
 
     Absent: a fresh start.  Present but not this command's record: a usage error (resuming
     would otherwise overwrite someone's data, or fail mid-run).
     """
+    restored = _Restored()
     progress = model.extra.get("progress")
     if progress is None:
-        return _fresh_history(), None, 0.0
+        return restored
 
     def foreign(reason: str) -> UsageError:
         return UsageError(
@@ -406,7 +441,40 @@ def _restore_progress(model: CharLSTM, where: str) -> tuple[dict[str, list], Any
 
     if not isinstance(progress, dict):
         raise foreign(f"a {type(progress).__name__}, not a dict")
-    history = progress.get("history", _fresh_history())
+    restored.history = _checked_history(progress.get("history", _fresh_history()), foreign)
+    seconds = progress.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise foreign(f"seconds = {seconds!r}")
+    restored.seconds = float(seconds)
+    for name in ("rng", "dropout_rng"):
+        state = progress.get(name)
+        if state is not None:
+            try:
+                np.random.default_rng().bit_generator.state = state
+            except (TypeError, ValueError, KeyError, OverflowError) as error:
+                raise foreign(f"{name}: {error}") from None
+        setattr(restored, name, state)
+    position = progress.get("position")
+    if position is not None:
+        if not (
+            isinstance(position, dict)
+            and sorted(position) == sorted(_POSITION_KEYS)
+            and all(
+                isinstance(position[k], int)
+                and not isinstance(position[k], bool)
+                and position[k] >= 0
+                for k in ("step", "offset", "chunk")
+            )
+            and isinstance(position["streams"], str)
+        ):
+            raise foreign(f"position must have the keys {list(_POSITION_KEYS)}, counts >= 0")
+        if position["step"] != model.step:
+            raise foreign(f"position of step {position['step']}, the model is at step {model.step}")
+        restored.position = position
+    return restored
+
+
+def _checked_history(history: Any, foreign) -> dict[str, list]:
     if not isinstance(history, dict) or sorted(history) != sorted(_HISTORY_KEYS):
         raise foreign(f"history must have the keys {list(_HISTORY_KEYS)}")
     for key in _HISTORY_KEYS:
@@ -421,16 +489,7 @@ def _restore_progress(model: CharLSTM, where: str) -> tuple[dict[str, list], Any
         raise foreign("history['step'], ['seconds'] and ['train_loss'] differ in length")
     if len(history["val_step"]) != len(history["val_loss"]):
         raise foreign("history['val_step'] and ['val_loss'] differ in length")
-    seconds = progress.get("seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise foreign(f"seconds = {seconds!r}")
-    state = progress.get("rng")
-    if state is not None:
-        try:
-            np.random.default_rng().bit_generator.state = state
-        except (TypeError, ValueError, KeyError, OverflowError) as error:
-            raise foreign(f"rng: {error}") from None
-    return history, state, float(seconds)
+    return history
 
 
 def _tidy(history: dict[str, list]) -> None:
@@ -587,6 +646,77 @@ def _setup(args: argparse.Namespace) -> _Run:
             raise UsageError(f"--resume {resume_path}: no such checkpoint")
     text = read_text(args.text)
     train_text, val_text = split_text(text, args.val_fraction)
+    _check_lengths(args, text, train_text)
+    if resume_path is None:
+        model, restored = _new_model(args, text), _Restored()
+    else:
+        model, restored = _resumed_model(args, text, resume_path)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"--out {args.out}: cannot create it ({error.strerror or error})"
+        ) from None
+    train_ids = model.encode(train_text)
+    streams = _streams_identity(train_ids, args)
+    resume_at, initial_state, note = _resume_point(
+        args, train_ids, streams, model, restored, str(resume_path)
+    )
+    return _Run(
+        model=model,
+        text=text,
+        train_text=train_text,
+        train_ids=train_ids,
+        val_ids=model.encode(val_text),
+        restored=restored,
+        resumed_from=resume_path,
+        streams=streams,
+        resume_at=resume_at,
+        initial_state=initial_state,
+        note=note,
+    )
+
+
+def _streams_identity(ids: np.ndarray, args: argparse.Namespace) -> str:
+    """What a saved stream position is valid for: these streams of this text."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(ids))).hexdigest()[:16]
+    return f"{args.batch}x{args.seq_len} over {len(ids)} ids, sha256 {digest}"
+
+
+def _resume_point(args, ids, streams: str, model: CharLSTM, restored: _Restored, where: str):
+    """``(resume_at, initial_state, note)``: where the first pass starts and the state it
+    carries in.  A recorded position of these streams: exactly where the checkpoint
+    stopped; none, or one of other streams: a new pass (with a note)."""
+    position = restored.position
+    if position is None:
+        return None, None, ""
+    if position["streams"] != streams:
+        note = (
+            "note: the text, --batch or --seq-len differ from the checkpoint's run: "
+            "training continues with a new pass over the text (not an exact continuation)"
+        )
+        return None, None, note
+    offset, chunk = position["offset"], position["chunk"]
+    spare = len(ids) - 1 - args.batch * args.seq_len
+    chunks = n_tbptt_chunks(len(ids) - offset, args.batch, args.seq_len)
+    state = model.carried_state
+    m = None if state is None else int(state[0].shape[-1])
+    if (
+        offset > min(args.seq_len - 1, spare)
+        or chunk > chunks
+        or (chunk < chunks and m != args.batch)
+    ):
+        msg = (
+            f"--resume {where}: its position (offset {offset}, chunk {chunk}, carried state of "
+            f"{m} streams) does not fit the streams it names"
+        )
+        raise UsageError(msg)
+    if chunk == chunks:
+        return None, None, ""  # the checkpoint's pass was complete: a new one begins
+    return (offset, chunk), state, ""
+
+
+def _check_lengths(args: argparse.Namespace, text: str, train_text: str) -> None:
     if len(text) <= args.seq_len:
         msg = f"--seq-len {args.seq_len} is longer than the text ({len(text)} characters)"
         raise UsageError(msg)
@@ -598,97 +728,66 @@ def _setup(args: argparse.Namespace) -> _Run:
         )
         raise UsageError(msg)
 
-    history, rng_state, seconds = _fresh_history(), None, 0.0
-    if resume_path is not None:
-        try:
-            model = CharLSTM.load(resume_path, backend=args.backend, device=args.device)
-        except (ValueError, TypeError, RuntimeError) as error:  # CheckpointError included
-            raise UsageError(f"--resume {resume_path}: {error}") from None
-        except OSError as error:
-            msg = f"--resume {resume_path}: cannot read it ({error.strerror or error})"
-            raise UsageError(msg) from None
-        _check_resume_options(args, model, str(resume_path))
-        unknown = sorted(set(text) - set(model.vocab))
-        if unknown:
-            msg = (
-                f"--resume {resume_path}: the text has characters the model does not know: "
-                f"{unknown[:5]!r}"
-            )
-            raise UsageError(msg)
-        _check_memory(
-            model.n_x, model.n_a, model.num_layers, args, model.dtype,
-            len(model.optimizer.slots), len(text),
-        )  # fmt: skip
-        history, rng_state, seconds = _restore_progress(model, str(resume_path))
-    else:
-        options = {
-            k: DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULTS
-        }
-        vocab = "".join(sorted(set(text)))
-        optimizer = _optimizer(options["optimizer"], options["lr"])
-        _check_memory(
-            len(vocab), options["hidden"], options["layers"], args, options["dtype"],
-            len(optimizer.slots), len(text),
-        )  # fmt: skip
-        try:
-            model = CharLSTM(
-                vocab,
-                options["hidden"],
-                num_layers=options["layers"],
-                dropout=options["dropout"],
-                backend=args.backend,
-                device=args.device,
-                dtype=options["dtype"],
-                seed=args.seed,
-                optimizer=optimizer,
-                clip_norm=options["clip"],
-            )
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise UsageError(f"cannot build the model: {error}") from None
+
+def _new_model(args: argparse.Namespace, text: str) -> CharLSTM:
+    options = {k: DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULTS}
+    vocab = "".join(sorted(set(text)))
+    optimizer = _optimizer(options["optimizer"], options["lr"])
+    _check_memory(
+        len(vocab), options["hidden"], options["layers"], args, options["dtype"],
+        len(optimizer.slots), len(text),
+    )  # fmt: skip
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        return CharLSTM(
+            vocab,
+            options["hidden"],
+            num_layers=options["layers"],
+            dropout=options["dropout"],
+            backend=args.backend,
+            device=args.device,
+            dtype=options["dtype"],
+            seed=args.seed,
+            optimizer=optimizer,
+            clip_norm=options["clip"],
+        )
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise UsageError(f"cannot build the model: {error}") from None
+
+
+def _resumed_model(args: argparse.Namespace, text: str, path: Path) -> tuple[CharLSTM, _Restored]:
+    try:
+        model = CharLSTM.load(path, backend=args.backend, device=args.device)
+    except (ValueError, TypeError, RuntimeError) as error:  # CheckpointError included
+        raise UsageError(f"--resume {path}: {error}") from None
     except OSError as error:
-        raise UsageError(
-            f"--out {args.out}: cannot create it ({error.strerror or error})"
-        ) from None
-    return _Run(
-        model=model,
-        text=text,
-        train_text=train_text,
-        train_ids=model.encode(train_text),
-        val_ids=model.encode(val_text),
-        history=history,
-        rng_state=rng_state,
-        seconds_before=seconds,
-        resumed_from=resume_path,
-    )
+        raise UsageError(f"--resume {path}: cannot read it ({error.strerror or error})") from None
+    _check_resume_options(args, model, str(path))
+    unknown = sorted(set(text) - set(model.vocab))
+    if unknown:
+        msg = f"--resume {path}: the text has characters the model does not know: {unknown[:5]!r}"
+        raise UsageError(msg)
+    _check_memory(
+        model.n_x, model.n_a, model.num_layers, args, model.dtype,
+        len(model.optimizer.slots), len(text),
+    )  # fmt: skip
+    return model, _restore_progress(model, str(path))
 
 
 def main(
     argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Entry point of ``python -m xlstm train``; returns the exit status."""
-    stdout = _Guarded(_stream(sys.stdout if stdout is None else stdout))
-    stderr = _Guarded(_stream(sys.stderr if stderr is None else stderr))
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-            run = _setup(args)
-        except SystemExit as exit_:  # --help
-            return int(exit_.code or 0)
-        except UsageError as error:
-            print(f"{PROG}: error: {error}", file=stderr)
-            return 2
+    out = _Guarded(_stream(sys.stdout if stdout is None else stdout))
+    err = _Guarded(_stream(sys.stderr if stderr is None else stderr))
+
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        run = _setup(args)
         with contextlib.ExitStack() as stack:
-            try:
-                step = _step_function(args, run.model, stack)
-            except UsageError as error:
-                print(f"{PROG}: error: {error}", file=stderr)
-                return 2
-            return _train(args, run, stdout, stderr, step)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=stderr)
-        return 130
+            trainer = _trainer(args, run.model, stack)
+            return _train(args, run, out, err, trainer)
+
+    return run_command(PROG, body, stderr=err)
 
 
 def _stream(stream: TextIO | None) -> TextIO:
@@ -696,177 +795,337 @@ def _stream(stream: TextIO | None) -> TextIO:
     return open(os.devnull, "w", encoding="utf-8") if stream is None else stream
 
 
-def _step_function(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitStack):
-    """``step(inputs, targets, state) -> (loss, state)``: in this process, or data-parallel.
+class _DaskSteps:
+    """The steps of :func:`xlstm.training.fit` on dask: each batch chunked along its streams
+    and the gradients computed on the workers (:class:`xlstm.dask.DataParallelTrainer`)."""
 
-    With ``--scheduler``/``--workers`` each batch is chunked along its streams and the
-    gradients are computed on the dask workers (:class:`xlstm.dask.DataParallelTrainer`);
-    progress, samples and checkpoints are the same as in one process.
-    """
+    def __init__(self, trainer: Any, chunk: int) -> None:
+        self.trainer, self.chunk = trainer, chunk
+
+    def step(self, inputs, targets, *, mask=None, state=None):
+        import dask.array as da
+
+        x = da.from_array(inputs, chunks=(self.chunk, -1))
+        y = da.from_array(targets, chunks=(self.chunk, -1))
+        return self.trainer.step(x, y, mask=mask, state=state)
+
+
+def _trainer(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitStack):
+    """``None`` (steps in this process) or the data-parallel steps of ``--scheduler`` /
+    ``--workers``; progress, samples and checkpoints are the same either way."""
     if args.scheduler is None and args.workers is None:
-        return lambda inputs, targets, state: model.train_step(inputs, targets, state=state)
+        return None
     from ..dask.cluster import connect
 
     client = connect(args.scheduler, args.workers, stack)
-    import dask.array as da
-
     from ..dask import DataParallelTrainer
 
-    trainer = DataParallelTrainer(model, client=client)
     workers = max(1, len(client.scheduler_info()["workers"]))
     chunk = args.batch_chunk or max(1, -(-args.batch // workers))
-
-    def step(inputs, targets, state):
-        x = da.from_array(inputs, chunks=(chunk, -1))
-        y = da.from_array(targets, chunks=(chunk, -1))
-        return trainer.step(x, y, state=state)
-
-    return step
+    return _DaskSteps(DataParallelTrainer(model, client=client), chunk)
 
 
-def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, train_step) -> int:
-    model: CharLSTM = run.model
-    out: Path = args.out
-    checkpoint = out / CHECKPOINT_NAME
-    entropy = unigram_entropy(run.text)
-    history = run.history
-    rng = np.random.default_rng(args.seed)
-    if run.rng_state is not None:
-        rng.bit_generator.state = run.rng_state
-    seconds_before = run.seconds_before
-    start_step = model.step
-    bar = Progress(stderr, bar=not args.no_progress and stderr.isatty())
+# ---------------------------------------------------------------------- the training run
+
+
+class _Diverged(Exception):
+    """The loss became NaN or infinite (exit status 1)."""
+
+
+class _Streams:
+    """The training text as truncated-BPTT passes (:func:`fit`'s ``batches``), knowing
+    where it is: a pass starts at a random offset (so chunk boundaries move), and a resumed
+    run finishes the pass its checkpoint stopped in, chunk for chunk."""
+
+    def __init__(self, ids: np.ndarray, args: argparse.Namespace, rng, identity: str) -> None:
+        self.ids, self.batch, self.seq_len, self.rng = ids, args.batch, args.seq_len, rng
+        self.identity = identity
+        self.offset, self.chunk, self.begun = 0, 0, False
+        self.resume_at: tuple[int, int] | None = None  # (offset, chunk) of the first pass
+
+    def position(self) -> tuple[int, int] | None:
+        """``(offset, chunks read)`` of the current pass; ``None`` before the first."""
+        if self.resume_at is not None:
+            return self.resume_at
+        return (self.offset, self.chunk) if self.begun else None
+
+    def __call__(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.resume_at is not None:
+            offset, start = self.resume_at
+            self.resume_at = None
+        else:
+            # Never so far that a text just long enough (checked in _setup) loses its one
+            # chunk per stream.
+            spare = len(self.ids) - 1 - self.batch * self.seq_len
+            offset, start = int(self.rng.integers(min(self.seq_len, spare + 1))), 0
+        self.offset, self.chunk, self.begun = offset, start, True
+        return self._chunks(
+            tbptt_batches(self.ids, self.batch, self.seq_len, offset=offset, start=start)
+        )
+
+    def _chunks(self, chunks):
+        for chunk in chunks:
+            self.chunk += 1  # counted as read once handed out
+            yield chunk
+
+
+class _Snapshot:
+    """Everything an exact continuation needs, as of the end of one step."""
+
+    def __init__(self, model: CharLSTM, streams: _Streams, rng, state) -> None:
+        self.step = model.step
+        where = streams.position()
+        self.position = None
+        if where is not None:
+            self.position = {
+                "step": model.step, "streams": streams.identity,
+                "offset": where[0], "chunk": where[1],
+            }  # fmt: skip
+        self.rng = rng.bit_generator.state
+        self.dropout_rng = model.lstm._dropout_rng.bit_generator.state
+        self.state = state
+
+
+class _Session:
+    """What the callbacks of one run share: the options, the model, the output, the clock
+    and the record."""
+
+    def __init__(self, args, run: _Run, stdout: _Guarded, stderr: _Guarded) -> None:
+        self.args, self.model, self.stdout, self.stderr = args, run.model, stdout, stderr
+        self.checkpoint = args.out / CHECKPOINT_NAME
+        self.history, self.seconds_before = run.restored.history, run.restored.seconds
+        self.start_step = run.model.step
+        self.end_step = None if args.steps is None else self.start_step + args.steps
+        self.bar = Progress(stderr, bar=not args.no_progress and stderr.isatty())
+        self.rng = np.random.default_rng(args.seed)
+        if run.restored.rng is not None:
+            self.rng.bit_generator.state = run.restored.rng
+        self.started = self.tick = time.perf_counter()
+        self.chars, self.train_seconds = 0, 0.0
+        self.loss: float | None = None
+        self.val_loss: float | None = None
+        self.finished = False
+        self.snapshot: _Snapshot | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fraction(self) -> float:
+        """How far the run is (time or steps, whichever is further)."""
+        fraction = self.elapsed() / self.args.time_limit
+        if self.args.steps:
+            fraction = max(fraction, (self.model.step - self.start_step) / self.args.steps)
+        return fraction
+
+    def status(self) -> str:
+        rate = self.chars / max(self.train_seconds, 1e-9)
+        val = "" if self.val_loss is None else f"  val {self.val_loss:.3f}"
+        of = "" if self.end_step is None else f"/{self.end_step}"
+        return (
+            f"step {self.model.step}{of}  loss {self.loss:.3f}{val}  "
+            f"{rate / 1000:.1f}k chars/s  {self.elapsed():.0f}s"
+        )
+
+    def save(self) -> None:
+        """Write the checkpoint as of the last complete step (:class:`_Snapshot`)."""
+        _tidy(self.history)
+        snapshot = self.snapshot
+        exact = snapshot is not None and snapshot.step == self.model.step
+        self.model.extra["progress"] = {
+            "history": self.history,
+            "rng": snapshot.rng if exact else self.rng.bit_generator.state,
+            "dropout_rng": snapshot.dropout_rng if exact else None,
+            "position": snapshot.position if exact else None,
+            "seconds": self.seconds_before + self.elapsed(),
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+        }
+        try:
+            self.model.carried_state = snapshot.state if exact else None
+            self.model.save(self.checkpoint)
+        except (OSError, ValueError, TypeError) as error:  # disk full, read-only, NaN weights
+            raise _SaveError(f"cannot save {self.checkpoint}: {error}") from None
+
+
+class _Record(Callback):
+    """Per step: time, the loss (a NaN ends the run), the history, whether the run is done,
+    and the snapshot a checkpoint saves."""
+
+    def __init__(self, session: _Session, streams: _Streams, initial_state: Any) -> None:
+        self.session, self.streams, self.initial_state = session, streams, initial_state
+
+    def on_train_begin(self, run: Run) -> None:
+        s = self.session
+        s.snapshot = _Snapshot(s.model, self.streams, s.rng, self.initial_state)
+        s.tick = time.perf_counter()
+
+    def on_batch_end(self, run: Run, batch: int, loss: float) -> None:
+        s, step = self.session, self.session.model.step
+        s.train_seconds += time.perf_counter() - s.tick
+        s.chars += s.args.batch * s.args.seq_len
+        s.loss = loss
+        if not math.isfinite(loss):
+            raise _Diverged(f"the loss became {loss} at step {step}; try a lower --lr")
+        s.snapshot = _Snapshot(s.model, self.streams, s.rng, run.state)
+        s.history["step"].append(step)
+        s.history["seconds"].append(round(s.seconds_before + s.elapsed(), 3))
+        s.history["train_loss"].append(round(loss, 6))
+        s.finished = (s.end_step is not None and step >= s.end_step) or (
+            s.elapsed() >= s.args.time_limit
+        )
+
+
+class _Validate(Callback):
+    """Every ``--eval-every`` steps and at the end: the loss on the held-out text."""
+
+    def __init__(self, session: _Session, val_ids: np.ndarray) -> None:
+        self.session, self.val_ids = session, val_ids
+
+    def on_batch_end(self, run: Run, batch: int, loss: float) -> None:
+        s, step = self.session, self.session.model.step
+        if step % s.args.eval_every and not s.finished:
+            s.bar.update(s.fraction(), s.status())
+            return
+        s.val_loss = evaluate(s.model, self.val_ids, s.args.seq_len)
+        if s.val_loss is not None:
+            s.history["val_step"].append(step)
+            s.history["val_loss"].append(round(s.val_loss, 6))
+        s.bar.update(s.fraction(), s.status(), force=True)
+
+
+class _Sample(Callback):
+    """Every ``--sample-every`` steps and at the end: generated text on standard output.
+
+    Each sample's random numbers come from ``(--seed, step)``, not from the training's
+    generator: a sample changes nothing in the run, so a resumed run stays exact."""
+
+    def __init__(self, session: _Session, prime: str) -> None:
+        self.session, self.prime = session, prime
+
+    def on_batch_end(self, run: Run, batch: int, loss: float) -> None:
+        s, step = self.session, self.session.model.step
+        if not s.args.sample_length or (step % s.args.sample_every and not s.finished):
+            return
+        s.bar.clear()
+        sample = s.model.sample(
+            s.args.sample_length, prime=self.prime, temperature=s.args.temperature,
+            seed=[s.args.seed, step],
+        )[len(self.prime) :]  # fmt: skip
+        print(f"--- sample at step {step} ---\n{sample}\n---", file=s.stdout, flush=True)
+
+
+class _Checkpoint(Callback):
+    """Every ``--checkpoint-every`` steps and at the end: save; then stop if the run is
+    done or its output was closed (``| head``)."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def on_batch_end(self, run: Run, batch: int, loss: float) -> None:
+        s = self.session
+        s.finished = s.finished or s.stdout.closed or s.stderr.closed
+        if s.model.step % s.args.checkpoint_every == 0 or s.finished:
+            s.save()
+        run.stop_now = s.finished
+        s.tick = time.perf_counter()
+
+
+def _train(args, run: _Run, stdout: _Guarded, stderr: _Guarded, trainer) -> int:
+    """Train with :func:`xlstm.training.fit` until ``--steps``, ``--time-limit``, a closed
+    output or Ctrl-C; save, write the loss curve and the summary line."""
+    session = _Session(args, run, stdout, stderr)
+    model, entropy = run.model, unigram_entropy(run.text)
     if run.resumed_from is not None:
-        print(f"resumed {model} from {run.resumed_from}", file=stderr)
+        more = (
+            "" if args.steps is None else f"; {args.steps} more steps, to step {session.end_step}"
+        )
+        print(f"resumed {model} from {run.resumed_from}{more}", file=stderr)
     print(
         f"training {model} on {len(run.text)} characters ({len(model.vocab)} distinct); "
         f"unigram entropy {entropy:.3f} nats/char; target {0.75 * entropy:.3f}",
         file=stderr,
     )
-
-    def save() -> None:
-        _tidy(history)
-        model.extra["progress"] = {
-            "history": history,
-            "rng": rng.bit_generator.state,
-            "seconds": seconds_before + (time.perf_counter() - started),
-            "args": {k: str(v) for k, v in vars(args).items()},
-        }
-        try:
-            model.save(checkpoint)
-        except (OSError, ValueError, TypeError) as error:  # disk full, read-only, NaN weights
-            raise _SaveError(f"cannot save {checkpoint}: {error}") from None
-
-    def status(loss: float, val: float | None) -> str:
-        elapsed = time.perf_counter() - started
-        rate = chars / max(train_seconds, 1e-9)
-        val_text = "" if val is None else f"  val {val:.3f}"
-        total = f"/{args.steps}" if args.steps else ""
-        return (
-            f"step {model.step}{total}  loss {loss:.3f}{val_text}  "
-            f"{rate / 1000:.1f}k chars/s  {elapsed:.0f}s"
-        )
-
-    def fail(message: str) -> int:
-        bar.clear()
-        print(f"{PROG}: error: {message}", file=stderr)
-        return 1
-
-    prime = sample_prime(run.train_text)
-    started = time.perf_counter()
-    chars, train_seconds, loss_value, val_loss = 0, 0.0, float("nan"), None
-    done = False
+    streams = _Streams(run.train_ids, args, session.rng, run.streams)
+    streams.resume_at, state = run.resume_at, run.initial_state
+    if run.note:
+        print(run.note, file=stderr)
+    if run.restored.dropout_rng is not None:
+        model.lstm._dropout_rng.bit_generator.state = run.restored.dropout_rng
+    callbacks = [
+        _Record(session, streams, state),
+        _Validate(session, run.val_ids),
+        _Sample(session, sample_prime(run.train_text)),
+        _Checkpoint(session),
+    ]
     interrupted = False
     try:
-        while not done:
-            state = None
-            # A random start moves the chunk boundaries between epochs; never so far that
-            # a text just long enough (checked in _setup) loses its one chunk per stream.
-            spare = len(run.train_ids) - 1 - args.batch * args.seq_len
-            offset = int(rng.integers(min(args.seq_len, spare + 1)))
-            for inputs, targets in tbptt_batches(
-                run.train_ids, args.batch, args.seq_len, offset=offset
-            ):
-                tick = time.perf_counter()
-                loss, state = train_step(inputs, targets, state)
-                loss_value = float(loss)
-                train_seconds += time.perf_counter() - tick
-                chars += inputs.size
-                if not math.isfinite(loss_value):
-                    return fail(
-                        f"the loss became {loss_value} at step {model.step}; try a lower --lr"
-                    )
-                step = model.step
-                elapsed = time.perf_counter() - started
-                history["step"].append(step)
-                history["seconds"].append(round(seconds_before + elapsed, 3))
-                history["train_loss"].append(round(loss_value, 6))
-                finished = (args.steps is not None and step - start_step >= args.steps) or (
-                    elapsed >= args.time_limit
-                )
-                if step % args.eval_every == 0 or finished:
-                    val_loss = evaluate(model, run.val_ids, args.seq_len)
-                    if val_loss is not None:
-                        history["val_step"].append(step)
-                        history["val_loss"].append(round(val_loss, 6))
-                    bar.update(0, status(loss_value, val_loss), force=True)
-                fraction = elapsed / args.time_limit
-                if args.steps:
-                    fraction = max(fraction, (step - start_step) / args.steps)
-                bar.update(fraction, status(loss_value, val_loss))
-                if args.sample_length and (step % args.sample_every == 0 or finished):
-                    bar.clear()
-                    sample = model.sample(
-                        args.sample_length,
-                        prime=prime,
-                        temperature=args.temperature,
-                        seed=int(rng.integers(2**31)),
-                    )[len(prime) :]
-                    print(f"--- sample at step {step} ---\n{sample}\n---", file=stdout, flush=True)
-                # The output was closed (`| head`): stop here, saving below.
-                finished = finished or stdout.closed or stderr.closed
-                if step % args.checkpoint_every == 0 or finished:
-                    save()
-                if finished:
-                    done = True
-                    break
+        fit(model, streams, epochs=None, callbacks=callbacks, carry_state=True,
+            trainer=trainer, initial_state=state)  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
-    except _SaveError as error:
-        return fail(str(error))
-    bar.clear()
-    if interrupted:
-        try:
-            save()
-            print(
-                f"interrupted at step {model.step}; checkpoint saved to {checkpoint}", file=stderr
-            )
-        except KeyboardInterrupt:
-            print(f"interrupted again; the last complete checkpoint is {checkpoint}", file=stderr)
-        except _SaveError as error:
-            print(f"{PROG}: error: interrupted; {error}", file=stderr)
-            return 130
-    _tidy(history)
+    except (_Diverged, _SaveError) as error:
+        session.bar.clear()
+        print(f"{PROG}: error: {error}", file=stderr)
+        return 1
+    session.bar.clear()
+    if interrupted and not _save_interrupted(session):
+        return EXIT_INTERRUPTED
+    return _finish(session, run, entropy, interrupted)
+
+
+def _save_interrupted(session: _Session) -> bool:
+    """Save after Ctrl-C; ``False`` when that failed (reported)."""
     try:
-        written = write_loss_curve(out, history, entropy)
+        session.save()
+    except KeyboardInterrupt:
+        print(
+            f"interrupted again; the last complete checkpoint is {session.checkpoint}",
+            file=session.stderr,
+        )
+    except _SaveError as error:
+        print(f"{PROG}: error: interrupted; {error}", file=session.stderr)
+        return False
+    else:
+        print(
+            f"interrupted at step {session.model.step}; checkpoint saved to {session.checkpoint}",
+            file=session.stderr,
+        )
+    return True
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """``value`` rounded, or ``None`` (JSON ``null``) for no value or a non-finite one."""
+    return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+def _finish(session: _Session, run: _Run, entropy: float, interrupted: bool) -> int:
+    """The loss curve and the summary line; the exit status."""
+    _tidy(session.history)
+    out, stderr = session.args.out, session.stderr
+    try:
+        written = write_loss_curve(out, session.history, entropy)
     except OSError as error:
-        return fail(f"cannot write the loss curve to {out}: {error.strerror or error}")
-    elapsed = time.perf_counter() - started
+        print(
+            f"{PROG}: error: cannot write the loss curve to {out}: {error.strerror or error}",
+            file=stderr,
+        )
+        return 1
+    val = session.val_loss
     summary = {
-        "steps": model.step - start_step,
-        "seconds": round(elapsed, 1),
-        "chars_per_second": round(chars / max(train_seconds, 1e-9)),
-        "train_loss": round(loss_value, 4),
-        "val_loss": None if val_loss is None else round(val_loss, 4),
+        "steps": session.model.step - session.start_step,
+        "step": session.model.step,
+        "seconds": round(session.elapsed(), 1),
+        "chars_per_second": round(session.chars / max(session.train_seconds, 1e-9)),
+        "train_loss": _rounded(session.loss, 4),
+        "val_loss": _rounded(val, 4),
         "unigram_entropy": round(entropy, 4),
-        "val_below_unigram": None if val_loss is None else round(1 - val_loss / entropy, 4),
-        "checkpoint": str(checkpoint),
+        "val_below_unigram": None if val is None else _rounded(1 - val / entropy, 4),
+        "checkpoint": str(session.checkpoint),
         "curves": [str(p) for p in written],
     }
-    print("summary " + json.dumps(summary), file=stderr)
+    print("summary " + json.dumps(summary, allow_nan=False), file=stderr)
     if interrupted:
-        return 130
-    closed = [s.error for s in (stdout, stderr) if s.closed]
+        return EXIT_INTERRUPTED
+    closed = [s.error for s in (session.stdout, stderr) if s.closed]
     return 1 if any(not isinstance(e, BrokenPipeError) for e in closed) else 0
 
 

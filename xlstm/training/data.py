@@ -62,7 +62,7 @@ def split_text(text: str, validation_fraction: float = 0.1) -> tuple[str, str]:
 
 
 def tbptt_batches(
-    ids: np.ndarray, batch_size: int, seq_len: int, *, offset: int = 0
+    ids: np.ndarray, batch_size: int, seq_len: int, *, offset: int = 0, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One pass over ``ids`` as ``(inputs, targets)`` chunks of shape ``(batch_size, seq_len)``.
 
@@ -76,6 +76,10 @@ def tbptt_batches(
     offset : int, default 0
         Characters skipped at the start, ``>= 0`` (vary it between epochs so that chunk
         boundaries move).
+    start : int, default 0
+        Index of the first chunk yielded, in ``[0, n_chunks]``: the rest of a pass that
+        stopped after ``start`` chunks (to resume a run exactly where it stopped; see
+        :func:`n_tbptt_chunks`).
 
     Yields
     ------
@@ -87,8 +91,8 @@ def tbptt_batches(
     ------
     TypeError, ValueError
         At the call, before anything is yielded: ``ids`` not a 1-D integer array, a size
-        that is not a positive integer, a negative ``offset``, or a text too short for one
-        chunk per stream.
+        that is not a positive integer, a negative ``offset``, a ``start`` outside
+        ``[0, n_chunks]``, or a text too short for one chunk per stream.
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -103,7 +107,10 @@ def tbptt_batches(
             f"{offset + batch_size * seq_len + 1} are needed for one chunk per stream"
         )
         raise ValueError(msg)
-    return _chunks(ids, batch_size, seq_len, offset, n_chunks)
+    start = _integer("start", start, 0)
+    if start > n_chunks:
+        raise ValueError(f"`start` = {start}; this pass has only {n_chunks} chunks")
+    return _chunks(ids, batch_size, seq_len, offset, start, n_chunks)
 
 
 def _integer(name: str, value: object, low: int) -> int:
@@ -117,12 +124,12 @@ def _integer(name: str, value: object, low: int) -> int:
 
 
 def _chunks(
-    ids: np.ndarray, batch_size: int, seq_len: int, offset: int, n_chunks: int
+    ids: np.ndarray, batch_size: int, seq_len: int, offset: int, start: int, n_chunks: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     length = n_chunks * seq_len
     inputs = ids[offset : offset + batch_size * length].reshape(batch_size, length)
     targets = ids[offset + 1 : offset + 1 + batch_size * length].reshape(batch_size, length)
-    for k in range(n_chunks):
+    for k in range(start, n_chunks):
         window = slice(k * seq_len, (k + 1) * seq_len)
         yield (
             np.ascontiguousarray(inputs[:, window], dtype=np.int64),

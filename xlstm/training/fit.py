@@ -58,14 +58,36 @@ def as_batch(item: Any) -> Batch:
 
 
 class Run:
-    """What callbacks see: the model, the epoch's logs so far and a way to stop."""
+    """What callbacks see: the model, where the run is, and ways to stop it.
 
-    def __init__(self, model: Any, epochs: int) -> None:
+    Attributes
+    ----------
+    model
+        The model being trained.
+    epochs : int or None
+        Epochs asked for (``None``: no limit).
+    epoch : int
+        The current epoch, from 0.
+    steps : int
+        Optimiser steps taken by this :func:`fit` call so far.
+    state : tuple or None
+        The final ``(a, c)`` of the latest step: with ``carry_state``, the next batch's
+        initial state (what a checkpoint keeps to continue the run exactly).
+    stop : bool
+        Set by a callback to end the run after the current epoch.
+    stop_now : bool
+        Set by a callback (in :meth:`Callback.on_batch_end`) to end the run after this
+        step: the epoch is cut short there, then logged and validated as usual.
+    """
+
+    def __init__(self, model: Any, epochs: int | None) -> None:
         self.model = model
         self.epochs = epochs
         self.epoch = 0
+        self.steps = 0
+        self.state: Any = None
         self.stop = False
-        """Set by a callback to end the run after the current epoch."""
+        self.stop_now = False
 
 
 class Callback:
@@ -200,12 +222,14 @@ class ProgressBar(Callback):
         filled = self.width if not total else min(self.width, self.width * done // total)
         bar = "#" * filled + "." * (self.width - filled)
         of = f"/{total}" if total else ""
-        out.write(f"\repoch {run.epoch + 1}/{run.epochs} [{bar}] {done}{of} loss {loss:.4f}")
+        epochs = f"/{run.epochs}" if run.epochs else ""
+        out.write(f"\repoch {run.epoch + 1}{epochs} [{bar}] {done}{of} loss {loss:.4f}")
         out.flush()
 
     def on_epoch_end(self, run: Run, logs: dict[str, float]) -> None:
         self._steps_last_epoch = int(logs["steps"])
-        parts = [f"epoch {logs['epoch']}/{run.epochs}", f"loss {logs['loss']:.4f}"]
+        epochs = f"/{run.epochs}" if run.epochs else ""
+        parts = [f"epoch {logs['epoch']}{epochs}", f"loss {logs['loss']:.4f}"]
         parts += [f"{k} {logs[k]:.4f}" for k in ("val_loss", "val_accuracy") if k in logs]
         parts.append(f"{time.perf_counter() - self._started:.1f}s")
         out = self._out()
@@ -265,48 +289,18 @@ def evaluate(model: Any, batches: Iterable[Any]) -> dict[str, float]:
     return {"val_loss": total_loss / total_weight, "val_accuracy": correct / total_weight}
 
 
-def fit(
-    model: Any,
-    batches: Iterable[Any] | Callable[[int], Iterable[Any]],
-    *,
-    epochs: int = 1,
-    validation: Iterable[Any] | Callable[[int], Iterable[Any]] | None = None,
-    callbacks: Iterable[Callback] = (),
-    carry_state: bool = False,
-    trainer: Any = None,
-) -> History:
-    """Train ``model`` for ``epochs`` epochs of ``batches``.
-
-    Parameters
-    ----------
-    model : LSTMModel
-        Any training model of :mod:`xlstm.training` (its optimiser takes the steps).
-    batches : iterable of batches, or a function ``epoch -> iterable``
-        A list (or anything iterable again) is reused every epoch; a function is called at
-        each epoch (to reshuffle).  A one-shot iterator cannot serve more than one epoch.
-    epochs : int, default 1
-    validation : iterable of batches, or a function ``epoch -> iterable``, optional
-        Evaluated after each epoch (:func:`evaluate`): ``val_loss`` and ``val_accuracy``.
-    callbacks : iterable of Callback
-        For example :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ProgressBar`.
-    carry_state : bool, default False
-        Truncated BPTT: each batch starts from the previous batch's final state (the rows
-        must continue the same streams, see :func:`tbptt_batches`); reset at each epoch.
-    trainer : object, optional
-        Takes the steps instead of ``model.train_step``: a
-        :class:`xlstm.dask.DataParallelTrainer` of ``model`` (its ``step``).
-
-    Returns
-    -------
-    History
-        ``history.epochs`` holds one dict per epoch: ``epoch``, ``loss``, ``steps``,
-        ``seconds`` and, with validation, ``val_loss`` and ``val_accuracy``.
-    """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"`epochs` = {epochs!r}; expected a positive int")
+def _check_fit_options(epochs, batches, carry_state, callbacks, max_steps) -> list[Callback]:
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1
+    ):
+        raise ValueError(f"`epochs` = {epochs!r}; expected a positive int or None")
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1
+    ):
+        raise ValueError(f"`max_steps` = {max_steps!r}; expected a positive int or None")
     if not isinstance(carry_state, bool):
         raise TypeError(f"`carry_state` must be a bool, got {type(carry_state).__name__}")
-    if epochs > 1 and not callable(batches) and iter(batches) is batches:
+    if (epochs is None or epochs > 1) and not callable(batches) and iter(batches) is batches:
         msg = (
             "`batches` is a one-shot iterator but `epochs` > 1: pass a list, or a function "
             "that returns each epoch's batches"
@@ -318,22 +312,88 @@ def fit(
             raise TypeError(
                 f"`callbacks` must hold Callback objects, got {type(callback).__name__}"
             )
+    return callbacks
+
+
+def _run_epoch(step, run: Run, items: Iterable[Any], callbacks, carry_state, max_steps) -> list:
+    """The steps of one epoch; returns their losses (host floats)."""
+    losses: list[float] = []
+    for index, item in enumerate(items):
+        batch = as_batch(item)
+        options = {"mask": batch.mask, "state": run.state if carry_state else None}
+        if batch.lengths is not None:
+            options["lengths"] = batch.lengths
+        loss, run.state = step(batch.x, batch.targets, **options)
+        run.steps += 1
+        losses.append(_host_float(loss))
+        for callback in callbacks:
+            callback.on_batch_end(run, index, losses[-1])
+        if run.stop_now or (max_steps is not None and run.steps >= max_steps):
+            break
+    return losses
+
+
+def fit(
+    model: Any,
+    batches: Iterable[Any] | Callable[[int], Iterable[Any]],
+    *,
+    epochs: int | None = 1,
+    validation: Iterable[Any] | Callable[[int], Iterable[Any]] | None = None,
+    callbacks: Iterable[Callback] = (),
+    carry_state: bool = False,
+    trainer: Any = None,
+    max_steps: int | None = None,
+    initial_state: Any = None,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs of ``batches``.
+
+    Parameters
+    ----------
+    model : LSTMModel
+        Any training model of :mod:`xlstm.training` (its optimiser takes the steps).
+    batches : iterable of batches, or a function ``epoch -> iterable``
+        A list (or anything iterable again) is reused every epoch; a function is called at
+        each epoch (to reshuffle).  A one-shot iterator cannot serve more than one epoch.
+    epochs : int or None, default 1
+        ``None``: no limit; the run ends at ``max_steps`` or when a callback stops it.
+    validation : iterable of batches, or a function ``epoch -> iterable``, optional
+        Evaluated after each epoch (:func:`evaluate`): ``val_loss`` and ``val_accuracy``.
+    callbacks : iterable of Callback
+        For example :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ProgressBar`.
+    carry_state : bool, default False
+        Truncated BPTT: each batch starts from the previous batch's final state (the rows
+        must continue the same streams, see :func:`tbptt_batches`); reset at each epoch.
+    trainer : object, optional
+        Takes the steps instead of ``model.train_step``: a
+        :class:`xlstm.dask.DataParallelTrainer` of ``model`` (its ``step``).
+    max_steps : int, optional
+        Stop after this many optimiser steps (the last epoch is cut short there, then
+        logged and validated as usual).
+    initial_state : tuple, optional
+        With ``carry_state``: the state of the first batch of the first epoch (the
+        :attr:`Run.state` a stopped run saved, to continue it exactly); later epochs start
+        from zeros.
+
+    Returns
+    -------
+    History
+        ``history.epochs`` holds one dict per epoch: ``epoch``, ``loss``, ``steps``,
+        ``seconds`` and, with validation, ``val_loss`` and ``val_accuracy``.
+    """
+    callbacks = _check_fit_options(epochs, batches, carry_state, callbacks, max_steps)
+    if initial_state is not None and not carry_state:
+        raise ValueError("`initial_state` is the carried state of truncated BPTT: it needs "
+                         "carry_state=True")  # fmt: skip
     step = model.train_step if trainer is None else trainer.step
-    run, history = Run(model, int(epochs)), History()
+    run, history = Run(model, None if epochs is None else int(epochs)), History()
     for callback in callbacks:
         callback.on_train_begin(run)
-    for epoch in range(int(epochs)):
-        run.epoch = epoch
-        started, losses, state = time.perf_counter(), [], None
-        for index, item in enumerate(_epoch_batches(batches, epoch)):
-            batch = as_batch(item)
-            options = {"mask": batch.mask, "state": state if carry_state else None}
-            if batch.lengths is not None:
-                options["lengths"] = batch.lengths
-            loss, state = step(batch.x, batch.targets, **options)
-            losses.append(_host_float(loss))
-            for callback in callbacks:
-                callback.on_batch_end(run, index, losses[-1])
+    epoch = 0
+    while run.epochs is None or epoch < run.epochs:
+        run.epoch, started = epoch, time.perf_counter()
+        run.state = initial_state if epoch == 0 else None
+        items = _epoch_batches(batches, epoch)
+        losses = _run_epoch(step, run, items, callbacks, carry_state, max_steps)
         if not losses:
             raise ValueError(f"`batches` gave no batch in epoch {epoch + 1}")
         logs = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "steps": len(losses)}
@@ -343,8 +403,9 @@ def fit(
         history.epochs.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(run, logs)
-        if run.stop:
+        if run.stop or run.stop_now or (max_steps is not None and run.steps >= max_steps):
             break
+        epoch += 1
     for callback in callbacks:
         callback.on_train_end(run)
     return history

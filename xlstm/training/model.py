@@ -107,6 +107,10 @@ class LSTMModel:
         The optimiser and its explicit state (``None`` until the first step).
     extra : dict
         JSON-serialisable data saved with the model (e.g. training progress).
+    carried_state : tuple or None
+        The ``(a, c)`` of a truncated-BPTT run to keep with the model (what
+        :meth:`train_step` returned): :meth:`save` writes it and :func:`load_model` restores
+        it, so that the run continues exactly.  ``None``: nothing kept.
     """
 
     kind = "LSTMModel"
@@ -170,6 +174,7 @@ class LSTMModel:
         self.clip_norm = clip_norm
         self.opt_state: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
+        self.carried_state: tuple[Any, Any] | None = None
 
     def _initial_parameters(self, backend, device, dtype, seed, init_seed) -> dict[str, Any]:
         options = {
@@ -456,6 +461,10 @@ class LSTMModel:
         clone.lstm = self.lstm.to(backend, device=device)
         clone._head = to_backend(self._head, backend, device=device)
         clone.extra = json.loads(json.dumps(self.extra))
+        if self.carried_state is not None:
+            a, c = self.carried_state
+            moved = to_backend({"a": a, "c": c}, backend, device=device)
+            clone.carried_state = (moved["a"], moved["c"])
         if self.opt_state is not None:
             clone.opt_state = {
                 key: (
@@ -477,7 +486,8 @@ class LSTMModel:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.npz`` checkpoint atomically (:mod:`xlstm.checkpoint`); returns its path.
 
-        ``".npz"`` is appended when ``path`` has no suffix.
+        ``".npz"`` is appended when ``path`` has no suffix.  The file holds the parameters,
+        the optimiser state, :attr:`extra` and :attr:`carried_state`.
         """
         meta = {
             "class": self.kind,
@@ -492,7 +502,26 @@ class LSTMModel:
             for slot, buffers in self.opt_state.items():
                 if isinstance(buffers, Mapping):
                     arrays.update({f"opt/{slot}/{k}": to_host(v) for k, v in buffers.items()})
+        if self.carried_state is not None:
+            arrays["state/a"], arrays["state/c"] = self._host_state(self.carried_state)
         return checkpoint.write(path, meta, arrays)
+
+    def _host_state(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        """A carried ``(a, c)`` as host arrays ``(L D, n_a, m)`` (the checkpoint's layout)."""
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError("`carried_state` must be None or the (a, c) tuple of a train_step")
+        a, c = (_host_array(v) for v in state)
+        rows = self.num_layers * self.lstm.directions
+        if a.shape != c.shape or a.ndim not in (2, 3) or a.shape[-2] != self.n_a:
+            msg = (
+                f"`state` arrays have shapes {a.shape}, {c.shape}; expected ({rows}, {self.n_a}, m)"
+            )
+            raise ValueError(msg)
+        shape = (rows, self.n_a, a.shape[-1])
+        if a.size != np.prod(shape):
+            msg = f"`carried_state` arrays have shape {a.shape}; expected {shape}"
+            raise ValueError(msg)
+        return a.reshape(shape), c.reshape(shape)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: Any = None, device: Any = None) -> LSTMModel:
@@ -511,6 +540,11 @@ class LSTMModel:
             msg = f"`path` {str(path)!r} holds a {type(model).__name__}, not a {cls.__name__}"
             raise ValueError(msg)
         return model
+
+
+def _host_array(value: Any) -> np.ndarray:
+    # A data-parallel run carries its state as dask arrays on the workers.
+    return np.asarray(value.compute()) if hasattr(value, "compute") else to_host(value)
 
 
 class CharLSTM(LSTMModel):
@@ -682,6 +716,11 @@ def load_model(path: str | os.PathLike, *, backend: Any = None, device: Any = No
             }
         model.opt_state = state
     model.extra = dict(meta.get("extra", {}))
+    if "state/a" in arrays:
+        carried = tuple(
+            xp.asarray(arrays[k], device=device, copy=True) for k in ("state/a", "state/c")
+        )
+        model.carried_state = model._final(carried)
     return model
 
 
