@@ -1,4 +1,8 @@
-"""Shared set-up for the xlstm asv suite: backends, sizes, inputs, skips.
+"""Shared set-up for the xlstm asv suite: backends, sizes, inputs, skips, references.
+
+Inputs of the sequence and cell functions (:func:`inputs`) and of ``xlstm.LSTM``
+(:func:`layer_inputs`), the timed calls, and the references the ``track_`` ratios divide
+by (:func:`gemm_reference`, :class:`TorchReference`, :func:`interleaved_ratio`).
 
 Everything that depends on the machine or on the xlstm version is decided once,
 at import time, so that asv can skip a parameter set without running ``setup``
@@ -297,6 +301,16 @@ def _graph_switch():
     return getattr(engine, "set_graph_replay", None)
 
 
+def _set_graph_replay(backend: str) -> None:
+    """CUDA-graph replay on for ``cupy-graph``, off for the other CuPy cases.
+
+    Replay is process-wide: set it every time, so that neither an earlier case nor
+    XLSTM_CUPY_GRAPHS in the environment leaks in.
+    """
+    if backend.startswith("cupy") and _graph_switch() is not None:
+        _graph_switch()(backend == "cupy-graph")
+
+
 _CACHE: dict[tuple[str, str, str, bool], Inputs] = {}
 
 
@@ -310,10 +324,7 @@ def inputs(backend: str, dtype: str, size: str, *, cell: bool = False) -> Inputs
     reason = skip_reason(backend, cell=cell)
     if reason is not None:
         raise SkipNotImplemented(f"{backend}: {reason}")
-    if backend.startswith("cupy") and _graph_switch() is not None:
-        # Replay is process-wide: set it every time, so that neither an earlier
-        # case nor XLSTM_CUPY_GRAPHS in the environment leaks in.
-        _graph_switch()(backend == "cupy-graph")
+    _set_graph_replay(backend)
     key = (backend, dtype, size, cell)
     if key not in _CACHE:
         _CACHE[key] = _build(backend, dtype, size)
@@ -423,6 +434,7 @@ def layer_inputs(backend: str, config: str, size: str) -> LayerInputs:
     reason = layer_skip_reason(backend)
     if reason is not None:
         raise SkipNotImplemented(f"{backend}: {reason}")
+    _set_graph_replay(backend)
     key = (backend, config, size)
     if key not in _LAYER_CACHE:
         _LAYER_CACHE[key] = _build_layers(backend, config, size)

@@ -46,7 +46,7 @@ COLOURS = {
     "torch": "#000000",
 }
 WIDTH, HEIGHT = 420, 220
-MARGIN = {"left": 64, "right": 12, "top": 12, "bottom": 40}
+MARGIN = {"left": 64, "right": 30, "top": 12, "bottom": 24}
 
 
 @dataclass
@@ -150,7 +150,19 @@ def charts_of(runs: list[Run], benchmarks: dict[str, dict]) -> list[Chart]:
                     series = f"{series} ({run.env})"
                 chart = charts.setdefault((name, fixed), Chart(name, fixed, unit))
                 chart.points.setdefault(series, {})[run.commit] = float(value)
-    return [charts[key] for key in sorted(charts)]
+    return sorted(charts.values(), key=_chart_order)
+
+
+#: Passes in reading order: forward, backward, forward+backward side by side.
+PASS_ORDER = ("forward", "backward", "forward_backward")
+
+
+def _chart_order(chart: Chart) -> tuple:
+    """Class, then the fixed parameters, then the pass in :data:`PASS_ORDER`."""
+    *_, cls, method = ["", *chart.benchmark.split(".")]
+    kind, _, passes = method.partition("_")
+    rank = PASS_ORDER.index(passes) if passes in PASS_ORDER else len(PASS_ORDER)
+    return (cls, kind, chart.fixed, rank, method)
 
 
 def _commit_subjects(commits: list[str]) -> dict[str, str]:
@@ -170,6 +182,8 @@ def _commit_subjects(commits: list[str]) -> dict[str, str]:
 
 
 def _format(value: float, unit: str) -> str:
+    if value == 0:
+        return "0"
     if unit == "seconds":
         for scale, suffix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
             if value >= scale:

@@ -98,6 +98,10 @@ def _check_charts(parsed: _Charts) -> None:
     assert set(charts) == {
         (f"bench_lstm.Sequence.{name}", f"float32 {size}") for name in PASSES for size in SIZES
     }
+    # Read row by row: each size's forward, backward and forward+backward side by side.
+    assert list(charts) == [
+        (f"bench_lstm.Sequence.{name}", f"float32 {size}") for size in SIZES for name in PASSES
+    ]
     for (_, params), lines in charts.items():
         missing = set() if params.endswith(SIZES[0]) else {"torch", "numpy-numba"}
         expected = set(BACKENDS) - missing
