@@ -81,10 +81,12 @@ def load_runs(results_dirs: list[Path]) -> tuple[list[Run], dict[str, dict]]:
     """Every results file under ``results_dirs`` (``<dir>/<machine>/<commit>-<env>.json``).
 
     Returns the runs and the benchmark descriptions (``benchmarks.json``, later
-    directories filling in what earlier ones lack). A file that is not asv results JSON
-    (version 2) is an error naming it.
+    directories filling in what earlier ones lack). A run found in several directories
+    (same machine, commit and environment) counts once: the first directory's. A file that
+    is not asv results JSON (version 2) is an error naming it.
     """
     runs: list[Run] = []
+    seen: set[tuple[str, str, str]] = set()
     benchmarks: dict[str, dict] = {}
     for directory in results_dirs:
         if not directory.is_dir():
@@ -108,6 +110,10 @@ def load_runs(results_dirs: list[Path]) -> tuple[list[Run], dict[str, dict]]:
                     for name, row in data["results"].items()
                     if len(row) > max(at_result, at_params)
                 }
+                key = (machine_dir.name, data["commit_hash"], data.get("env_name", ""))
+                if key in seen:  # the same run in two folders (history copied to results)
+                    continue
+                seen.add(key)
                 runs.append(
                     Run(
                         machine=machine_dir.name,

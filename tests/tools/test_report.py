@@ -124,6 +124,16 @@ def test_report_has_one_line_per_backend_and_chart_per_pass(built):
     _check_charts(_parse(built.read_text()))
 
 
+def test_a_run_in_two_folders_counts_once(tmp_path):
+    """benchmarks/history copied into .asv/results: one point per commit, not two."""
+    _write_results(tmp_path / "results")
+    shutil.copytree(tmp_path / "results", tmp_path / "history")
+    runs, _ = report.load_runs([tmp_path / "results", tmp_path / "history"])
+    assert sorted(run.commit for run in runs) == COMMITS
+    index = report.build([tmp_path / "results", tmp_path / "history"], tmp_path / "out")
+    _check_charts(_parse(index.read_text()))
+
+
 def test_values_are_placed_on_the_scale(tmp_path):
     chart = report.Chart("bench_lstm.Sequence.time_backward", ("float32",), "seconds")
     chart.points = {"numpy": {"a": 1.0, "b": 2.0}}
