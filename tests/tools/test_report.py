@@ -192,3 +192,21 @@ def test_headless_browser_renders_the_graphs(built, tmp_path):
     )  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a page of charts, not a blank one
+
+
+def test_the_kept_history_loads_and_has_every_pass(tmp_path):
+    """benchmarks/history is real asv output: it loads and gives the charts the docs describe."""
+    history = ROOT / "benchmarks" / "history"
+    runs, benchmarks = report.load_runs([history])
+    machines = {run.machine for run in runs}
+    assert len(machines) == 1
+    assert len({run.commit for run in runs}) >= 3
+    charts = report.charts_of(runs, benchmarks)
+    names = {chart.benchmark for chart in charts}
+    assert {f"bench_lstm.Sequence.{name}" for name in PASSES} <= names
+    for chart in charts:
+        if chart.benchmark.startswith("bench_lstm.Sequence.time_"):
+            assert chart.unit == "seconds"
+            assert {"numpy", "numpy-generic", "numpy-numpy"} <= set(chart.points)
+    index = report.build([history], tmp_path / "out")
+    assert index.read_text().count("<figure") == len(charts)
