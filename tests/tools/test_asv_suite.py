@@ -12,6 +12,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,23 +21,39 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import bench_lstm, common  # noqa: E402
 
-CLASSES = (bench_lstm.Sequence, bench_lstm.Cell)
+CLASSES = tuple(
+    cls
+    for cls in (
+        bench_lstm.Sequence,
+        bench_lstm.Layers,
+        bench_lstm.VsGemm,
+        getattr(bench_lstm, "VsTorch", None),
+        bench_lstm.Cell,
+    )
+    if cls is not None
+)
 PREFIXES = ("time_", "peakmem_", "track_", "mem_", "timeraw_")
 
 
 def benchmark_methods():
     for cls in CLASSES:
-        for name in sorted(vars(cls)):
+        for name in sorted(dir(cls)):
             if name.startswith(PREFIXES):
                 yield cls, name
 
 
-CASES = [
-    pytest.param(cls, name, backend, dtype, id=f"{cls.__name__}.{name}-{backend}-{dtype}")
-    for (cls, name), backend, dtype in itertools.product(
-        benchmark_methods(), common.BACKENDS, common.DTYPES
-    )
-]
+def tiny_cases():
+    """Every benchmark and parameter set, with the size replaced by the test size."""
+    for cls, name in benchmark_methods():
+        combos = {(*combo[:-1], "tiny") for combo in itertools.product(*cls.params)}
+        for combo in sorted(combos):
+            yield pytest.param(cls, name, combo, id=f"{cls.__name__}.{name}-{'-'.join(combo)}")
+
+
+def skip_reason_for(cls, backend):
+    if cls is bench_lstm.Layers:
+        return common.layer_skip_reason(backend)
+    return common.skip_reason(backend, cell=cls is bench_lstm.Cell)
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +76,31 @@ def test_asv_conf():
 
 def test_expected_benchmarks_exist():
     names = {f"{cls.__name__}.{name}" for cls, name in benchmark_methods()}
+    ratios = {
+        f"{cls}.track_{passes}"
+        for cls in ("VsGemm", "VsTorch")
+        for passes in ("forward", "backward", "forward_backward")
+        if cls == "VsGemm" or common.HAS_TORCH
+    }
     assert names == {
         "Sequence.time_forward",
+        "Sequence.time_backward",
         "Sequence.time_forward_backward",
-        "Sequence.peakmem_forward_backward",
         "Sequence.track_us_per_sample_step",
+        "Layers.time_forward",
+        "Layers.time_backward",
+        "Layers.time_forward_backward",
         "Cell.time_cell_forward",
         "Cell.time_cell_backward",
+        *ratios,
     }
     assert bench_lstm.Sequence.track_us_per_sample_step.unit == "us/sample-step"
+    assert bench_lstm.VsGemm.track_backward.unit == "x GEMM"
+
+
+def test_no_peakmem_benchmark():
+    """asv's peakmem (the process's maximum RSS) gave false regressions: none is defined."""
+    assert not [name for _, name in benchmark_methods() if name.startswith(("peakmem_", "mem_"))]
 
 
 def test_asv_imports_only_the_suite():
@@ -87,20 +120,28 @@ def test_asv_imports_only_the_suite():
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_params_and_skips_are_consistent(cls):
-    assert len(cls.params) == len(cls.param_names) == 3
-    assert cls.params[0] == [
-        "numpy",
-        "numpy-generic",
-        "numpy-numpy",
-        "numpy-numba",
-        "cupy",
-        "cupy-graph",
-        "cupy-generic",
-        "torch",
-    ]
-    assert set(cls.params[2]) <= set(common.ALL_SIZES)
+    assert len(cls.params) == len(cls.param_names)
+    # Only the backends whose library is installed, in the order of ENGINES.
+    installed = [b for b in common.ALL_BACKENDS if common.library_missing(b) is None]
+    assert cls.params[0] == [b for b in installed if b in cls.params[0]]
+    if cls in (bench_lstm.Sequence, bench_lstm.Layers, bench_lstm.VsGemm):
+        assert cls.params[0] == installed
+    assert set(cls.params[-1]) <= set(common.ALL_SIZES)
     product = set(itertools.product(*cls.params))
     assert set(cls.skip_params) <= product
+
+
+def test_backends_follow_what_is_installed(monkeypatch):
+    assert set(common.ALL_BACKENDS) == set(common.ENGINES)
+    assert ("torch" in common.BACKENDS) == (importlib.util.find_spec("torch") is not None)
+    assert ("numpy-numba" in common.BACKENDS) == (importlib.util.find_spec("numba") is not None)
+    monkeypatch.setattr(common, "HAS_TORCH", False)
+    monkeypatch.setattr(common, "HAS_NUMBA", False)
+    monkeypatch.setattr(common, "HAS_CUDA", False)
+    assert common.library_missing("torch") == "torch is not installed"
+    assert "numba" in common.library_missing("numpy-numba")
+    assert "CUDA" in common.library_missing("cupy-graph")
+    assert common.library_missing("numpy-generic") is None
 
 
 def test_sizes_are_scaled_deepbench_shapes():
@@ -111,14 +152,15 @@ def test_sizes_are_scaled_deepbench_shapes():
         assert T <= 150
 
 
-def test_cupy_skips_decided_at_import_without_gpu():
+def test_cupy_left_out_without_gpu():
     if common.HAS_CUDA:
         pytest.skip("a GPU is present")
-    skipped = set(bench_lstm.Sequence.skip_params)
+    for cls in CLASSES:
+        assert not [b for b in cls.params[0] if b.startswith("cupy")], cls.__name__
     for combo in itertools.product(*bench_lstm.Sequence.params):
-        assert (combo in skipped) == (common.skip_reason(combo[0]) is not None)
-        if combo[0].startswith("cupy"):
-            assert combo in skipped
+        assert (combo in bench_lstm.Sequence.skip_params) == (
+            common.skip_reason(combo[0]) is not None
+        )
     with pytest.raises(NotImplementedError, match="no CUDA device"):
         bench_lstm.Sequence().setup("cupy", "float32", common.SIZES[0])
 
@@ -146,23 +188,155 @@ def test_numba_case_runs_or_skips_in_setup():
     assert (reason is None) == (xlstm_engine == "numba")
     if reason is not None:
         assert "numba" in reason
-        assert ("numpy-numba", "float64", common.SIZES[0]) in bench_lstm.Sequence.skip_params
+        if common.library_missing("numpy-numba"):  # not installed: not listed at all
+            assert "numpy-numba" not in bench_lstm.Sequence.params[0]
+        else:  # installed, but this xlstm has no numba engine: listed and skipped
+            assert ("numpy-numba", "float64", common.SIZES[0]) in bench_lstm.Sequence.skip_params
         with pytest.raises(NotImplementedError, match="numba"):
             bench_lstm.Sequence().setup("numpy-numba", "float64", "tiny")
 
 
-@pytest.mark.parametrize(("cls", "name", "backend", "dtype"), CASES)
-def test_benchmark_runs_once(cls, name, backend, dtype):
-    reason = common.skip_reason(backend, cell=cls is bench_lstm.Cell)
+@pytest.mark.parametrize(("cls", "name", "combo"), list(tiny_cases()))
+def test_benchmark_runs_once(cls, name, combo):
+    reason = skip_reason_for(cls, combo[0])
     if reason is not None:
         pytest.skip(reason)
     benchmark = cls()
-    benchmark.setup(backend, dtype, "tiny")
-    result = getattr(benchmark, name)(backend, dtype, "tiny")
+    benchmark.setup(*combo)
+    result = getattr(benchmark, name)(*combo)
     if name.startswith("track_"):
         assert result > 0
     else:
         assert result is None
+
+
+def test_backward_times_the_backward_alone(monkeypatch):
+    """time_backward differentiates the cache made in setup: no forward, same gradients."""
+    benchmark = bench_lstm.Sequence()
+    benchmark.setup("numpy", "float64", "tiny")
+    expected = common.forward_backward(benchmark.p)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("time_backward ran lstm_forward")
+
+    monkeypatch.setattr(common.xlstm, "lstm_forward", no_forward)
+    calls = []
+    real = common.backward
+    monkeypatch.setattr(common, "backward", lambda p, caches: calls.append(real(p, caches)))
+    benchmark.time_backward("numpy", "float64", "tiny")
+    benchmark.time_backward("numpy", "float64", "tiny")  # the cache serves every call
+    assert len(calls) == 2
+    for grads in calls:
+        assert set(grads) == set(expected)
+        for key in expected:
+            np.testing.assert_array_equal(grads[key], expected[key])
+
+
+@pytest.mark.parametrize("layers", list(common.LAYER_CONFIGS))
+def test_layer_backward_times_the_backward_alone(monkeypatch, layers):
+    benchmark = bench_lstm.Layers()
+    benchmark.setup("numpy", layers, "tiny")
+    model = benchmark.p.model
+    num_layers, bidirectional, variable = common.LAYER_CONFIGS[layers]
+    assert (model.num_layers, model.bidirectional) == (num_layers, bidirectional)
+    assert (benchmark.p.lengths is not None) == variable
+    expected = common.layer_backward(benchmark.p, common.layer_forward(benchmark.p)[2])
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("time_backward ran forward_train")
+
+    monkeypatch.setattr(model, "forward_train", no_forward)
+    got = []
+    real = common.layer_backward
+    monkeypatch.setattr(common, "layer_backward", lambda p, cache: got.append(real(p, cache)))
+    benchmark.time_backward("numpy", layers, "tiny")
+    assert set(got[0]) == set(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[0][key], expected[key])
+
+
+def test_interleaved_ratio_alternates_and_takes_the_median():
+    clock = [0.0]
+    log = []
+
+    def step(name, seconds):
+        def run():
+            log.append(name)
+            clock[0] += seconds
+
+        return run
+
+    costs = iter([3.0, 3.0, 9.0, 3.0, 3.0, 3.0, 3.0, 3.0])  # one slow outlier
+    subject = lambda: (log.append("s"), clock.__setitem__(0, clock[0] + next(costs)))  # noqa: E731
+    original = common.time.perf_counter
+    common.time.perf_counter = lambda: clock[0]
+    try:
+        ratio = common.interleaved_ratio(subject, step("r", 1.5), rounds=5)
+    finally:
+        common.time.perf_counter = original
+    assert ratio == 2.0  # the median of 2, 6, 2, 2, 2: the outlier does not count
+    # Untimed pair first, then alternating order.
+    assert log == ["s", "r", "s", "r", "r", "s", "s", "r", "r", "s", "s", "r"]
+
+
+class _RecordingLibrary:
+    """Stands in for the array library: records the shapes of every product."""
+
+    def __init__(self):
+        self.products = []
+
+    def asarray(self, array):
+        return array
+
+    def matmul(self, left, right):
+        self.products.append((left.shape, right.shape))
+        return left @ right
+
+
+@pytest.mark.parametrize("passes", ["forward", "backward", "forward_backward"])
+def test_gemm_reference_does_the_lstm_products(passes):
+    p = common.inputs("numpy", "float32", "tiny")
+    n_x, n_a, m, T = p.shape
+    library = _RecordingLibrary()
+    fake = common.Inputs(**{**vars(p), "library": library})
+    run = common.gemm_reference(fake, passes)
+    run()
+    assert len(library.products) == common.PRODUCTS[passes]
+    flops = sum(2 * a * b * d for (a, b), (_, d) in library.products)
+    assert flops == common.PRODUCTS[passes] * 2 * (4 * n_a) * (n_a + n_x) * (m * T)
+    expected = [
+        ((4 * n_a, n_a + n_x), (n_a + n_x, m * T)),
+        ((4 * n_a, m * T), (m * T, n_a + n_x)),
+        ((n_a + n_x, 4 * n_a), (4 * n_a, m * T)),
+    ]
+    first = {"forward": 0, "backward": 1, "forward_backward": 0}[passes]
+    assert library.products == expected[first : first + common.PRODUCTS[passes]]
+
+
+def test_torch_reference_computes_the_gradients():
+    torch = pytest.importorskip("torch")
+    p = common.inputs("numpy", "float32", "tiny")
+    reference = common.TorchReference(p, "cpu")
+    reference.forward_backward()
+    once = reference.x.grad.clone()
+    reference.backward()  # from the recorded graph: the same gradients, not accumulated
+    torch.testing.assert_close(reference.x.grad, once)
+    assert reference.x.grad.shape == (p.shape[3], p.shape[2], p.shape[0])
+    weight = reference.module.weight_hh_l0.grad
+    assert weight is not None
+    assert float(weight.abs().sum()) > 0
+
+
+def test_vs_torch_only_where_torch_is_installed(monkeypatch):
+    monkeypatch.setattr(common, "HAS_TORCH", False)
+    monkeypatch.delattr(bench_lstm, "VsTorch", raising=False)  # reload keeps old names
+    try:
+        reloaded = importlib.reload(bench_lstm)
+        assert not hasattr(reloaded, "VsTorch")
+        assert hasattr(reloaded, "VsGemm")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(bench_lstm)
 
 
 def test_time_methods_only_call():
@@ -218,7 +392,9 @@ def test_imports_with_an_empty_xlstm(reload_common):
     reloaded = reload_common(types.ModuleType("xlstm"))
     combos = set(itertools.product(*reloaded.PARAMS))
     assert set(reloaded.skipped_params()) == combos
-    assert set(reloaded.skipped_params(cell=True)) == combos
+    assert set(reloaded.skipped_params(cell=True)) == set(itertools.product(*reloaded.CELL_PARAMS))
+    assert not reloaded.HAS_LAYERS
+    assert "no LSTM model" in reloaded.layer_skip_reason("numpy")
 
 
 @pytest.mark.parametrize(
