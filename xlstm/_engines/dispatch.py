@@ -100,7 +100,7 @@ def _reason(
     if spec.backends is not None and backend not in spec.backends:
         return f"it runs on {' or '.join(spec.backends)} arrays, these are {backend} arrays"
     if spec.requires != backend and not spec.installed():  # holding cupy arrays: cupy is there
-        return f"{spec.requires} is not installed (pip install 'xlstm-arrayapi[{spec.extra}]')"
+        return f"{spec.requires} is not installed (pip install -e '.[{spec.extra}]' from a clone)"
     if lengths and not spec.supports_lengths:
         return "it does not support variable-length batches (`lengths`)"
     if final and not spec.supports_final_state_grads:
