@@ -45,7 +45,7 @@ def _run(*arguments):
 
 
 def _leftovers(folder):
-    return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp.npy"))
+    return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp"))
 
 
 def test_ids_on_two_local_worker_processes(files):
