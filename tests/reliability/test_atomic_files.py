@@ -90,9 +90,14 @@ def test_names_modes_and_leftovers_of_the_helper(tmp_path):
     finally:
         os.umask(old)
     target.chmod(0o604)
-    with pytest.raises(RuntimeError, match="stop"), _atomic.replacing(target) as file:
-        file.write(b"half")
-        raise RuntimeError("stop")
+
+    def interrupted():
+        with _atomic.replacing(target) as file:
+            file.write(b"half")
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        interrupted()
     assert target.read_bytes() == b"one"  # the old content, and no temporary left
     assert _temporaries(tmp_path) == []
     with _atomic.replacing(target) as file:
@@ -175,7 +180,9 @@ def test_a_killed_predict_leaves_a_temporary_that_the_next_run_removes(tmp_path)
     result = _run(argv)
     assert result.returncode == 0, result.stderr
     assert _temporaries(tmp_path) == []
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.forward(np.load(tmp_path / "x.npy"))[0])
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), model.forward(np.load(tmp_path / "x.npy"))[0]
+    )
 
 
 @posix_only
