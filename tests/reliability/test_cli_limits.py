@@ -116,6 +116,7 @@ def test_predicts_default_chunk_fits_an_address_space_limit(tmp_path):
 
 
 def test_default_chunk_is_bounded_by_memory():
+    pytest.importorskip("dask")
     from xlstm._cli import UsageError
     from xlstm.dask.predict_cli import Predictor, default_chunk
 
