@@ -130,6 +130,26 @@ def fraction(high: float) -> Callable[[str], float]:
     return parse
 
 
+def report(text: str, stream: TextIO | None) -> None:
+    """Print the closing line of a command; a reader that went away is not an error.
+
+    ``python -m xlstm predict ... | head -0``: the write raises ``BrokenPipeError`` after the
+    work is done.  The line is dropped, and a real descriptor is pointed at ``os.devnull``
+    so that Python's final flush is silent too (``None``: stdout was closed at start-up).
+    """
+    if stream is None:
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        try:
+            descriptor = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(descriptor, stream.fileno())
+            os.close(descriptor)
+        except (OSError, ValueError, AttributeError):
+            pass  # no descriptor (a StringIO): nothing will flush it at exit
+
+
 class Progress:
     """One progress line on a terminal (a bar, redrawn at most 5 times a second).
 
@@ -186,5 +206,6 @@ __all__ = [
     "positive_float",
     "positive_int",
     "quiet_closed_stdout",
+    "report",
     "run_command",
 ]

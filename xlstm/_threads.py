@@ -16,11 +16,22 @@ Only when it pays and stays within the caller's thread budget: the NumPy fast pa
 ``threadpoolctl`` importable, BLAS limited to exactly two threads (the usual budget of a
 two-core machine or of ``threadpool_limits(2)``), and enough work per direction.  Otherwise
 the directions run one after the other, with the BLAS threads as they are.
+
+Several user threads may call at once, and each call gives the bits it gives alone.  The
+BLAS limit is process-wide, and what a call computes depends on the decisions read off it
+(the masked engine splits its batch into two groups only when its groups would run side by
+side, which changes the products' shapes and so their rounding).  So the limit belongs to
+:class:`_Regime`: set by the first side-by-side pair, lifted by the last, never overlapping
+pairs run in turn; decisions read the caller's budget, not our limit; and a pair inside a
+pair (a direction's length groups) always runs in turn, in its outer pair's thread.  (Before,
+two callers toggled each other's limit: results moved by an ulp, and a pair inside a pair
+could queue behind itself on the one worker thread and never finish.)
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,35 +60,105 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def pair_is_parallel(work: int) -> bool:
-    """Whether :func:`run_pair` would run two bodies of ``work`` side by side (a pure check)."""
-    if work < MIN_WORK:
+    """Whether :func:`run_pair` would run two bodies of ``work`` side by side (a pure check).
+
+    False inside a pair (a pair within a pair runs in turn).  The thread budget is the
+    caller's, read before any limit of ours: while side-by-side pairs hold BLAS at one
+    thread, the budget they read when the first of them began.
+    """
+    if work < MIN_WORK or _inside_pair.get() or _controller() is None:
         return False
-    controller = _controller()
-    if controller is None:
-        return False
-    threads = [info["num_threads"] for info in controller.select(user_api="blas").info()]
+    return _regime.budget_is_two()
+
+
+def _blas_budget_is_two() -> bool:
+    """BLAS is limited to exactly two threads now (read from the libraries)."""
+    threads = [info["num_threads"] for info in _controller().select(user_api="blas").info()]
     return bool(threads) and max(threads) == 2
 
 
-def _single_thread_blas(work: int) -> Any:
-    """A limit of BLAS to one thread, *in force from this call on* (use it in a ``with``
-    block, which lifts it), or ``None`` if the pair should run in turn."""
-    if not pair_is_parallel(work):
-        return None
-    return _controller().select(user_api="blas").limit(limits=1)
+class _Regime:
+    """Which BLAS thread count the pairs running now compute with, shared by all threads.
+
+    Pairs side by side need BLAS at one thread, a process-wide setting; pairs in turn need
+    it as the caller left it.  A pair's numbers depend on that count (the products split
+    their sums differently), so that a call gives the same bits whatever runs beside it,
+    the two regimes never overlap: pairs of the regime in force join it, pairs of the other
+    wait until its last pair ends.  The limit is set by the first side-by-side pair and
+    lifted by the last, and the decision reads the thread count as it was before the
+    limit, never the limit itself.
+    """
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.parallel: bool | None = None  # the regime in force; None: no pair running
+        self.count = 0
+        self.limiter: Any = None
+        self.budget_parallel = False  # pair_is_parallel's budget test, before the limit
+
+    def budget_is_two(self) -> bool:
+        """The caller's BLAS budget is two threads (not our own limit's one)."""
+        with self.condition:
+            if self.limiter is not None:
+                return self.budget_parallel
+            return _blas_budget_is_two()
+
+    def enter(self, work: int) -> bool:
+        """Join the regime this pair needs (waiting if the other is in force)."""
+        with self.condition:
+            while True:
+                if self.count == 0:
+                    self.budget_parallel = _blas_budget_is_two()
+                parallel = self.budget_parallel and work >= MIN_WORK
+                if self.count == 0:
+                    if parallel:
+                        self.limiter = _controller().select(user_api="blas").limit(limits=1)
+                    self.parallel, self.count = parallel, 1
+                    return parallel
+                if self.parallel == parallel:
+                    self.count += 1
+                    return parallel
+                self.condition.wait()
+
+    def leave(self) -> None:
+        with self.condition:
+            self.count -= 1
+            if self.count == 0:
+                if self.limiter is not None:
+                    self.limiter.restore_original_limits()
+                    self.limiter = None
+                self.parallel = None
+                self.condition.notify_all()
+
+
+_regime = _Regime()
+_inside_pair: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "xlstm_inside_pair", default=False
+)
 
 
 def run_pair(first: Callable[[], Any], second: Callable[[], Any], *, work: int) -> tuple[Any, Any]:
-    """``(first(), second())``, concurrently when worthwhile (see the module docstring)."""
-    limiter = _single_thread_blas(work)
-    if limiter is None:
+    """``(first(), second())``, concurrently when worthwhile (see the module docstring).
+
+    Safe from several user threads at once, and bit for bit as in one thread alone (see
+    :class:`_Regime`).  A pair inside a pair (the masked engine's length groups within a
+    direction) runs in turn, in the BLAS regime of the outer pair.
+    """
+    if _inside_pair.get() or _controller() is None:
         return first(), second()
-    with limiter:
+    parallel = _regime.enter(work)
+    token = _inside_pair.set(True)
+    try:
+        if not parallel:
+            return first(), second()
         # The worker runs in a copy of this thread's context, so that context-local
-        # settings (NumPy's errstate among them) hold for both jobs alike.
+        # settings (NumPy's errstate among them, and being inside a pair) hold for both.
         future = _pool().submit(contextvars.copy_context().run, second)
         try:
             result = first()
         finally:
             other = future.result()
-    return result, other
+        return result, other
+    finally:
+        _inside_pair.reset(token)
+        _regime.leave()

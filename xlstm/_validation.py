@@ -156,6 +156,20 @@ def check_size(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a Python bool: ``True``/``False`` or a NumPy bool (``np.True_``, what
+    comparisons of NumPy scalars give); anything else is a ``TypeError`` naming ``name``.
+
+    Ints (``1``, ``0``) are refused: a flag passed an int is usually an argument in the
+    wrong place.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        kind = type(value).__module__ + "." + type(value).__qualname__
+        kind = kind.removeprefix("builtins.")
+        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r} ({kind})")
+    return bool(value)
+
+
 def check_dropout(dropout: Any) -> float:
     """A float in ``[0, 1)``, or a ``TypeError``/``ValueError`` naming ``dropout``."""
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):

@@ -17,11 +17,13 @@ string ``meta``::
 
 Version 1 files (one layer, the seed's keys ``Wf ... by``) are read as version 2.
 
-Writing (:func:`write`) goes to a temporary file ``<name>.<random>.tmp`` in the target's
-folder that replaces the old file only when complete, so an interrupted save never leaves
-a broken checkpoint.  A save killed outright (``SIGKILL``, power loss) leaves its temporary
-file behind; the next save of the same checkpoint removes it.  A new checkpoint gets the
-usual mode of new files (``0o666`` less the umask); replacing one keeps its mode.
+Writing (:func:`write`) goes through :func:`xlstm._atomic.replacing`: a temporary file
+``<name>.<random>.tmp`` in the target's folder that replaces the old file only when
+complete, so an interrupted save never leaves a broken checkpoint, and two processes saving
+the same checkpoint at once both succeed (the last rename wins).  A save killed outright
+(``SIGKILL``, power loss) leaves its temporary file behind; the next save of the same
+checkpoint removes it.  A new checkpoint gets the usual mode of new files (``0o666`` less
+the umask); replacing one keeps its mode.
 
 Reading (:func:`read`): files are untrusted. Nothing is unpickled, and everything is checked
 before it is allocated, in this order: the file is a regular file and a zip whose member
@@ -38,15 +40,12 @@ and the problem.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import secrets
 import stat
 import struct
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from . import _atomic
 from ._layout import GATE_KEYS, GATE_ORDER, HEADS
 from ._schema import Schema
 
@@ -74,8 +74,6 @@ MAX_META_DEPTH = 32
 _MEMBER = re.compile(r"meta|param/[A-Za-z0-9_]+|opt/[A-Za-z0-9_]+/[A-Za-z0-9_]+|state/[ac]")
 _STATE = ("state/a", "state/c")  # the carried (a, c) of a training model, optional
 _HEADER_LIMIT = 10_000  # bytes of a .npy header dict (NumPy's own default limit)
-_TEMPORARY = r"\.[a-z0-9_]{8}\.tmp"  # <name>.<8 characters>.tmp, as write() names them
-_STALE_SECONDS = 3600.0  # without file locks: temporary files older than this are stale
 
 
 class CheckpointError(ValueError):
@@ -118,68 +116,6 @@ def _depth(value: Any) -> int:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``<name>.<random>.tmp`` files that a killed save of ``path`` left behind.
-
-    A save holds an exclusive lock (``flock``) on its temporary file until it is renamed,
-    and the lock dies with the process: a file that can be locked is stale.  Where there
-    are no such locks (Windows), files older than an hour are.  Only files matching our
-    own pattern for this checkpoint's name are touched.
-    """
-    pattern = re.compile(re.escape(path.name) + _TEMPORARY)
-    try:
-        candidates = [entry for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name)]
-    except OSError:
-        return
-    for entry in candidates:
-        with contextlib.suppress(OSError):
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            if _fcntl is None:
-                if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS:
-                    os.unlink(entry.path)
-                continue
-            descriptor = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                _fcntl.flock(descriptor, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-            except OSError:  # locked: a save in progress in another process
-                os.close(descriptor)
-                continue
-            try:
-                os.unlink(entry.path)
-            finally:
-                os.close(descriptor)
-
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new, locked ``<name>.<random>.tmp`` beside ``path``, mode ``0o666`` less the umask
-    (``tempfile.mkstemp`` would make it ``0o600``), or ``path``'s own mode if it exists."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            descriptor = os.open(temporary, flags, 0o666)  # the kernel applies the umask
-        except FileExistsError:
-            continue
-        break
-    else:  # pragma: no cover - 100 collisions of 32 random bits
-        raise FileExistsError(f"cannot create a temporary file beside {str(path)!r}")
-    try:
-        if _fcntl is not None:
-            _fcntl.flock(descriptor, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-        with contextlib.suppress(FileNotFoundError):
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-            if hasattr(os, "fchmod"):
-                os.fchmod(descriptor, mode)
-            else:  # pragma: no cover - Windows
-                os.chmod(temporary, mode)
-    except BaseException:
-        os.close(descriptor)
-        temporary.unlink(missing_ok=True)
-        raise
-    return descriptor, temporary
 
 
 def write(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
@@ -227,39 +163,9 @@ def write(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.nd
             raise ValueError(msg)
     payload = {**arrays, "meta": np.asarray(meta_text)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    handle, temporary = _create_temporary(path)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **payload)
-            file.flush()
-            os.fsync(file.fileno())
-            if _fcntl is not None:
-                # Renamed while still open and locked: no other save takes it for stale.
-                os.replace(temporary, path)
-        if _fcntl is None:  # pragma: no cover - Windows renames closed files only
-            os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
+    with _atomic.replacing(path) as file:
+        np.savez(file, **payload)
     return path
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
-    with contextlib.suppress(OSError, AttributeError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-try:
-    import fcntl as _fcntl
-except ImportError:  # pragma: no cover - Windows
-    _fcntl = None  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- reading

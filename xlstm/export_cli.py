@@ -2,9 +2,12 @@
 
 The checkpoint is read with :func:`xlstm.training.load_model` (a training model such as
 ``CharLSTM``: LSTM plus output layer) or, for a bare model, :meth:`xlstm.LSTM.load`; the ONNX
-model (:func:`xlstm.convert.to_onnx`) is written to a temporary file that replaces ``OUT.onnx``
-only when complete.  A bad checkpoint or a missing ``onnx`` package is one line on stderr
-and exit status 2.
+model (:func:`xlstm.convert.to_onnx`) is written by :func:`xlstm._atomic.replacing`: a
+temporary file ``OUT.onnx.<random>.tmp`` that replaces ``OUT.onnx`` only when complete (one
+left by a killed run is removed by the next), with the mode of any new file (``0o666`` less
+the umask).  A bad checkpoint or a missing ``onnx`` package is one line on stderr and exit
+status 2; a file that cannot be written, one line and status 1; a closed stdout is not an
+error.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._cli import Parser, UsageError
+from . import _atomic
+from ._cli import Parser, UsageError, report
 
 PROG = "python -m xlstm export"
 _INSTALL = "pip install 'xlstm-arrayapi[onnx]'"
@@ -85,16 +89,21 @@ def main(
             import onnx  # noqa: F401 (only to fail early, before reading the checkpoint)
         except ImportError:
             raise UsageError(f"the onnx package is not installed: {_INSTALL}") from None
+        if args.onnx.is_dir():
+            raise UsageError(f"--onnx {str(args.onnx)!r} is a directory")
         model = load_checkpoint(args.checkpoint)
         from .convert import to_onnx
 
         try:
             proto = to_onnx(
-                model, args.onnx, opset=args.opset, dtype=args.dtype, output=args.output,
+                model, None, opset=args.opset, dtype=args.dtype, output=args.output,
                 initial_state=args.initial_state, sequence_lens=args.sequence_lens,
             )  # fmt: skip
         except (TypeError, ValueError) as error:
             raise UsageError(f"cannot export {str(args.checkpoint)!r}: {error}") from None
+        args.onnx.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic.replacing(args.onnx) as file:
+            file.write(proto.SerializeToString())
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except UsageError as error:
@@ -104,7 +113,7 @@ def main(
         print(f"{PROG}: error: {error}", file=stderr)
         return 1
     opset = proto.opset_import[0].version
-    print(f"wrote {args.onnx} ({type(model).__name__}, opset {opset})", file=stdout)
+    report(f"wrote {args.onnx} ({type(model).__name__}, opset {opset})", stdout)
     return 0
 
 

@@ -127,8 +127,7 @@ def _check_layer_shapes(layers: Sequence[Mapping[str, Any]], n_x: int, direction
 
 def _check_dropout(dropout: Any, training: Any) -> float:
     rate = _validation.check_dropout(dropout)
-    if not isinstance(training, bool):
-        raise TypeError(f"`training` must be a bool, got {type(training).__name__}")
+    _validation.check_flag("training", training)
     return rate
 
 
@@ -209,8 +208,7 @@ def multilayer_forward(
     cache : MultiLayerCache
         For :func:`multilayer_backward`.  ``outputs`` may share memory with it.
     """
-    if not isinstance(bidirectional, bool):
-        raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__}")
+    bidirectional = _validation.check_flag("bidirectional", bidirectional)
     directions = 2 if bidirectional else 1
     num_layers = _check_layers(layers, num_layers, directions)
     rate = _check_dropout(dropout, training)
@@ -228,9 +226,8 @@ def multilayer_forward(
     if m == 0 or t_x == 0:
         raise ValueError(f"`x` has shape {shape_of(x)}; expected m >= 1 and T >= 1")
     n_a = _check_layer_shapes(layers, n_x, directions)
-    for name, flag in (("recompute", recompute), ("cache", cache)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
+    recompute = _validation.check_flag("recompute", recompute)
+    cache = _validation.check_flag("cache", cache)
     keep = cache
     recompute = recompute or not keep  # inference keeps only the states (the outputs)
     lengths = check_lengths(lengths, m, t_x)

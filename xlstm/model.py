@@ -33,7 +33,7 @@ from ._backend import backend_name, get_namespace, namespace_of, to_backend, to_
 from ._engines.dispatch import engine_option
 from ._layout import GATE_KEYS, GATE_ORDER, layer_key
 from ._schema import Schema
-from ._validation import check_dropout, check_seed, check_size
+from ._validation import check_dropout, check_flag, check_seed, check_size
 from .convert import weights as convert
 from .layers import multilayer_backward, multilayer_forward
 from .parameters import init_parameters
@@ -121,9 +121,7 @@ class LSTM:
         self.n_x = check_size("n_x", n_x)
         self.n_a = check_size("n_a", n_a)
         self.num_layers = check_size("num_layers", num_layers)
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__}")
-        self.bidirectional = bidirectional
+        self.bidirectional = check_flag("bidirectional", bidirectional)
         self.dropout = check_dropout(dropout)
         self.engine = engine_option(engine, fused, where="xlstm.LSTM")
         init_seed, dropout_seed = np.random.SeedSequence(check_seed(seed)).spawn(2)

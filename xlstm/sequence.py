@@ -119,9 +119,8 @@ def lstm_forward(
     _validation.check_shape("a0", a0, (sizes.n_a, m), "(n_a, m)")
     if c0 is not None:
         _validation.check_shape("c0", c0, (sizes.n_a, m), "(n_a, m)")
-    for name, flag in (("recompute", recompute), ("cache", cache)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
+    recompute = _validation.check_flag("recompute", recompute)
+    cache = _validation.check_flag("cache", cache)
     lengths = check_lengths(lengths, m, t_x)
     choice = engine_option(engine, fused)
     h0 = a0.T

@@ -275,3 +275,17 @@ def test_loss_and_gradients_errors():
         loss_and_gradients(x, targets, {k: v for k, v in on.items() if k != "Wy"})
     with pytest.raises(TypeError, match="dtype"):
         loss_and_gradients(x.astype(np.float32), targets, on)
+
+
+def test_recompute_flag_is_checked():
+    import numpy as np
+
+    from xlstm import init_parameters
+    from xlstm.training import loss_and_gradients
+
+    params = init_parameters(2, 3, 2, seed=0)
+    x = np.zeros((2, 1, 3), np.float32)
+    targets = np.zeros((1, 3), np.int64)
+    with pytest.raises(TypeError, match=r"`recompute` must be a bool \(True or False\), got 1"):
+        loss_and_gradients(x, targets, params, recompute=1)
+    loss_and_gradients(x, targets, params, recompute=np.True_)

@@ -71,7 +71,18 @@ def run_bytes(shape: tuple[int, int, int, int], dtype: str, contestants: int, n_
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (None: unknown on this OS)."""
+    """Bytes a new allocation of this process can get (None: unknown on this OS).
+
+    The smaller of the memory the OS has available and what the process's address-space
+    limit (``RLIMIT_AS``, ``ulimit -v``) leaves above what it already maps: under such a
+    limit an allocation fails however much memory is free.
+    """
+    limits = [_system_memory(), _address_space_left()]
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
+
+
+def _system_memory() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:  # Linux: counts reclaimable page cache
             for line in meminfo:
@@ -83,6 +94,25 @@ def available_memory() -> int | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _address_space_left() -> int | None:
+    """``RLIMIT_AS`` less the address space this process maps now (None: no limit)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, AttributeError, OSError, ValueError):  # Windows, no such limit
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    mapped = 0
+    try:
+        with open("/proc/self/statm") as statm:  # Linux: first field, pages mapped
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass  # elsewhere: the whole limit, an upper bound
+    return max(0, soft - mapped)
 
 
 # --------------------------------------------------------------------------- backends

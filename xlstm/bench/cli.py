@@ -165,8 +165,10 @@ def check_output_file(path: str) -> None:
 def check_memory(sizes, dtype: str, contestants: int, n_y: int) -> None:
     """Raise ``ValueError`` if a shape would need more memory than is available.
 
-    The estimate is :func:`~xlstm.bench._harness.run_bytes` (generous); where the OS
-    does not say how much memory is available only ``MAX_DIMENSION`` applies.
+    The estimate is :func:`~xlstm.bench._harness.run_bytes` (generous), against
+    :func:`~xlstm.bench._harness.available_memory` (the memory available and the process's
+    address-space limit, ``RLIMIT_AS``); where neither is known only ``MAX_DIMENSION``
+    applies.
     """
     available = H.available_memory()
     if available is None:
@@ -176,7 +178,8 @@ def check_memory(sizes, dtype: str, contestants: int, n_y: int) -> None:
         if need > available:
             msg = (
                 f"`--sizes` {label}: the run would hold about {need / 2**30:.3g} GiB, more than "
-                f"the {available / 2**30:.3g} GiB of memory available; choose smaller sizes"
+                f"the {available / 2**30:.3g} GiB of memory available to this process (free "
+                "memory, within its address-space limit RLIMIT_AS); choose smaller sizes"
             )
             raise ValueError(msg)
 

@@ -24,7 +24,6 @@ import itertools
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -358,19 +357,14 @@ def to_onnx(
 
 
 def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and move it there when complete."""
+    """Write ``data`` atomically (:func:`xlstm._atomic.replacing`: the umask's mode, leftovers
+    of killed writes removed, safe beside concurrent writers)."""
+    from .. import _atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _atomic.replacing(path) as file:
+        file.write(data)
     return path
 
 

@@ -1,4 +1,4 @@
-"""``python -m xlstm predict``: the softmax outputs of a saved model for a large input file.
+"""``python -m xlstm predict``: the outputs of a saved model for a large input file.
 
 ::
 
@@ -6,21 +6,31 @@
         [--batch-chunk K] [--scheduler ADDRESS | --workers N]
         [--backend numpy|cupy] [--engine E]
 
+The model: a training model's checkpoint (``CharLSTM``, ``LSTMModel``: the softmax outputs
+``y (n_y, m, T)``) or an :class:`xlstm.LSTM`'s (``model.save(...)``: the last layer's
+hidden states ``a (D n_a, m, T)``, ``D = 2`` when bidirectional).
+
 The input is memory-mapped, never read whole: floats ``x (n_x, m, T)`` or integer ids
-``(m, T)`` (one-hot encoded on the workers, for a character model).  It is cut along the
-batch ``m`` into chunks of ``K`` sequences, each one task on a dask worker; the workers
-read their chunk from the file themselves, so it must be visible to them at the same path
-(always true for ``--workers``; on a cluster, a shared filesystem).  The output ``y (n_y,
-m, T)`` is written chunk by chunk into a temporary ``.npy`` next to ``--output``, which
-replaces ``--output`` only when complete: an interrupted run leaves no half-written
-file under that name.
+``(m, T)`` (one-hot encoded on the workers, for a character model).  It must be a regular
+file (a FIFO or a device is refused, not waited on) and not the output file, under any name
+(symbolic or hard link).  It is cut along the batch ``m`` into chunks of ``K`` sequences,
+each one task on a dask worker; the default ``K`` gives about four tasks per worker, fewer
+sequences where the memory available (and the process's address-space limit) calls for
+it.  The workers read their chunk from the file themselves, so it must be visible to them
+at the same path (always true for ``--workers``; on a cluster, a shared filesystem).
+
+The output is written chunk by chunk with ordinary writes (no memory map: a full disk is an
+error, not a ``SIGBUS``) into a temporary file beside ``--output``, allocated in full first,
+which replaces ``--output`` only when complete (:func:`xlstm._atomic.replacing`): an
+interrupted run leaves no half-written file under that name, and a run killed outright
+leaves a temporary file that the next run removes.
 
 Where the work runs: ``--workers N`` starts a local cluster of ``N`` single-threaded
 worker processes; ``--scheduler ADDRESS`` joins a running cluster; neither uses dask's
 threads in this process.  A progress bar goes to stderr when it is a terminal.  Bad
 arguments, a bad checkpoint or input file give one line on stderr and exit status 2; a
-chunk whose task keeps killing workers, exit status 1 with a line naming the chunk;
-Ctrl-C, 130.
+failing chunk (one that raises, or keeps killing workers) or a full disk, exit status 1
+with one line; Ctrl-C, 130.  A reader of stdout that went away is not an error.
 """
 
 from __future__ import annotations
@@ -28,17 +38,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import errno
 import math
 import os
+import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from .._cli import Parser, UsageError, positive_int
+from .. import _atomic
+from .._cli import Parser, UsageError, positive_int, report
 from .cluster import connect
 
 PROG = "python -m xlstm predict"
@@ -47,19 +59,24 @@ PROG = "python -m xlstm predict"
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
-        description="Softmax outputs y (n_y, m, T) of a saved model, computed on dask workers.",
+        description=(
+            "Outputs of a saved model, computed on dask workers: softmax y (n_y, m, T) of a "
+            "training model, hidden states a (D n_a, m, T) of an xlstm.LSTM."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", type=Path, required=True, help="checkpoint (.npz)")
     parser.add_argument(
         "--input", type=Path, required=True, help=".npy: floats (n_x, m, T) or int ids (m, T)"
     )
-    parser.add_argument("--output", type=Path, required=True, help=".npy written: (n_y, m, T)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help=".npy written: (n_y, m, T) or (D n_a, m, T)"
+    )
     parser.add_argument(
         "--batch-chunk",
         type=positive_int,
         default=None,
-        help="sequences per task (default: about four tasks per worker)",
+        help="sequences per task (default: about four tasks per worker, within memory)",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, help="address of a running dask scheduler")
@@ -77,16 +94,31 @@ def build_parser() -> argparse.ArgumentParser:
 class Predictor:
     """What each task needs from a model: ``n_x``, ``n_y``, dtype and a chunk's outputs.
 
-    A one-layer model runs as the seed's parameter dict through
+    A one-layer training model runs as the seed's parameter dict through
     :func:`xlstm.dask.lstm_forward` (the engine of ``--engine``); a stacked one
-    (``num_layers > 1``) runs whole in each task through its own ``forward``.
+    (``num_layers > 1``) and an :class:`xlstm.LSTM` (no output layer: ``n_y`` is its
+    ``D n_a`` hidden states) run whole in each task through their own ``forward``.
     """
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.n_x, self.n_y = int(model.n_x), int(model.n_y)
+        self.bare = not hasattr(model, "n_y")  # an xlstm.LSTM: hidden states out
+        self.n_x = int(model.n_x)
+        self.n_y = int(model.directions * model.n_a) if self.bare else int(model.n_y)
         self.dtype = np.dtype(str(model.dtype))
-        self.parameters = seed_parameters(model)
+        self.parameters = None if self.bare else seed_parameters(model)
+
+    def sequence_bytes(self, t_x: int, ids: bool) -> int:
+        """A generous estimate of the memory one task holds per sequence of ``t_x`` steps.
+
+        Its input (the ids and their one-hot floats), per layer and direction the
+        forward's states, cells and gates (eight ``n_a`` per position), the output, and
+        one copy of the output on its way to the file.
+        """
+        model = self.model
+        layers = int(getattr(model, "num_layers", 1)) * int(getattr(model, "directions", 1))
+        per_position = 2 * self.n_x + 8 * layers * int(model.n_a) + 3 * self.n_y
+        return t_x * (self.dtype.itemsize * per_position + (8 if ids else 0))
 
     def outputs(self, x: Any, engine: str) -> Any:
         """``y (n_y, m, T)`` as a dask array, for ``x`` chunked along the batch."""
@@ -101,7 +133,8 @@ class Predictor:
 
         # Only what a task needs travels: the model without its optimiser state.
         light = copy.copy(self.model)
-        light.opt_state = None
+        if hasattr(light, "opt_state"):
+            light.opt_state = None
         if engine != "auto":
             weights = next(iter(light.parameters.values()))
             xp = array_api_compat.array_namespace(weights)
@@ -135,17 +168,24 @@ def seed_parameters(model: Any) -> dict[str, Any] | None:
 
 
 def _model_block(x: Any, model: Any) -> Any:
-    """One chunk through a whole (stacked) model: ``y (n_y, k, T)``."""
+    """One chunk through a whole (stacked) model: ``y (n_y, k, T)`` (or ``a`` of an LSTM)."""
     if x.ndim == 2:
         x = model.inputs(x)
     return model.forward(x)[0]
 
 
 def _load_model(path: Path, backend: str) -> Predictor:
+    from ..model import LSTM
     from ..training import load_model
 
     try:
-        model = load_model(path, backend=backend)
+        try:
+            model = load_model(path, backend=backend)
+        except ValueError as error:  # CheckpointError: maybe an xlstm.LSTM's checkpoint
+            try:
+                model = LSTM.load(path, backend=backend)
+            except ValueError:
+                raise error from None
     except FileNotFoundError:
         raise UsageError(f"--model {str(path)!r}: no such file") from None
     except IsADirectoryError:
@@ -157,11 +197,57 @@ def _load_model(path: Path, backend: str) -> Predictor:
     return Predictor(model)
 
 
-# --------------------------------------------------------------------------- the input
+# --------------------------------------------------------------------------- the files
+
+
+def _regular_file(path: Path, option: str) -> os.stat_result:
+    """``path``'s status, if it is a regular file (opened without blocking: a FIFO must
+    not hang the run); otherwise a :class:`UsageError` naming ``option``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {str(path)!r}: no such file") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the name
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"{option} {str(path)!r}: cannot open it ({reason})") from None
+    try:
+        status = os.fstat(descriptor)
+    finally:
+        os.close(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise UsageError(f"{option} {str(path)!r} is {kind}")
+    return status
+
+
+def _check_output(output: Path, inputs: dict[str, os.stat_result]) -> None:
+    """``--output`` may be replaced: a regular file or nothing, in an existing folder, and
+    not one of the files read (``inputs``: option -> status), under any name."""
+    if output.is_dir():
+        raise UsageError(f"--output {str(output)!r} is a directory")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {str(output)!r}: no such directory {str(output.parent)!r}")
+    try:
+        status = os.stat(output)  # through a symbolic link: the file it names
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UsageError(f"--output {str(output)!r}: {error.strerror}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UsageError(f"--output {str(output)!r} exists and is not a regular file")
+    for option, read in inputs.items():
+        if (status.st_dev, status.st_ino) == (read.st_dev, read.st_ino):
+            msg = (
+                f"--output {str(output)!r} is the {option} file (the same file under another "
+                "name?); writing it would destroy what is read"
+            )
+            raise UsageError(msg)
 
 
 def _open_input(path: Path, predictor: Predictor) -> np.ndarray:
     """The input memory-mapped and checked: shape, dtype, and ids within ``[0, n_x)``."""
+    _regular_file(path, "--input")
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -173,6 +259,12 @@ def _open_input(path: Path, predictor: Predictor) -> np.ndarray:
         raise UsageError(f"--input {str(path)!r} is an .npz archive; expected one .npy array")
     n_x = predictor.n_x
     if np.issubdtype(data.dtype, np.integer) and data.ndim == 2:
+        if predictor.bare:
+            msg = (
+                f"--input {str(path)!r} holds integer ids (m, T); an xlstm.LSTM checkpoint "
+                f"takes floats (n_x, m, T) with n_x = {n_x}"
+            )
+            raise UsageError(msg)
         _check_ids(data, n_x, path)
     elif np.issubdtype(data.dtype, np.floating) and data.ndim == 3:
         if data.shape[0] != n_x:
@@ -194,7 +286,7 @@ def _open_input(path: Path, predictor: Predictor) -> np.ndarray:
 
 def _check_ids(ids: np.ndarray, n_x: int, path: Path) -> None:
     # In slices, so that a large file is never read into memory at once.
-    rows = max(1, (1 << 24) // max(1, ids.shape[1]))
+    rows = max(1, (1 << 22) // max(1, ids.shape[1]))
     for start in range(0, ids.shape[0], rows):
         piece = ids[start : start + rows]
         bad = np.flatnonzero(((piece < 0) | (piece >= n_x)).any(axis=1))
@@ -226,8 +318,10 @@ def _input_array(path: Path, data: np.ndarray, chunk: int, predictor: Predictor,
     m = data.shape[batch_axis]
     chunks[batch_axis] = (chunk,) * (m // chunk) + ((m % chunk,) if m % chunk else ())
     dtype = data.dtype if data.ndim == 2 else predictor.dtype
-    stat = path.stat()
-    name = "xlstm-input-" + tokenize(str(path), stat.st_mtime_ns, stat.st_size, chunk, str(dtype))
+    status = path.stat()
+    name = "xlstm-input-" + tokenize(
+        str(path), status.st_mtime_ns, status.st_size, chunk, str(dtype)
+    )
     x = da.map_blocks(
         _read_chunk, str(path), str(predictor.dtype), chunks=tuple(chunks), dtype=dtype,
         meta=np.empty((0,) * data.ndim, dtype=dtype), name=name,
@@ -237,6 +331,99 @@ def _input_array(path: Path, data: np.ndarray, chunk: int, predictor: Predictor,
 
         x = x.map_blocks(cupy.asarray, meta=cupy.empty((0,) * data.ndim, dtype=dtype))
     return x
+
+
+class NpyOutput:
+    """A ``.npy`` file of shape ``(n_y, m, T)`` written in place by ``target[region] = block``.
+
+    The header is written first and the data's space allocated (``posix_fallocate``), so
+    that a full disk shows at once; blocks then go to their offsets with ordinary
+    positioned writes (``os.pwrite``), safe from several threads.  A write that fails
+    (a full disk where space could not be reserved) raises ``OSError``; nothing is
+    memory-mapped, so nothing can fault.
+    """
+
+    def __init__(self, file: Any, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.ndim = 3
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        np.lib.format.write_array_header_1_0(file, header)
+        file.flush()
+        self.descriptor = file.fileno()
+        self.offset = file.tell()
+        self.nbytes = self.dtype.itemsize * math.prod(shape)
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(self.descriptor, self.offset, self.nbytes)
+            except OSError as error:
+                # Filesystems that cannot reserve space say EOPNOTSUPP/EINVAL: the
+                # writes below still report a full disk.
+                if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise
+
+    def __setitem__(self, region: tuple[slice, ...], block: Any) -> None:
+        bounds = [index.indices(size) for index, size in zip(region, self.shape, strict=True)]
+        if any(step != 1 for _, _, step in bounds):
+            raise ValueError(f"NpyOutput takes slices with step 1, got {region}")
+        (i0, i1, _), (j0, j1, _), (t0, t1, _) = bounds
+        block = np.broadcast_to(np.asarray(block, dtype=self.dtype), (i1 - i0, j1 - j0, t1 - t0))
+        _, m, t_x = self.shape
+        item = self.dtype.itemsize
+        for i in range(i0, i1):
+            if (t0, t1) == (0, t_x):  # sequences j0 .. j1 of output row i: one run
+                self._write(self.offset + (i * m + j0) * t_x * item, block[i - i0])
+                continue
+            for j in range(j0, j1):
+                start = self.offset + ((i * m + j) * t_x + t0) * item
+                self._write(start, block[i - i0, j - j0])
+
+    def _write(self, offset: int, values: Any) -> None:
+        view = memoryview(np.ascontiguousarray(values)).cast("B")
+        while view:
+            written = os.pwrite(self.descriptor, view, offset)
+            view, offset = view[written:], offset + written
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def default_chunk(
+    m: int, t_x: int, predictor: Predictor, *, ids: bool, parallel: int, memory: int | None
+) -> int:
+    """Sequences per task: about four tasks per worker, fewer if memory calls for it.
+
+    ``memory`` is the bytes available to the ``parallel`` tasks that run at once (None:
+    unknown); each task may use a quarter of its share, which leaves room for the chunks
+    queued and finished beside it.  Raises :class:`UsageError` when not even one sequence
+    fits.
+    """
+    chunk = max(1, math.ceil(m / (4 * parallel)))
+    if memory is None:
+        return chunk
+    per_sequence = predictor.sequence_bytes(t_x, ids)
+    budget = memory // (4 * parallel)
+    if per_sequence > budget:
+        msg = (
+            f"--input: one sequence of T = {t_x} steps needs about {per_sequence / 2**20:.3g} "
+            f"MiB in a task, more than the {budget / 2**20:.3g} MiB each of {parallel} tasks "
+            "may use here (shorter sequences, or more memory)"
+        )
+        raise UsageError(msg)
+    return max(1, min(chunk, budget // per_sequence))
+
+
+def _workers_memory(client: Any) -> int | None:
+    """The memory of the cluster's smallest worker per thread, times its thread count."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    limits = [int(w.get("memory_limit") or 0) // max(1, int(w.get("nthreads", 1))) for w in workers]
+    threads = sum(int(w.get("nthreads", 1)) for w in workers)
+    if not limits or min(limits) <= 0:
+        return None
+    return min(limits) * threads
 
 
 # --------------------------------------------------------------------------- running
@@ -262,9 +449,9 @@ def _to_host(block: Any) -> np.ndarray:
     return block.get() if hasattr(block, "get") and not isinstance(block, np.ndarray) else block
 
 
-def _write(y: Any, target: np.memmap, client: Any, stderr: TextIO) -> None:
+def _write(y: Any, target: NpyOutput, client: Any, stderr: TextIO) -> None:
     """Compute ``y`` chunk by chunk into ``target`` as chunks complete."""
-    from ..training.cli import Progress
+    from .._cli import Progress
 
     bar = Progress(stderr, bar=stderr.isatty())
     total = y.numblocks[1]
@@ -293,24 +480,38 @@ def _write(y: Any, target: np.memmap, client: Any, stderr: TextIO) -> None:
     bar.clear()
 
 
+class RunError(Exception):
+    """A failure of the run itself (a chunk, the disk): one line, exit status 1."""
+
+
 def _predict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from ..bench._harness import available_memory
+
+    model_status = _regular_file(args.model, "--model")
     predictor = _load_model(args.model, args.backend)
     path = args.input.resolve()
-    data = _open_input(path, predictor)
+    input_status = _regular_file(path, "--input")
     output = args.output
-    if output.is_dir():
-        raise UsageError(f"--output {str(output)!r} is a directory")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {str(output)!r}: no such directory {str(output.parent)!r}")
+    # Before anything is written: the output must not be a file that is read.
+    _check_output(output, {"--input": input_status, "--model": model_status})
+    data = _open_input(path, predictor)
+    ids = data.ndim == 2
     m, t_x = data.shape[-2], data.shape[-1]
+    shape = (predictor.n_y, m, t_x)
     with contextlib.ExitStack() as stack:
         client = _connect(args, stack)
+        memory = None
         if client is not None:
             _check_workers_see(client, path)
             parallel = max(1, sum(client.nthreads().values()))
+            memory = _workers_memory(client)
         else:
             parallel = os.cpu_count() or 1
-        chunk = args.batch_chunk or max(1, math.ceil(m / (4 * parallel)))
+        if memory is None:
+            memory = available_memory()
+        chunk = args.batch_chunk or default_chunk(
+            m, t_x, predictor, ids=ids, parallel=parallel, memory=memory
+        )
         x = _input_array(path, data, min(chunk, m), predictor, args.backend)
         try:
             y = predictor.outputs(x, args.engine)
@@ -318,29 +519,21 @@ def _predict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             raise UsageError(str(error)) from None
         if args.backend == "cupy":
             y = y.map_blocks(_to_host, meta=np.empty((0, 0, 0), dtype=predictor.dtype))
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{output.name}.", suffix=".tmp.npy", dir=output.parent
-        )
-        os.close(handle)
         started = time.perf_counter()
         try:
-            target = np.lib.format.open_memmap(
-                temporary, mode="w+", dtype=predictor.dtype, shape=(predictor.n_y, m, t_x)
-            )
-            _write(y, target, client, stderr)
-            target.flush()
-            del target
-            # mkstemp makes the file private (0600); the output gets np.save's mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, output)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            with _atomic.replacing(output) as file:
+                _write(y, NpyOutput(file, shape, predictor.dtype), client, stderr)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                needed = predictor.dtype.itemsize * math.prod(shape)
+                msg = (
+                    f"cannot write --output {str(output)!r} ({needed / 2**20:.3g} MiB): "
+                    f"{os.strerror(error.errno)}; nothing was written"
+                )
+                raise RunError(msg) from None
             raise
     seconds = time.perf_counter() - started
-    shape = (predictor.n_y, m, t_x)
-    print(f"wrote {output} {shape} {predictor.dtype} in {seconds:.1f}s", file=stdout)
+    report(f"wrote {output} {shape} {predictor.dtype} in {seconds:.1f}s", stdout)
     return 0
 
 
@@ -363,10 +556,14 @@ def main(
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output written", file=stderr)
         return 130
-    except Exception as error:
+    except RunError as error:
+        print(f"{PROG}: error: {error}", file=stderr)
+        return 1
+    except Exception as error:  # a chunk's task failed: its error, in one line
         translated = chunk_error(error)
         if translated is None:
-            raise
+            text = " ".join(str(error).split()) or "(no message)"
+            translated = f"{type(error).__name__}: {text}; no output written"
         print(f"{PROG}: error: {translated}", file=stderr)
         return 1
 

@@ -457,6 +457,7 @@ def loss_and_gradients(
     TypeError, ValueError
         As :func:`xlstm.lstm_forward` and :func:`softmax_cross_entropy`.
     """
+    recompute = _validation.check_flag("recompute", recompute)
     xp, sizes, m, t_x, selected, choice = _prepare(
         x, targets, parameters, a0, c0, mask, xp, engine, fused, reduction,
         "xlstm.training.loss_and_gradients",

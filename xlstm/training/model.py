@@ -40,7 +40,7 @@ from .._engines.cache import step_masks
 from .._engines.dispatch import engine_option
 from .._layout import GATE_KEYS, GATE_ORDER, OUTPUT_KEYS, PARAMETER_KEYS, layer_key
 from .._schema import Schema
-from .._validation import check_seed, check_size
+from .._validation import check_flag, check_seed, check_size
 from ..activations import _softmax, softmax
 from ..cell import lstm_cell_forward
 from ..model import LSTM
@@ -139,8 +139,7 @@ class LSTMModel:
             check_size(k, v) for k, v in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
         )
         num_layers = check_size("num_layers", num_layers)
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__}")
+        bidirectional = check_flag("bidirectional", bidirectional)
         self.head = check_head(head)
         self.schema = Schema(self.n_x, self.n_a, num_layers, bidirectional, self.n_y)
         seed = check_seed(seed)
@@ -593,9 +592,30 @@ class CharLSTM(LSTMModel):
             ) from None
 
     def decode(self, ids: Any) -> str:
-        """The text of a sequence of ids."""
+        """The text of a sequence of ids (any shape, read in C order).
+
+        Raises
+        ------
+        TypeError
+            ``ids`` are not integers.
+        ValueError
+            An id is outside ``[0, n_x)`` (a negative id is not counted from the end).
+        """
         host = to_host(ids) if array_api_compat.is_array_api_obj(ids) else np.asarray(ids)
-        return "".join(self.vocab[int(i)] for i in host.reshape(-1))
+        flat = host.reshape(-1)
+        if flat.size == 0:
+            return ""
+        if not np.issubdtype(flat.dtype, np.integer):
+            raise TypeError(f"`ids` must be integer character ids, got dtype {flat.dtype}")
+        bad = np.flatnonzero((flat < 0) | (flat >= self.n_x))
+        if bad.size:
+            where = int(bad[0])
+            msg = (
+                f"`ids` holds {int(flat[where])} (at flat position {where}); character ids are "
+                f"in [0, {self.n_x}) for this vocabulary of {self.n_x}"
+            )
+            raise ValueError(msg)
+        return "".join(self.vocab[i] for i in flat.tolist())
 
     def sample(
         self, length: int, *, prime: str = "", temperature: float = 1.0, seed: Any = None
@@ -609,6 +629,13 @@ class CharLSTM(LSTMModel):
         """
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"`length` = {length!r}; expected a non-negative int")
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(
+            temperature, (int, float, np.integer, np.floating)
+        ):
+            kind = type(temperature).__name__
+            raise TypeError(
+                f"`temperature` must be a positive number, got {temperature!r} ({kind})"
+            )
         if not temperature > 0 or not np.isfinite(temperature):
             raise ValueError(f"`temperature` = {temperature!r}; expected a positive number")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
