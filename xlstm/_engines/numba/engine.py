@@ -93,6 +93,20 @@ def _kernels() -> ModuleType:
     return kernels
 
 
+@functools.cache
+def _loops() -> ModuleType:
+    from . import loops  # imports numba: only when the engine runs
+
+    return loops
+
+
+def _check_gemm(status: int) -> None:
+    """Raise if BLAS reported a failure (numba's gemm wrapper returns non-zero)."""
+    if status != 0:
+        msg = f"BLAS gemm failed inside the numba engine (status {status})"
+        raise RuntimeError(msg)
+
+
 def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
     """float32 and float64 run; a variable-length cache must have its rows sorted by length.
 
@@ -123,11 +137,11 @@ def _storage_order(lengths: np.ndarray | None) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(order.shape[0])) else order
 
 
-def _running(stored: np.ndarray | None, t_x: int, m: int) -> list[int]:
-    """``running[t]``: columns still inside their sequence at step ``t`` (a prefix)."""
+def _running(stored: np.ndarray | None, t_x: int, m: int) -> np.ndarray:
+    """``running[t]``: columns still inside their sequence at step ``t`` (a prefix), int64."""
     if stored is None:
-        return [m] * t_x
-    return np.count_nonzero(stored[None, :] > np.arange(t_x)[:, None], axis=1).tolist()
+        return np.full(t_x, m, np.int64)
+    return np.count_nonzero(stored[None, :] > np.arange(t_x)[:, None], axis=1).astype(np.int64)
 
 
 def _copy_steps(array_tm: np.ndarray, start: int, stop: int, order, out: np.ndarray, axes):
@@ -218,7 +232,7 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
     recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).
     :func:`compile_seconds` forces both, to compile every kernel.
     """
-    step_kernel = _kernels().forward_step
+    loops = _loops()
     t_x, m, n_x = (int(s) for s in x.shape)
     n_a = int(h0.shape[1])
     na = n_a * m
@@ -267,9 +281,6 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
     # The kernels' views: gate blocks as a separate axis, states flattened per step.
     G3, P3 = G.reshape(G.shape[0], 4, na), P.reshape(4, na)
     C2, TC2 = C.reshape(t_x + 1, na), TC.reshape(TC.shape[0], na)
-    # Per step, np.dot on C-contiguous operands: the same BLAS call as np.matmul with
-    # less Python-level overhead, which matters where a step's product is small.
-    dot, matmul = np.dot, np.matmul
 
     for start in range(0, t_end, step):
         stop = min(t_end, start + step)
@@ -282,15 +293,12 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
             rhs = hidden
             _copy_steps(x, start, stop, order, inputs[:n_x, :k], _FEATURES_STEPS_BATCH)
             _project(w_xb, inputs, G, start - offset, gate_rows, k)
-        for t in range(start, stop):
-            now, new = (t - start, t - start + 1) if fused else (t % 2, (t + 1) % 2)
-            columns = running[t]
-            if columns == m:
-                dot(weights, rhs[now], out=P)
-            else:
-                matmul(weights, rhs[now][:, :columns], out=P[:, :columns])
-            gate = t - offset if store or not fused else 0  # fused, not stored: unused
-            step_kernel(G3, P3, HF, H, C2, TC2, t, gate, now, new, n_a, columns, not fused, store)
+        _check_gemm(
+            loops.forward_steps(
+                weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a,
+                fused, store,
+            )
+        )  # fmt: skip
         if fused:
             stacked[0, :n_a] = stacked[k, :n_a]  # h_{stop-1} for the next segment
     if t_end < t_x:
@@ -326,8 +334,7 @@ def _engine_layout(cache: SequenceCache):
 
 def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n=None):
     """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
-    kernels = _kernels()
-    step_kernel = kernels.backward_step
+    kernels, loops = _kernels(), _loops()
     reason = unsupported_reason(np, cache.h.dtype, cache=cache)
     if reason is not None:
         raise ValueError(f"the numba engine cannot read this cache: {reason}")
@@ -373,7 +380,7 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
     A3, dZ3 = A.reshape(A.shape[0], 4, n_a * m), dZ.reshape(span, 4, n_a * m)
     C2, TC2, DA2, DC2 = (a.reshape(a.shape[0], n_a * m) for a in (C, TC, DA, DC))
     dh1, dc1 = dh.reshape(-1), dc_next.reshape(-1)
-    dot, matmul = np.dot, np.matmul  # np.dot per step: see forward
+    matmul = np.matmul
 
     for stop in range(t_end, 0, -step):
         start = max(0, stop - step)
@@ -394,17 +401,12 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
         _copy_steps(da, start, stop, order, DA[:k], _STEPS_FEATURES_BATCH)
         if has_dc:
             _copy_steps(dc, start, stop, order, DC[:k], _STEPS_FEATURES_BATCH)
-        for t in range(stop - 1, start - 1, -1):
-            columns = running[t]
-            td = t - start
-            step_kernel(
-                A3, TC2, C2, dZ3, DA2, DC2, dh1, dc1, t, t - a_offset, td, n_a, columns,
-                recompute, has_dc,
-            )  # fmt: skip
-            if columns == m:
-                dot(recurrent_T, dZ[td], out=dh)
-            else:
-                matmul(recurrent_T, dZ[td, :, :columns], out=dh[:, :columns])
+        _check_gemm(
+            loops.backward_steps(
+                A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start,
+                stop, a_offset, n_a, recompute, has_dc,
+            )
+        )  # fmt: skip
         # The segment's large products, with dz as (4 n_a, (t, j)) rows:
         # dW_h += dz h_{t-1}^T, [dW_x | db] += dz [x; 1]^T, dx = dz^T W_x.
         kernels.steps_to_rows(dZ, gate_rows, k)
