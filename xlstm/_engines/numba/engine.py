@@ -245,8 +245,9 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
     if fused is None:
         fused = 4 * n_a * n_in * m <= FUSED_PRODUCT[dtype]
 
-    H = np.empty((t_x + 1, m, n_a), dtype)  # batch-major: the cache's h as it is
-    C = np.empty((t_x + 1, n_a, m), dtype)
+    # The results, two views of one new block (see workspace.fresh_arrays): h batch-major,
+    # the cache's h as it is; c feature-major, returned transposed.
+    H, C = workspace.fresh_arrays(((t_x + 1, m, n_a), (t_x + 1, n_a, m)), dtype)
     H[0] = h0 if order is None else h0[order]
     C[0] = (c0 if order is None else c0[order]).T
     step = segment_length(t_x, m, n_a, recompute)
