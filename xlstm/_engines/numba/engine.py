@@ -203,7 +203,7 @@ def _transposed(matrix: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def _project(w_b, inputs, gates, first, gate_rows, k):
+def _project(w_b, inputs, gates, first, gate_rows, k, products=True):
     """Write ``[W | b] @ [inputs; 1]`` of ``k`` steps into ``gates[first : first + k]``.
 
     ``inputs`` is ``(n + 1, >= k, m)`` with ones in its last row; ``gates`` is
@@ -213,7 +213,8 @@ def _project(w_b, inputs, gates, first, gate_rows, k):
     """
     n_in, m = inputs.shape[0], inputs.shape[2]
     rows = gate_rows[:, :k].reshape(gate_rows.shape[0], k * m)
-    np.matmul(w_b, inputs[:, :k].reshape(n_in, k * m), out=rows)
+    if products:
+        np.matmul(w_b, inputs[:, :k].reshape(n_in, k * m), out=rows)
     _kernels().rows_to_steps(gate_rows, gates, first, k)
 
 
@@ -225,14 +226,17 @@ def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = 
     return _forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths, fused=None)
 
 
-def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None):
+def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None, parts=None):
     """:func:`forward`, with ``fused`` choosing how the pre-activations are made.
 
     One product per step (``True``), or a per-segment input projection plus a per-step
     recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).
-    :func:`compile_seconds` forces both, to compile every kernel.
+    :func:`compile_seconds` forces both, to compile every kernel.  ``parts`` (the
+    profile's, :data:`.loops.PRODUCTS`): leave out the products or the kernels.
     """
     loops = _loops()
+    parts = loops.ALL if parts is None else parts
+    products = bool(parts & loops.PRODUCTS)
     t_x, m, n_x = (int(s) for s in x.shape)
     n_a = int(h0.shape[1])
     na = n_a * m
@@ -293,11 +297,11 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         else:
             rhs = hidden
             _copy_steps(x, start, stop, order, inputs[:n_x, :k], _FEATURES_STEPS_BATCH)
-            _project(w_xb, inputs, G, start - offset, gate_rows, k)
+            _project(w_xb, inputs, G, start - offset, gate_rows, k, products)
         _check_gemm(
             loops.forward_steps(
                 weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a,
-                fused, store,
+                fused, store, parts,
             )
         )  # fmt: skip
         if fused:
@@ -335,7 +339,14 @@ def _engine_layout(cache: SequenceCache):
 
 def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n=None):
     """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
+    return _backward(cache, x, da, dc, dh_n=dh_n, dc_n=dc_n)
+
+
+def _backward(cache: SequenceCache, x, da, dc, *, dh_n=None, dc_n=None, parts=None):
+    """:func:`backward`; ``parts`` as in :func:`_forward` (the profile's)."""
     kernels, loops = _kernels(), _loops()
+    parts = loops.ALL if parts is None else parts
+    products = bool(parts & loops.PRODUCTS)
     reason = unsupported_reason(np, cache.h.dtype, cache=cache)
     if reason is not None:
         raise ValueError(f"the numba engine cannot read this cache: {reason}")
@@ -394,9 +405,10 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
         if recompute:
             # z = [W_x | b] [x; 1] + W_h h_{t-1}, made time-major by _project's copy.
             rows = gate_rows[:, :k].reshape(4 * n_a, k * m)
-            matmul(w_xb, x_columns, out=rows)
             recurrent = dZ[:k].reshape(4 * n_a, k * m)  # free until the steps below
-            matmul(w_h, h_rows.T, out=recurrent)
+            if products:
+                matmul(w_xb, x_columns, out=rows)
+                matmul(w_h, h_rows.T, out=recurrent)
             rows += recurrent
             kernels.rows_to_steps(gate_rows, A, 0, k)
         _copy_steps(da, start, stop, order, DA[:k], _STEPS_FEATURES_BATCH)
@@ -405,13 +417,15 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
         _check_gemm(
             loops.backward_steps(
                 A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start,
-                stop, a_offset, n_a, recompute, has_dc,
+                stop, a_offset, n_a, recompute, has_dc, parts,
             )
         )  # fmt: skip
         # The segment's large products, with dz as (4 n_a, (t, j)) rows:
         # dW_h += dz h_{t-1}^T, [dW_x | db] += dz [x; 1]^T, dx = dz^T W_x.
         kernels.steps_to_rows(dZ, gate_rows, k)
         dz_rows = gate_rows[:, :k].reshape(4 * n_a, k * m)
+        if not products:
+            continue
         if stop == t_end:
             matmul(dz_rows, h_rows, out=d_recurrent)
             matmul(dz_rows, x_columns.T, out=d_input)

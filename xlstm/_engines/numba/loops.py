@@ -37,6 +37,12 @@ _XXGEMM = types.ExternalFunction(
 )  # fmt: skip
 _NO_TRANSPOSE = 78  # ord("N")
 
+PRODUCTS, KERNELS = 1, 2
+"""Bits of the loops' ``parts``: run the products, run the kernels (``PRODUCTS | KERNELS``:
+the computation; one of them alone: the profile of ``python -m xlstm bench --profile``,
+whose results are meaningless)."""
+ALL = PRODUCTS | KERNELS
+
 
 @numba.njit(**_JIT)
 def product(a, b, out, columns, scalars):
@@ -59,7 +65,8 @@ def product(a, b, out, columns, scalars):
 
 @numba.njit(**_JIT)
 def forward_steps(
-    weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a, fused, store
+    weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a, fused, store,
+    parts,
 ):  # fmt: skip
     """Steps ``start:stop`` of the forward pass: per step the product, then :func:`forward_step`.
 
@@ -69,7 +76,8 @@ def forward_steps(
     the kernel into the next block), otherwise two alternating blocks of ``h``, and
     ``G3[t - offset]`` holds the input projection made beforehand.  ``running[t]``: the
     sequences still running at step ``t`` (a prefix of the columns).  The other arguments
-    are :func:`~.kernels.forward_step`'s.  Returns 0, or gemm's non-zero status.
+    are :func:`~.kernels.forward_step`'s; ``parts``: see :data:`PRODUCTS`.  Returns 0, or
+    gemm's non-zero status.
     """
     scalars = np.zeros(2, P.dtype)
     scalars[0] = 1
@@ -79,42 +87,49 @@ def forward_steps(
         else:
             now, new = t % 2, (t + 1) % 2
         columns = running[t]
-        status = product(weights, rhs[now], P, columns, scalars)
-        if status != 0:
-            return status
-        gate = t - offset if store or not fused else 0  # fused, not stored: unused
-        forward_step(G3, P3, HF, H, C2, TC2, t, gate, now, new, n_a, columns, not fused, store)
+        if parts & PRODUCTS:
+            status = product(weights, rhs[now], P, columns, scalars)
+            if status != 0:
+                return status
+        if parts & KERNELS:
+            gate = t - offset if store or not fused else 0  # fused, not stored: unused
+            forward_step(
+                G3, P3, HF, H, C2, TC2, t, gate, now, new, n_a, columns, not fused, store
+            )  # fmt: skip
     return 0
 
 
 @numba.njit(**_JIT)
 def backward_steps(
     A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start, stop, a_offset,
-    n_a, recompute, has_dc,
+    n_a, recompute, has_dc, parts,
 ):  # fmt: skip
     """Steps ``stop - 1 .. start`` backwards: per step :func:`backward_step`, then the product.
 
     ``dh`` ``(n_a, m)`` (``dh1`` its flat view) receives ``W_h^T dz_t`` (``recurrent_T``
     is ``W_h^T``, C-contiguous) over the running columns; ``dZ`` ``(span, 4 n_a, m)`` (``dZ3``
     its view by gate block) the step's gate gradients at ``t - start``.  The other
-    arguments are :func:`~.kernels.backward_step`'s.  Returns 0, or gemm's status.
+    arguments are :func:`~.kernels.backward_step`'s; ``parts``: see :data:`PRODUCTS`.
+    Returns 0, or gemm's status.
     """
     scalars = np.zeros(2, dh.dtype)
     scalars[0] = 1
     for t in range(stop - 1, start - 1, -1):
         columns = running[t]
         td = t - start
-        backward_step(
-            A3, TC2, C2, dZ3, DA2, DC2, dh1, dc1, t, t - a_offset, td, n_a, columns,
-            recompute, has_dc,
-        )  # fmt: skip
-        status = product(recurrent_T, dZ[td], dh, columns, scalars)
-        if status != 0:
-            return status
+        if parts & KERNELS:
+            backward_step(
+                A3, TC2, C2, dZ3, DA2, DC2, dh1, dc1, t, t - a_offset, td, n_a, columns,
+                recompute, has_dc,
+            )  # fmt: skip
+        if parts & PRODUCTS:
+            status = product(recurrent_T, dZ[td], dh, columns, scalars)
+            if status != 0:
+                return status
     return 0
 
 
 LOOPS = (product, forward_steps, backward_steps)
 """The compiled loops (compiled by :func:`xlstm._engines.numba.engine.compile_seconds`)."""
 
-__all__ = ["LOOPS", "backward_steps", "forward_steps", "product"]
+__all__ = ["ALL", "KERNELS", "LOOPS", "PRODUCTS", "backward_steps", "forward_steps", "product"]
