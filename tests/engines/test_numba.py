@@ -366,6 +366,46 @@ def test_deterministic_and_inputs_not_mutated():
     np.testing.assert_array_equal(lengths, lengths_before)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_bitwise_reproducible_with_one_and_two_blas_threads(dtype, recompute):
+    """The same bits whatever the BLAS thread count, run after run.
+
+    The per-step products here are large enough for OpenBLAS to split them between two
+    threads (it splits rows and columns, never the sum of one element), and the kernels
+    are element-wise.
+    """
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    on = random_problem(21, 48, 64, 7, 96, 2).to(np, dtype)
+    lengths = _lengths(64, 7)
+
+    def run():
+        out = {}
+        for with_lengths in (None, lengths):
+            a, y, c, caches = xlstm.lstm_forward(
+                on["x"], on["a0"], on["params"], on["c0"], engine="numba",
+                recompute=recompute, lengths=with_lengths,
+            )  # fmt: skip
+            _, _, _, none = xlstm.lstm_forward(
+                on["x"], on["a0"], on["params"], on["c0"], engine="numba", cache=False,
+                lengths=with_lengths,
+            )  # fmt: skip
+            assert none is None
+            grads = xlstm.lstm_backward(on["Ga"], caches, on["Gc"], engine="numba")
+            tag = "padded" if with_lengths is None else "lengths"
+            out.update({f"{tag} {key}": value for key, value in {"a": a, "y": y, "c": c}.items()})
+            out.update({f"{tag} {key}": value for key, value in grads.items()})
+        return out
+
+    results = []
+    for threads in (1, 2, 1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            results.append(run())
+    for other in results[1:]:
+        for key, value in results[0].items():
+            np.testing.assert_array_equal(other[key], value, err_msg=key)
+
+
 def test_two_threads_at_once_give_the_sequential_results():
     problems = [random_problem(seed, 6, 8, 20, 16, 2).to(np, "float32") for seed in (11, 12)]
 
