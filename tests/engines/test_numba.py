@@ -376,8 +376,8 @@ def test_bitwise_reproducible_with_one_and_two_blas_threads(dtype, recompute):
     are element-wise.
     """
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    on = random_problem(21, 48, 64, 7, 96, 2).to(np, dtype)
-    lengths = _lengths(64, 7)
+    on = random_problem(21, 48, 64, 14, 96, 2).to(np, dtype)
+    lengths = _lengths(64, 14)
 
     def run():
         out = {}
@@ -404,6 +404,44 @@ def test_bitwise_reproducible_with_one_and_two_blas_threads(dtype, recompute):
     for other in results[1:]:
         for key, value in results[0].items():
             np.testing.assert_array_equal(other[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split-products"])
+@pytest.mark.parametrize("m", [64, 37])
+def test_batch_split_gives_the_whole_batch_bits(dtype, fused, m):
+    """The two halves of the batch in two threads: the same h and c, bit for bit."""
+    rng = np.random.default_rng(5)
+    t_x, n_x, n_a = 9, 12, 20
+    x = rng.standard_normal((n_x, m, t_x)).astype(dtype)
+    h0 = rng.standard_normal((m, n_a)).astype(dtype)
+    c0 = rng.standard_normal((m, n_a)).astype(dtype)
+    W = (0.3 * rng.standard_normal((4 * n_a, n_a + n_x))).astype(dtype)
+    b = rng.standard_normal(4 * n_a).astype(dtype)
+    x_tm = x.transpose(2, 1, 0)
+
+    def run(split):
+        return numba_engine._forward(
+            x_tm, h0, c0, W, b, recompute=True, lengths=None, fused=fused, split=split
+        )
+
+    whole, halves = run(False), run(True)
+    assert whole.gates is None
+    assert halves.gates is None
+    np.testing.assert_array_equal(halves.h, whole.h)
+    np.testing.assert_array_equal(halves.c, whole.c)
+
+
+def test_batch_split_runs_only_where_it_pays(monkeypatch):
+    monkeypatch.setattr(_threads, "pair_is_parallel", lambda work: True)
+    split = numba_engine._split_batch
+    assert split(100, 64, 256, 256, recompute=True, lengths=None)  # S3
+    assert not split(100, 64, 256, 256, recompute=False, lengths=None)  # cache keeps gates
+    assert not split(100, 64, 256, 256, recompute=True, lengths=np.full(64, 100))
+    assert not split(100, 32, 128, 64, recompute=True, lengths=None)  # S2: half batch small
+    assert not split(20, 64, 1024, 1024, recompute=True, lengths=None)  # S5: products rule
+    monkeypatch.setattr(_threads, "pair_is_parallel", lambda work: False)
+    assert not split(100, 64, 256, 256, recompute=True, lengths=None)  # no second core
 
 
 def test_two_threads_at_once_give_the_sequential_results():

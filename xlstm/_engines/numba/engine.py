@@ -79,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import _threads
 from ..cache import SequenceCache, inverse_order, segment_length
 from ..numpy import workspace
 
@@ -226,32 +227,118 @@ def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = 
     return _forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths, fused=None)
 
 
-def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None, parts=None):
+def _forward(
+    x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None, parts=None,
+    split: bool | None = None,
+):  # fmt: skip
     """:func:`forward`, with ``fused`` choosing how the pre-activations are made.
 
     One product per step (``True``), or a per-segment input projection plus a per-step
-    recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).
-    :func:`compile_seconds` forces both, to compile every kernel.  ``parts`` (the
+    recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).  ``split``:
+    run the two halves of the batch in two threads (only with ``recompute`` and no
+    ``lengths``); ``None``: when worthwhile (:func:`_split_batch`).
+    :func:`compile_seconds` forces every variant, to compile every kernel.  ``parts`` (the
     profile's, :data:`.loops.PRODUCTS`): leave out the products or the kernels.
     """
     loops = _loops()
     parts = loops.ALL if parts is None else parts
-    products = bool(parts & loops.PRODUCTS)
     t_x, m, n_x = (int(s) for s in x.shape)
     n_a = int(h0.shape[1])
-    na = n_a * m
     dtype = np.dtype(x.dtype)
     order = _storage_order(lengths)
     stored = None if lengths is None else (lengths if order is None else lengths[order])
-    running = _running(stored, t_x, m)
     t_end = t_x if stored is None else int(stored.max())
-    n_in = n_a + n_x + 1
     if fused is None:
-        fused = 4 * n_a * n_in * m <= FUSED_PRODUCT[dtype]
+        fused = 4 * n_a * (n_a + n_x + 1) * m <= FUSED_PRODUCT[dtype]
+    if split is None:
+        split = _split_batch(t_x, m, n_a, n_x, recompute, lengths)
+    split = split and recompute and lengths is None and m > 1
 
     # The results, two views of one new block (see workspace.fresh_arrays): h batch-major,
     # the cache's h as it is; c feature-major, returned transposed.
     H, C = workspace.fresh_arrays(((t_x + 1, m, n_a), (t_x + 1, n_a, m)), dtype)
+    run = functools.partial(
+        _forward_columns, x, h0, c0, W, b, H, C, recompute=recompute, order=order,
+        stored=stored, t_end=t_end, fused=fused, parts=parts,
+    )  # fmt: skip
+    if split:
+        half = _split_column(m)
+        work = t_x * m * 4 * n_a * (n_a + n_x) // 2
+        _threads.run_pair(
+            functools.partial(run, 0, half), functools.partial(run, half, m), work=work
+        )
+        G = TC = None
+    else:
+        G, TC = run(0, m)
+    c = C.transpose(0, 2, 1)
+    if recompute:
+        return SequenceCache(H, c, None, None, W, b, stored, order)
+    return SequenceCache(H, c, G.transpose(0, 2, 1), TC.transpose(0, 2, 1), W, b, stored, order)
+
+
+SPLIT_MIN_COLUMNS = 64
+"""Batch size from which the memory-saving forward (inference included) may run the two
+halves of the batch in two threads (:func:`_split_batch`)."""
+
+SPLIT_MAX_INNER = 1024
+"""Largest ``n_a + n_x`` for the split: above it the products dominate the step so much
+that the kernels' second core gains less than one-thread products on half the columns
+lose against two-thread products on all of them."""
+
+
+def _split_batch(t_x: int, m: int, n_a: int, n_x: int, recompute: bool, lengths: Any) -> bool:
+    """Whether the forward runs the two halves of the batch in two threads.
+
+    Why: an LSTM's batch columns never interact, so each half can run the whole sequence
+    on its own, its products on a one-thread BLAS, with no synchronisation between steps;
+    the two-thread BLAS of one whole-batch run shares only the products between the cores
+    and leaves the element-wise kernels on one.  Only for the memory-saving forward (the
+    cache then holds ``h``, written in place by both halves, and ``c``, copied once from
+    each half's own block), a padded batch, at least :data:`SPLIT_MIN_COLUMNS` columns (half
+    batches below that run their products at a poorer rate), ``n_a + n_x`` at most
+    :data:`SPLIT_MAX_INNER`, and a BLAS limited to exactly two threads
+    (:func:`xlstm._threads.pair_is_parallel`, which the split keeps: one thread each).
+    """
+    if not recompute or lengths is not None or m < SPLIT_MIN_COLUMNS:
+        return False
+    if n_a + n_x > SPLIT_MAX_INNER:
+        return False
+    return _threads.pair_is_parallel(t_x * m * 4 * n_a * (n_a + n_x) // 2)
+
+
+def _split_column(m: int) -> int:
+    """Where the batch is split: near the middle, at a multiple of 16 columns when that
+    leaves both halves non-empty (rows of the halves then start on their own 64-byte cache
+    lines in float32, so the two threads never write to one line)."""
+    aligned = (m // 2) // 16 * 16
+    return aligned if 0 < aligned < m else m // 2
+
+
+def _forward_columns(
+    x, h0, c0, W, b, H_all, C_all, j0, j1, *, recompute, order, stored, t_end, fused, parts
+):  # fmt: skip
+    """Columns ``j0:j1`` of the batch through the whole sequence; returns ``(G, TC)``.
+
+    Writes ``H_all[:, j0:j1]`` (batch-major, in place) and ``C_all[:, :, j0:j1]`` (for a
+    part of the batch, computed in a contiguous workspace block and copied at the end:
+    the kernels read each step's states as one contiguous run).
+    """
+    loops = _loops()
+    products = bool(parts & loops.PRODUCTS)
+    t_x, m_all, n_x = (int(s) for s in x.shape)
+    n_a = int(h0.shape[1])
+    dtype = np.dtype(x.dtype)
+    whole = (j0, j1) == (0, m_all)
+    m = j1 - j0
+    na = n_a * m
+    n_in = n_a + n_x + 1
+    running = _running(stored, t_x, m)
+    if whole:
+        H, C = H_all, C_all
+    else:
+        x, h0, c0 = x[:, j0:j1], h0[j0:j1], c0[j0:j1]
+        H = H_all[:, j0:j1]
+        C = workspace.scratch("numba_c_columns", (t_x + 1, n_a, m), dtype)
     H[0] = h0 if order is None else h0[order]
     C[0] = (c0 if order is None else c0[order]).T
     step = segment_length(t_x, m, n_a, recompute)
@@ -262,7 +349,7 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         TC = np.empty((t_x, n_a, m), dtype)
     else:
         G = workspace.scratch("numba_gates", (1 if fused else span, 4 * n_a, m), dtype)
-        TC = np.empty((1, n_a, m), dtype)  # not written
+        TC = workspace.scratch("numba_tanh_c", (1, n_a, m), dtype)  # not written
     P = workspace.scratch("numba_product", (4 * n_a, m), dtype)
     if fused:
         # Per step [h_{t-1}; x_t; 1] (rows of `stacked`): one product with [W | b] gives the
@@ -312,10 +399,9 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         if store:
             G[t_end:] = 0
             TC[t_end:] = 0
-    c = C.transpose(0, 2, 1)
-    if recompute:
-        return SequenceCache(H, c, None, None, W, b, stored, order)
-    return SequenceCache(H, c, G.transpose(0, 2, 1), TC.transpose(0, 2, 1), W, b, stored, order)
+    if not whole:
+        np.copyto(C_all[:, :, j0:j1], C)
+    return G, TC
 
 
 # --------------------------------------------------------------------------- backward
@@ -475,9 +561,14 @@ def compile_seconds(dtype: Any = "float32") -> float:
     for fused in (True, False):
         for recompute in (False, True):
             for lengths in (None, np.array([2, 3], np.int64)):
-                cache = _forward(x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused)
+                cache = _forward(
+                    x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused,
+                    split=False,
+                )  # fmt: skip
                 for dc in (None, da):
                     backward(cache, x, da, dc)
+        # The batch split (a column range of h: other array layouts, other compilations).
+        _forward(x, h0, h0, W, b, recompute=True, lengths=None, fused=fused, split=True)
     return time.perf_counter() - started
 
 
