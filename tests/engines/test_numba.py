@@ -478,6 +478,15 @@ def test_auto_picks_numba_for_float32_and_float64_and_numpy_otherwise():
     assert xlstm.resolve_engine("numpy", "float64", lengths=True, final_state_grads=True) == "numba"
 
 
+def test_without_scipy_auto_gives_the_numpy_engine(monkeypatch):
+    """The compiled loops call BLAS through SciPy: without it the engine declines by name."""
+    monkeypatch.setattr(numba_engine, "_has_scipy_blas", lambda: False)
+    assert "SciPy" in numba_engine.unsupported_reason(np, "float32")
+    assert xlstm.resolve_engine("numpy", "float32") == "numpy"
+    with pytest.raises(ValueError, match="SciPy"):
+        xlstm.resolve_engine("numpy", "float32", "numba")
+
+
 def test_unsupported_dtype_is_a_value_error_when_named():
     with pytest.raises(ValueError, match=r"`engine='numba'` cannot run.*float32 and float64 only"):
         xlstm.resolve_engine("numpy", "float16", "numba")

@@ -6,21 +6,34 @@ gives them to the NumPy engine.  Same recurrence, semantics and
 :class:`~xlstm._engines.cache.SequenceCache` as the generic engine
 (:mod:`xlstm._engines.generic`).
 
-Per step.  Forward: the step's product on NumPy's BLAS (``np.dot`` / ``np.matmul`` with
-``out=``), then one compiled kernel (:func:`~.kernels.forward_step`) that activates the
-four gates and writes ``c_t``, ``tanh(c_t)`` and ``h_t``: one pass over the step's
-memory instead of the NumPy engine's nine ufunc calls.  The product is the whole
+Per step.  Forward: the step's product on BLAS, then one compiled kernel
+(:func:`~.kernels.forward_step`) that activates the four gates and writes ``c_t``,
+``tanh(c_t)`` and ``h_t``: one pass over the step's memory instead of the NumPy engine's
+nine ufunc calls.  The steps of a segment run as one compiled loop
+(:func:`~.loops.forward_steps`), which calls BLAS ``sgemm``/``dgemm`` directly (SciPy's,
+through numba's own gemm wrapper): no Python between two steps.  The product is the whole
 pre-activation ``[W_h | W_x | b] [h_{t-1}; x_t; 1]`` (the bias rides along as a column
 of the weights and a row of ones, so no kernel adds it), or, for large problems
 (:data:`FUSED_PRODUCT`), ``W_h h_{t-1}`` added to an input projection ``[W_x | b]
 [x_t; 1]`` made for a whole segment of steps (:func:`~xlstm._engines.cache.segment_length`)
-as one large product.  Backward: one kernel (:func:`~.kernels.backward_step`) turns the
-gradients reaching ``h_t`` and ``c_t`` into the gate gradients ``dz_t`` and
-``dc_{t-1}`` (local derivatives included), then ``dh_{t-1} = W_h^T dz_t`` on BLAS; per
-segment, large products give ``dW_h = dz [h_{t-1}]^T``, ``[dW_x | db] = dz [x_t; 1]^T``
+as one large product on NumPy's BLAS.  Backward: per step one kernel
+(:func:`~.kernels.backward_step`) turns the gradients reaching ``h_t`` and ``c_t`` into the
+gate gradients ``dz_t`` and ``dc_{t-1}`` (local derivatives included), then ``dh_{t-1} =
+W_h^T dz_t`` on BLAS, again one compiled loop per segment (:func:`~.loops.backward_steps`);
+per segment, large products give ``dW_h = dz [h_{t-1}]^T``, ``[dW_x | db] = dz [x_t; 1]^T``
 and ``dx = dz^T W_x``.  (Products written as compiled loops inside the kernels, which
 would save a call per step, were slower than the BLAS calls at every benchmark size, the
 smallest included: their inner loop over the batch is too short to vectorise well.)
+
+Both cores.  The memory-saving forward (``recompute=True``, which inference runs) of a wide
+enough padded batch runs the two halves of the batch in two threads, each through the whole
+sequence with a one-thread BLAS (:func:`_split_batch`): the batch columns of an LSTM never
+interact, so the halves need no synchronisation between steps, and the element-wise
+kernels use the second core too, which a two-thread BLAS alone leaves idle.
+
+Results.  ``h`` and ``c`` are two views of one new block
+(:func:`xlstm._engines.numpy.workspace.fresh_arrays`): freed together, reused by the C
+allocator from the second call on, so no call pays a page fault per page of its results.
 
 Layout, and why.  Per-step arrays are *feature-major* blocks stored time-major::
 
@@ -108,14 +121,25 @@ def _check_gemm(status: int) -> None:
         raise RuntimeError(msg)
 
 
+@functools.cache
+def _has_scipy_blas() -> bool:
+    """Whether SciPy, whose BLAS numba's gemm wrapper calls, is importable (not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy") is not None
+
+
 def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
-    """float32 and float64 run; a variable-length cache must have its rows sorted by length.
+    """float32 and float64 run, with SciPy installed; a variable-length cache must have its
+    rows sorted by length.
 
     A cache whose rows are not sorted by decreasing length (the generic engine's batch
     order, the NumPy engine's two groups) is declined, so ``"auto"`` gives it to an engine
     that reads it as it is; every padded cache is read (one made by another engine is
     copied into this engine's layout first).
     """
+    if not _has_scipy_blas():
+        return "SciPy is not installed (the compiled loops call BLAS through scipy.linalg)"
     try:
         resolved = np.dtype(dtype)
     except TypeError:
