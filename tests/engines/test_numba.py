@@ -366,9 +366,12 @@ def test_deterministic_and_inputs_not_mutated():
     np.testing.assert_array_equal(lengths, lengths_before)
 
 
+@pytest.mark.parametrize("batch_split", [False, True], ids=["whole", "batch-split"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
-def test_bitwise_reproducible_with_one_and_two_blas_threads(dtype, recompute):
+def test_bitwise_reproducible_with_one_and_two_blas_threads(
+    dtype, recompute, batch_split, monkeypatch
+):
     """The same bits whatever the BLAS thread count, run after run.
 
     The per-step products here are large enough for OpenBLAS to split them between two
@@ -377,6 +380,8 @@ def test_bitwise_reproducible_with_one_and_two_blas_threads(dtype, recompute):
     """
     threadpoolctl = pytest.importorskip("threadpoolctl")
     on = random_problem(21, 48, 64, 14, 96, 2).to(np, dtype)
+    # With the batch split allowed, two BLAS threads split this batch (m = 64).
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", batch_split)
     lengths = _lengths(64, 14)
 
     def run():
@@ -434,6 +439,9 @@ def test_batch_split_gives_the_whole_batch_bits(dtype, fused, m):
 
 def test_batch_split_runs_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(_threads, "pair_is_parallel", lambda work: True)
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", False)
+    assert not numba_engine._split_batch(100, 64, 256, 256, recompute=True, lengths=None)
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", True)
     split = numba_engine._split_batch
     assert split(100, 64, 256, 256, recompute=True, lengths=None)  # S3
     assert not split(100, 64, 256, 256, recompute=False, lengths=None)  # cache keeps gates
@@ -478,9 +486,34 @@ def test_auto_picks_numba_for_float32_and_float64_and_numpy_otherwise():
     assert xlstm.resolve_engine("numpy", "float64", lengths=True, final_state_grads=True) == "numba"
 
 
-def test_without_scipy_auto_gives_the_numpy_engine(monkeypatch):
-    """The compiled loops call BLAS through SciPy: without it the engine declines by name."""
+def test_per_step_products_run_on_numpys_own_blas():
+    """One BLAS library and thread pool for every product (see loops.numpy_gemm_addresses)."""
+    from xlstm._engines.numba import blas
+
+    if not blas.numpy_blas_libraries():
+        pytest.skip("this NumPy bundles no OpenBLAS (built against another BLAS)")
+    single, double = blas.numpy_gemm_addresses()
+    assert single != 0
+    assert double != 0
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_scipy_blas_fallback_equals_generic(recompute, monkeypatch):
+    """Where NumPy's BLAS is not found the loops call SciPy's: same results."""
+    monkeypatch.setattr(numba_engine, "_gemm_address", lambda dtype: 0)
+    problem = random_problem(4, 5, 6, 7, 8, 2)
+    lengths = _lengths(6, 7)
+    for with_lengths in (None, lengths):
+        got = _run(problem, "numba", recompute=recompute, lengths=with_lengths, final=True)
+        expected = _run(problem, "generic", recompute=recompute, lengths=with_lengths, final=True)
+        err, key = _worst(got, expected)
+        assert err <= F64_TOL, key
+
+
+def test_without_numpys_blas_or_scipy_auto_gives_the_numpy_engine(monkeypatch):
+    """No BLAS for the compiled loops to call: the engine declines by name."""
     monkeypatch.setattr(numba_engine, "_has_scipy_blas", lambda: False)
+    monkeypatch.setattr(numba_engine.blas, "numpy_gemm_addresses", lambda: (0, 0))
     assert "SciPy" in numba_engine.unsupported_reason(np, "float32")
     assert xlstm.resolve_engine("numpy", "float32") == "numpy"
     with pytest.raises(ValueError, match="SciPy"):

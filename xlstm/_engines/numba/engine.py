@@ -25,11 +25,17 @@ and ``dx = dz^T W_x``.  (Products written as compiled loops inside the kernels, 
 would save a call per step, were slower than the BLAS calls at every benchmark size, the
 smallest included: their inner loop over the batch is too short to vectorise well.)
 
-Both cores.  The memory-saving forward (``recompute=True``, which inference runs) of a wide
-enough padded batch runs the two halves of the batch in two threads, each through the whole
-sequence with a one-thread BLAS (:func:`_split_batch`): the batch columns of an LSTM never
-interact, so the halves need no synchronisation between steps, and the element-wise
-kernels use the second core too, which a two-thread BLAS alone leaves idle.
+Both cores.  The memory-saving forward (``recompute=True``, which inference runs) can run the
+two halves of a padded batch in two threads, each through the whole sequence with a
+one-thread BLAS (:func:`_split_batch`): the batch columns of an LSTM never interact, so the
+halves need no synchronisation between steps, and the element-wise kernels use the second
+core too, which a two-thread BLAS alone leaves idle.  It is off (:data:`BATCH_SPLIT`): on
+this project's machine it measured slower than the whole batch on a two-thread BLAS.
+
+BLAS.  The compiled loops call NumPy's own BLAS (its CBLAS gemm, found in the library
+NumPy's wheels bundle, :func:`.blas.numpy_gemm_addresses`), so that every product of a call
+runs on one library and one thread pool; only where that library cannot be found do they
+call SciPy's (a second pool, whose idle threads spin against NumPy's).
 
 Results.  ``h`` and ``c`` are two views of one new block
 (:func:`xlstm._engines.numpy.workspace.fresh_arrays`): freed together, reused by the C
@@ -95,6 +101,7 @@ import numpy as np
 from ... import _threads
 from ..cache import SequenceCache, inverse_order, segment_length
 from ..numpy import workspace
+from . import blas
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 """The dtypes the kernels are written for."""
@@ -114,6 +121,12 @@ def _loops() -> ModuleType:
     return loops
 
 
+def _gemm_address(dtype: np.dtype) -> int:
+    """NumPy's CBLAS gemm for ``dtype`` (see :func:`.loops.numpy_gemm_addresses`), or 0."""
+    single, double = blas.numpy_gemm_addresses()
+    return single if dtype == np.float32 else double
+
+
 def _check_gemm(status: int) -> None:
     """Raise if BLAS reported a failure (numba's gemm wrapper returns non-zero)."""
     if status != 0:
@@ -123,23 +136,28 @@ def _check_gemm(status: int) -> None:
 
 @functools.cache
 def _has_scipy_blas() -> bool:
-    """Whether SciPy, whose BLAS numba's gemm wrapper calls, is importable (not imported)."""
+    """Whether SciPy, whose BLAS numba's gemm wrapper calls, is importable (not imported).
+
+    Needed only where NumPy's own BLAS gemm is not found (:mod:`.blas`)."""
     import importlib.util
 
     return importlib.util.find_spec("scipy") is not None
 
 
 def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
-    """float32 and float64 run, with SciPy installed; a variable-length cache must have its
-    rows sorted by length.
+    """float32 and float64 run (with NumPy's bundled BLAS, or SciPy's); a variable-length
+    cache must have its rows sorted by length.
 
     A cache whose rows are not sorted by decreasing length (the generic engine's batch
     order, the NumPy engine's two groups) is declined, so ``"auto"`` gives it to an engine
     that reads it as it is; every padded cache is read (one made by another engine is
     copied into this engine's layout first).
     """
-    if not _has_scipy_blas():
-        return "SciPy is not installed (the compiled loops call BLAS through scipy.linalg)"
+    if blas.numpy_gemm_addresses() == (0, 0) and not _has_scipy_blas():
+        return (
+            "NumPy's BLAS gemm was not found and SciPy, whose BLAS the compiled loops call "
+            "instead, is not installed"
+        )
     try:
         resolved = np.dtype(dtype)
     except TypeError:
@@ -300,6 +318,13 @@ def _forward(
     return SequenceCache(H, c, G.transpose(0, 2, 1), TC.transpose(0, 2, 1), W, b, stored, order)
 
 
+BATCH_SPLIT = False
+"""Whether the memory-saving forward may split the batch between two threads at all
+(:func:`_split_batch`).  Off: measured on this project's 2-core machine (2026-12-07, float32,
+two-thread BLAS, `benchmarks/scripts/batch_split.py`), split over whole was 1.52x the time at
+S3, 1.01x at S4 and S5, 1.95x at S2.  Kept, tested bit for bit against the whole batch, so
+that a machine where it pays can be measured with that script."""
+
 SPLIT_MIN_COLUMNS = 64
 """Batch size from which the memory-saving forward (inference included) may run the two
 halves of the batch in two threads (:func:`_split_batch`)."""
@@ -323,7 +348,7 @@ def _split_batch(t_x: int, m: int, n_a: int, n_x: int, recompute: bool, lengths:
     :data:`SPLIT_MAX_INNER`, and a BLAS limited to exactly two threads
     (:func:`xlstm._threads.pair_is_parallel`, which the split keeps: one thread each).
     """
-    if not recompute or lengths is not None or m < SPLIT_MIN_COLUMNS:
+    if not BATCH_SPLIT or not recompute or lengths is not None or m < SPLIT_MIN_COLUMNS:
         return False
     if n_a + n_x > SPLIT_MAX_INNER:
         return False
@@ -412,7 +437,7 @@ def _forward_columns(
         _check_gemm(
             loops.forward_steps(
                 weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a,
-                fused, store, parts,
+                fused, store, parts, _gemm_address(dtype),
             )
         )  # fmt: skip
         if fused:
@@ -527,7 +552,7 @@ def _backward(cache: SequenceCache, x, da, dc, *, dh_n=None, dc_n=None, parts=No
         _check_gemm(
             loops.backward_steps(
                 A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start,
-                stop, a_offset, n_a, recompute, has_dc, parts,
+                stop, a_offset, n_a, recompute, has_dc, parts, _gemm_address(dtype),
             )
         )  # fmt: skip
         # The segment's large products, with dz as (4 n_a, (t, j)) rows:

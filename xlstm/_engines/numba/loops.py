@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
+from numba.extending import intrinsic
 
 from .kernels import backward_step, forward_step
 
@@ -37,6 +39,70 @@ _XXGEMM = types.ExternalFunction(
 )  # fmt: skip
 _NO_TRANSPOSE = 78  # ord("N")
 
+# NumPy's own BLAS, called through its CBLAS entry point by address: the same library and
+# thread pool as every other product of the call.  Why not SciPy's BLAS (numba's wrapper):
+# a second OpenBLAS has a second thread pool, and the two pools' idle threads spin on the
+# two cores against each other (measured: S2 inference 16 ms with both pools at two
+# threads, 5.5 ms with NumPy's at one).
+_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS = 101, 111
+
+
+@intrinsic
+def _cblas_gemm(typingctx, address, rows, columns, inner, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``cblas_?gemm(RowMajor, NoTrans, NoTrans, ...)`` called at ``address`` (an integer).
+
+    Sizes are 64-bit integers, ``alpha``/``beta`` scalars of the arrays' type, ``a``, ``b``,
+    ``c`` data addresses (integers).  An intrinsic rather than a typed function pointer so
+    that the compiled loops, which take the address as an argument, stay cacheable.
+    """
+    signature = types.void(
+        address, rows, columns, inner, alpha, a, lda, b, ldb, beta, c, ldc
+    )  # fmt: skip
+
+    def codegen(context, builder, sig, args):
+        (address_, rows_, columns_, inner_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_) = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        pointer = ir.IntType(8).as_pointer()
+        scalar = context.get_value_type(sig.args[4])
+        function_type = ir.FunctionType(
+            ir.VoidType(),
+            [
+                i32,
+                i32,
+                i32,
+                i64,
+                i64,
+                i64,
+                scalar,
+                pointer,
+                i64,
+                pointer,
+                i64,
+                scalar,
+                pointer,
+                i64,
+            ],
+        )
+        function = builder.inttoptr(address_, function_type.as_pointer())
+        to_pointer = [builder.inttoptr(value, pointer) for value in (a_, b_, c_)]
+        to_i64 = [
+            builder.sext(v, i64) if v.type.width < 64 else v
+            for v in (rows_, columns_, inner_, lda_, ldb_, ldc_)
+        ]
+        order, no_trans = ir.Constant(i32, _CBLAS_ROW_MAJOR), ir.Constant(i32, _CBLAS_NO_TRANS)
+        builder.call(
+            function,
+            [
+                order, no_trans, no_trans, to_i64[0], to_i64[1], to_i64[2], alpha_,
+                to_pointer[0], to_i64[3], to_pointer[1], to_i64[4], beta_, to_pointer[2],
+                to_i64[5],
+            ],
+        )  # fmt: skip
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 PRODUCTS, KERNELS = 1, 2
 """Bits of the loops' ``parts``: run the products, run the kernels (``PRODUCTS | KERNELS``:
 the computation; one of them alone: the profile of ``python -m xlstm bench --profile``,
@@ -45,20 +111,34 @@ ALL = PRODUCTS | KERNELS
 
 
 @numba.njit(**_JIT)
-def product(a, b, out, columns, scalars):
-    """``out[:, :columns] = a @ b[:, :columns]`` for C-contiguous 2-D ``a``, ``b``, ``out``.
+def product(a, b, out, columns, scalars, gemm):
+    """``out[:, :columns] = a @ b[:, :columns]`` for 2-D ``a``, ``b``, ``out`` with unit
+    column stride.
 
     ``a`` ``(R, K)``, ``b`` ``(K, m)``, ``out`` ``(R, m)``; only the first ``columns`` of
     ``b`` are read and of ``out`` written (the running sequences of a variable-length
     batch).  ``scalars`` holds ``(1, 0)`` in the arrays' dtype (gemm's alpha and beta).
-    Row-major ``out = a b`` is column-major ``out^T = b^T a^T``: one gemm with no
+    ``gemm``: the address of NumPy's CBLAS gemm of the arrays' type
+    (:func:`.blas.numpy_gemm_addresses`), or 0 for SciPy's through numba's wrapper, where
+    row-major ``out = a b`` is column-major ``out^T = b^T a^T``: one gemm with no
     transposition, the row strides as leading dimensions.
     """
+    rows, inner = a.shape[0], a.shape[1]
+    lda, ldb, ldo = (
+        a.strides[0] // a.itemsize,
+        b.strides[0] // b.itemsize,
+        out.strides[0] // out.itemsize,
+    )
+    if gemm != 0:
+        _cblas_gemm(
+            gemm, rows, columns, inner, scalars[0], a.ctypes.data, lda, b.ctypes.data, ldb,
+            scalars[1], out.ctypes.data, ldo,
+        )  # fmt: skip
+        return 0
     kind = 115 if out.itemsize == 4 else 100  # "s" or "d"
-    rows, inner, m = a.shape[0], a.shape[1], b.shape[1]
     status = _XXGEMM(
         kind, _NO_TRANSPOSE, _NO_TRANSPOSE, columns, rows, inner,
-        scalars[0:].ctypes, b.ctypes, m, a.ctypes, inner, scalars[1:].ctypes, out.ctypes, m,
+        scalars[0:].ctypes, b.ctypes, ldb, a.ctypes, lda, scalars[1:].ctypes, out.ctypes, ldo,
     )  # fmt: skip
     return status
 
@@ -66,7 +146,7 @@ def product(a, b, out, columns, scalars):
 @numba.njit(**_JIT)
 def forward_steps(
     weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a, fused, store,
-    parts,
+    parts, gemm,
 ):  # fmt: skip
     """Steps ``start:stop`` of the forward pass: per step the product, then :func:`forward_step`.
 
@@ -76,7 +156,8 @@ def forward_steps(
     the kernel into the next block), otherwise two alternating blocks of ``h``, and
     ``G3[t - offset]`` holds the input projection made beforehand.  ``running[t]``: the
     sequences still running at step ``t`` (a prefix of the columns).  The other arguments
-    are :func:`~.kernels.forward_step`'s; ``parts``: see :data:`PRODUCTS`.  Returns 0, or
+    are :func:`~.kernels.forward_step`'s; ``parts``: see :data:`PRODUCTS`; ``gemm``: see
+    :func:`product`.  Returns 0, or
     gemm's non-zero status.
     """
     scalars = np.zeros(2, P.dtype)
@@ -88,7 +169,7 @@ def forward_steps(
             now, new = t % 2, (t + 1) % 2
         columns = running[t]
         if parts & PRODUCTS:
-            status = product(weights, rhs[now], P, columns, scalars)
+            status = product(weights, rhs[now], P, columns, scalars, gemm)
             if status != 0:
                 return status
         if parts & KERNELS:
@@ -102,14 +183,15 @@ def forward_steps(
 @numba.njit(**_JIT)
 def backward_steps(
     A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start, stop, a_offset,
-    n_a, recompute, has_dc, parts,
+    n_a, recompute, has_dc, parts, gemm,
 ):  # fmt: skip
     """Steps ``stop - 1 .. start`` backwards: per step :func:`backward_step`, then the product.
 
     ``dh`` ``(n_a, m)`` (``dh1`` its flat view) receives ``W_h^T dz_t`` (``recurrent_T``
     is ``W_h^T``, C-contiguous) over the running columns; ``dZ`` ``(span, 4 n_a, m)`` (``dZ3``
     its view by gate block) the step's gate gradients at ``t - start``.  The other
-    arguments are :func:`~.kernels.backward_step`'s; ``parts``: see :data:`PRODUCTS`.
+    arguments are :func:`~.kernels.backward_step`'s; ``parts``: see :data:`PRODUCTS`;
+    ``gemm``: see :func:`product`.
     Returns 0, or gemm's status.
     """
     scalars = np.zeros(2, dh.dtype)
@@ -123,7 +205,7 @@ def backward_steps(
                 recompute, has_dc,
             )  # fmt: skip
         if parts & PRODUCTS:
-            status = product(recurrent_T, dZ[td], dh, columns, scalars)
+            status = product(recurrent_T, dZ[td], dh, columns, scalars, gemm)
             if status != 0:
                 return status
     return 0
