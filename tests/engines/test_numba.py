@@ -486,6 +486,17 @@ def test_auto_picks_numba_for_float32_and_float64_and_numpy_otherwise():
     assert xlstm.resolve_engine("numpy", "float64", lengths=True, final_state_grads=True) == "numba"
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_two_stage_copy_of_large_steps_equals_generic(recompute, monkeypatch):
+    """The step-major copy through a feature-major block (large steps) gives the same."""
+    monkeypatch.setattr(numba_engine, "TWO_STAGE_COPY_BYTES", 0)
+    problem = random_problem(8, 6, 5, 9, 7, 2)
+    got = _run(problem, "numba", recompute=recompute, final=True)
+    expected = _run(problem, "generic", recompute=recompute, final=True)
+    err, key = _worst(got, expected)
+    assert err <= F64_TOL, key
+
+
 def test_per_step_products_run_on_numpys_own_blas():
     """One BLAS library and thread pool for every product (see loops.numpy_gemm_addresses)."""
     from xlstm._engines.numba import blas
