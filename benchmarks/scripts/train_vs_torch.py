@@ -1,17 +1,21 @@
-"""Training throughput: xlstm on NumPy vs torch.nn.LSTM + Adam on the CPU, same model, same run.
+"""Training throughput: xlstm vs torch.nn.LSTM + Adam on the CPU, same model, same run.
 
 Both train the same character model (one-hot inputs, ``n_a`` hidden units, softmax output
-over the vocabulary) on the same truncated-BPTT batches of the bundled corpus, with Adam and
-global-norm clipping, carrying the state between chunks.  Rounds alternate between the two so
-that both see the same machine conditions; both are limited to the same number of threads
-(threadpoolctl for NumPy's BLAS, ``torch.set_num_threads`` for torch), and each timed round
-starts after a short pause so that the other library's idle worker threads have stopped
-spinning.  Prints the median
-characters per second of each and the ratio xlstm / torch (>= 1 means xlstm is not slower),
-and the ratio of the best rounds, which is steadier on a machine shared with other work::
+over the vocabulary) on the same truncated-BPTT batches of the bundled corpus, with the same
+optimiser (Adam, lr 3e-3, betas (0.9, 0.999), eps 1e-8) and global-norm clipping at 5,
+carrying the state between chunks.  xlstm runs the engine ``--engine`` picks (``auto``: the
+numba engine when the ``cpu`` extra is installed); the report names it.  Rounds alternate
+between the two so that both see the same machine conditions; both are limited to the same
+number of threads (threadpoolctl for NumPy's BLAS, ``torch.set_num_threads`` for torch), and
+each timed round starts after a short pause so that the other library's idle worker threads
+have stopped spinning.  Prints the median
+training steps per second (and characters per second) of each and the ratio xlstm / torch
+(>= 1 means xlstm is not slower), and the ratio of the best rounds, which is steadier on a
+machine shared with other work::
 
     python benchmarks/scripts/train_vs_torch.py      # defaults of `python -m xlstm train`
     python benchmarks/scripts/train_vs_torch.py --hidden 256 --threads 1
+    python benchmarks/scripts/train_vs_torch.py --engine numpy   # without the cpu extra
 """
 
 from __future__ import annotations
@@ -30,14 +34,17 @@ try:
 except ImportError:  # pragma: no cover - reported by main()
     torch = None
 
+import xlstm
 from xlstm.training import Adam, CharLSTM, default_corpus, tbptt_batches
+
+LEARNING_RATE, CLIP_NORM = 3e-3, 5.0
 
 
 def torch_trainer(vocab_size: int, hidden: int, lr: float, clip: float, dtype):
     lstm = torch.nn.LSTM(vocab_size, hidden).to(dtype)
     head = torch.nn.Linear(hidden, vocab_size).to(dtype)
     params = [*lstm.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     state = {"hc": None}
 
     def step(inputs: np.ndarray, targets: np.ndarray) -> float:
@@ -70,15 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument(
+        "--engine", choices=("auto", "generic", "numpy", "numba"), default="auto",
+        help="xlstm's engine (default: auto, the fastest installed)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    engine = xlstm.resolve_engine("numpy", args.dtype, args.engine)
+    label = f"xlstm-{engine}"
 
     torch.set_num_threads(args.threads)
     text = default_corpus()
     vocab = "".join(sorted(set(text)))
     ours = CharLSTM(
-        vocab, args.hidden, dtype=args.dtype, seed=0, optimizer=Adam(lr=3e-3), clip_norm=5.0
+        vocab, args.hidden, dtype=args.dtype, seed=0, engine=args.engine,
+        optimizer=Adam(lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8), clip_norm=CLIP_NORM,
+    )  # fmt: skip
+    theirs = torch_trainer(
+        len(vocab), args.hidden, LEARNING_RATE, CLIP_NORM, getattr(torch, args.dtype)
     )
-    theirs = torch_trainer(len(vocab), args.hidden, 3e-3, 5.0, getattr(torch, args.dtype))
     batches = list(tbptt_batches(ours.encode(text), args.batch, args.seq_len))
     chars_per_step = args.batch * args.seq_len
 
@@ -93,35 +109,36 @@ def main(argv: list[str] | None = None) -> int:
             loss = theirs(inputs, targets)
         return loss
 
-    rates: dict[str, list[float]] = {"xlstm-numpy": [], "torch": []}
+    steps: dict[str, list[float]] = {label: [], "torch": []}
     with threadpool_limits(limits=args.threads):
         run_ours(batches[:3])  # warm-up
         run_theirs(batches[:3])
         for r in range(args.rounds):
             start = (r * args.steps_per_round) % max(1, len(batches) - args.steps_per_round)
             chunks = batches[start : start + args.steps_per_round]
-            order = (("xlstm-numpy", run_ours), ("torch", run_theirs))
+            order = ((label, run_ours), ("torch", run_theirs))
             for name, fn in order if r % 2 == 0 else order[::-1]:
                 # Let the other library's worker threads stop spinning before timing.
                 time.sleep(0.3)
                 tick = time.perf_counter()
                 fn(chunks)
-                rates[name].append(len(chunks) * chars_per_step / (time.perf_counter() - tick))
+                steps[name].append(len(chunks) / (time.perf_counter() - tick))
 
     print(
         f"model: vocab {len(vocab)}, hidden {args.hidden}, batch {args.batch}, "
         f"seq_len {args.seq_len}, {args.dtype}, Adam + clip, {args.threads} thread(s); "
-        f"torch {torch.__version__}, numpy {np.__version__}"
+        f"xlstm engine {engine}; torch {torch.__version__}, numpy {np.__version__}"
     )
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+    medians = {name: statistics.median(values) for name, values in steps.items()}
     for name, value in medians.items():
-        spread = f"{min(rates[name]):,.0f}..{max(rates[name]):,.0f}"
-        print(f"{name:12s} {value:>10,.0f} chars/s  (rounds: {spread})")
-    best = {name: max(values) for name, values in rates.items()}
-    print(f"ratio xlstm-numpy / torch = {medians['xlstm-numpy'] / medians['torch']:.2f} (medians)")
-    print(
-        f"ratio of best rounds      = {best['xlstm-numpy'] / best['torch']:.2f} (least disturbed)"
-    )
+        spread = f"{min(steps[name]):,.1f}..{max(steps[name]):,.1f}"
+        print(
+            f"{name:13s} {value:>8,.1f} steps/s {value * chars_per_step:>10,.0f} chars/s  "
+            f"(rounds: {spread} steps/s)"
+        )
+    best = {name: max(values) for name, values in steps.items()}
+    print(f"ratio {label} / torch = {medians[label] / medians['torch']:.2f} (medians)")
+    print(f"ratio of best rounds = {best[label] / best['torch']:.2f} (least disturbed)")
     return 0
 
 

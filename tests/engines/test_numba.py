@@ -366,6 +366,92 @@ def test_deterministic_and_inputs_not_mutated():
     np.testing.assert_array_equal(lengths, lengths_before)
 
 
+@pytest.mark.parametrize("batch_split", [False, True], ids=["whole", "batch-split"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_bitwise_reproducible_with_one_and_two_blas_threads(
+    dtype, recompute, batch_split, monkeypatch
+):
+    """The same bits whatever the BLAS thread count, run after run.
+
+    The per-step products here are large enough for OpenBLAS to split them between two
+    threads (it splits rows and columns, never the sum of one element), and the kernels
+    are element-wise.
+    """
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    on = random_problem(21, 48, 64, 14, 96, 2).to(np, dtype)
+    # With the batch split allowed, two BLAS threads split this batch (m = 64).
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", batch_split)
+    lengths = _lengths(64, 14)
+
+    def run():
+        out = {}
+        for with_lengths in (None, lengths):
+            a, y, c, caches = xlstm.lstm_forward(
+                on["x"], on["a0"], on["params"], on["c0"], engine="numba",
+                recompute=recompute, lengths=with_lengths,
+            )  # fmt: skip
+            _, _, _, none = xlstm.lstm_forward(
+                on["x"], on["a0"], on["params"], on["c0"], engine="numba", cache=False,
+                lengths=with_lengths,
+            )  # fmt: skip
+            assert none is None
+            grads = xlstm.lstm_backward(on["Ga"], caches, on["Gc"], engine="numba")
+            tag = "padded" if with_lengths is None else "lengths"
+            out.update({f"{tag} {key}": value for key, value in {"a": a, "y": y, "c": c}.items()})
+            out.update({f"{tag} {key}": value for key, value in grads.items()})
+        return out
+
+    results = []
+    for threads in (1, 2, 1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            results.append(run())
+    for other in results[1:]:
+        for key, value in results[0].items():
+            np.testing.assert_array_equal(other[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split-products"])
+@pytest.mark.parametrize("m", [64, 37])
+def test_batch_split_gives_the_whole_batch_bits(dtype, fused, m):
+    """The two halves of the batch in two threads: the same h and c, bit for bit."""
+    rng = np.random.default_rng(5)
+    t_x, n_x, n_a = 9, 12, 20
+    x = rng.standard_normal((n_x, m, t_x)).astype(dtype)
+    h0 = rng.standard_normal((m, n_a)).astype(dtype)
+    c0 = rng.standard_normal((m, n_a)).astype(dtype)
+    W = (0.3 * rng.standard_normal((4 * n_a, n_a + n_x))).astype(dtype)
+    b = rng.standard_normal(4 * n_a).astype(dtype)
+    x_tm = x.transpose(2, 1, 0)
+
+    def run(split):
+        return numba_engine._forward(
+            x_tm, h0, c0, W, b, recompute=True, lengths=None, fused=fused, split=split
+        )
+
+    whole, halves = run(False), run(True)
+    assert whole.gates is None
+    assert halves.gates is None
+    np.testing.assert_array_equal(halves.h, whole.h)
+    np.testing.assert_array_equal(halves.c, whole.c)
+
+
+def test_batch_split_runs_only_where_it_pays(monkeypatch):
+    monkeypatch.setattr(_threads, "pair_is_parallel", lambda work: True)
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", False)
+    assert not numba_engine._split_batch(100, 64, 256, 256, recompute=True, lengths=None)
+    monkeypatch.setattr(numba_engine, "BATCH_SPLIT", True)
+    split = numba_engine._split_batch
+    assert split(100, 64, 256, 256, recompute=True, lengths=None)  # S3
+    assert not split(100, 64, 256, 256, recompute=False, lengths=None)  # cache keeps gates
+    assert not split(100, 64, 256, 256, recompute=True, lengths=np.full(64, 100))
+    assert not split(100, 32, 128, 64, recompute=True, lengths=None)  # S2: half batch small
+    assert not split(20, 64, 1024, 1024, recompute=True, lengths=None)  # S5: products rule
+    monkeypatch.setattr(_threads, "pair_is_parallel", lambda work: False)
+    assert not split(100, 64, 256, 256, recompute=True, lengths=None)  # no second core
+
+
 def test_two_threads_at_once_give_the_sequential_results():
     problems = [random_problem(seed, 6, 8, 20, 16, 2).to(np, "float32") for seed in (11, 12)]
 
@@ -398,6 +484,51 @@ def test_auto_picks_numba_for_float32_and_float64_and_numpy_otherwise():
     assert xlstm.resolve_engine("numpy", "float64") == "numba"
     assert xlstm.resolve_engine("numpy", "float16") == "numpy"
     assert xlstm.resolve_engine("numpy", "float64", lengths=True, final_state_grads=True) == "numba"
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_two_stage_copy_of_large_steps_equals_generic(recompute, monkeypatch):
+    """The step-major copy through a feature-major block (large steps) gives the same."""
+    monkeypatch.setattr(numba_engine, "TWO_STAGE_COPY_BYTES", 0)
+    problem = random_problem(8, 6, 5, 9, 7, 2)
+    got = _run(problem, "numba", recompute=recompute, final=True)
+    expected = _run(problem, "generic", recompute=recompute, final=True)
+    err, key = _worst(got, expected)
+    assert err <= F64_TOL, key
+
+
+def test_per_step_products_run_on_numpys_own_blas():
+    """One BLAS library and thread pool for every product (see loops.numpy_gemm_addresses)."""
+    from xlstm._engines.numba import blas
+
+    if not blas.numpy_blas_libraries():
+        pytest.skip("this NumPy bundles no OpenBLAS (built against another BLAS)")
+    single, double = blas.numpy_gemm_addresses()
+    assert single != 0
+    assert double != 0
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+def test_scipy_blas_fallback_equals_generic(recompute, monkeypatch):
+    """Where NumPy's BLAS is not found the loops call SciPy's: same results."""
+    monkeypatch.setattr(numba_engine, "_gemm_address", lambda dtype: 0)
+    problem = random_problem(4, 5, 6, 7, 8, 2)
+    lengths = _lengths(6, 7)
+    for with_lengths in (None, lengths):
+        got = _run(problem, "numba", recompute=recompute, lengths=with_lengths, final=True)
+        expected = _run(problem, "generic", recompute=recompute, lengths=with_lengths, final=True)
+        err, key = _worst(got, expected)
+        assert err <= F64_TOL, key
+
+
+def test_without_numpys_blas_or_scipy_auto_gives_the_numpy_engine(monkeypatch):
+    """No BLAS for the compiled loops to call: the engine declines by name."""
+    monkeypatch.setattr(numba_engine, "_has_scipy_blas", lambda: False)
+    monkeypatch.setattr(numba_engine.blas, "numpy_gemm_addresses", lambda: (0, 0))
+    assert "SciPy" in numba_engine.unsupported_reason(np, "float32")
+    assert xlstm.resolve_engine("numpy", "float32") == "numpy"
+    with pytest.raises(ValueError, match="SciPy"):
+        xlstm.resolve_engine("numpy", "float32", "numba")
 
 
 def test_unsupported_dtype_is_a_value_error_when_named():

@@ -182,7 +182,10 @@ def test_threads_not_limited_without_threadpoolctl(monkeypatch):
 def test_help_exit_0(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "GEMM floor" in out
+    assert "products only" in out
+    assert "not a\nbound" in out or "not a bound" in out
+    for option in ("--profile", "--inference-first", "--no-onnx"):
+        assert option in out
     assert "S4=(512, 512, 128, 50)" in out
 
 
@@ -264,6 +267,81 @@ def test_relative_difference():
     assert _harness.relative_difference({"a": np.array([2.0, -4.0])}, ref) == 0.25
 
 
+def test_relative_difference_compares_only_what_both_hold():
+    """An inference-only contestant (ONNX Runtime) has no gradients to compare."""
+    ref = {"a": np.array([1.0, -4.0]), "dW": np.ones(2)}
+    assert _harness.relative_difference({"a": np.array([2.0, -4.0])}, ref) == 0.25
+
+
+def test_each_timed_call_follows_an_untimed_warm_call():
+    made = {"inference": 0, "forward": 0}
+
+    def counting(mode):
+        def call():
+            made[mode] += 1
+
+        return call
+
+    contestant = _harness.Contestant(
+        "c", "numpy", _harness._no_sync, {mode: counting(mode) for mode in made}
+    )
+    _harness.run_rounds([contestant], repeat=3, pause=0)
+    assert made == {"inference": 6, "forward": 6}
+    assert [len(contestant.times[mode]) for mode in made] == [3, 3]
+
+
+def test_onnx_runtime_inference_contestant_gives_xlstms_outputs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = tmp_path / "bench.json"
+    code = cli.main(["--sizes", TINY, "--no-naive", "--json", str(path), *FAST])
+    assert code == 0
+    report = json.loads(path.read_text())
+    rows = {(r["contestant"], r["mode"]) for r in report["results"]}
+    assert ("ONNX Runtime", "inference") in rows
+    assert ("ONNX Runtime", "forward") not in rows
+    check = next(c for c in report["checks"] if c["contestant"] == "ONNX Runtime")
+    assert check["ok"]
+    assert check["max_relative_difference"] < 1e-5
+    xlstm_row = next(
+        r for r in report["results"] if r["contestant"] == "xlstm" and r["mode"] == "inference"
+    )
+    assert xlstm_row["speedup_vs_onnx"] > 0
+
+
+def test_onnx_runtime_is_left_out_in_float64():
+    problem_64 = problem("float64")
+    assert problem_64.dtype == "float64"
+    assert not _harness.onnx_runtime_available("float64")
+
+
+def test_profile_and_inference_first(tmp_path, capsys):
+    pytest.importorskip("numba")
+    pytest.importorskip("threadpoolctl")
+    path = tmp_path / "bench.json"
+    options = ["--engine", "numba", "--profile", "--inference-first", "--no-torch", "--no-naive"]
+    code = cli.main(["--sizes", TINY, *options, "--json", str(path), *FAST])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "profile (numba engine" in out
+    assert "inference first in a fresh process" in out
+    report = json.loads(path.read_text())
+    assert [row["mode"] for row in report["profile"]] == list(_harness.MODES)
+    for row in report["profile"]:
+        for key in ("public_ms", "engine_ms", "products_only_ms"):
+            assert row[key] > 0
+        assert row["outside_ms"] == pytest.approx(row["public_ms"] - row["engine_ms"])
+    (first,) = report["inference_first"]
+    assert first["engine"] == "numba"
+    assert len(first["times_s"]) == len(first["faults"]) == 1
+    assert first["first_s"] > 0
+
+
+def test_profile_of_another_engine_exit_2(capsys):
+    assert cli.main(["--sizes", TINY, "--engine", "numpy", "--profile", *FAST]) == 2
+    assert "numba engine" in capsys.readouterr().err
+
+
 def test_cross_check_flags_a_mismatch():
     good = {"a": np.ones(3), "dW": np.ones((2, 2))}
     outputs = {
@@ -287,7 +365,7 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     code = cli.main(["--sizes", TINY, "--json", str(path), *options, *FAST])
     assert code == 0
     out = capsys.readouterr().out
-    for text in ("threads: 2", "sample-steps/s", "GEMM floor", "naive (seed-style)", "check:"):
+    for text in ("threads: 2", "sample-steps/s", "products only", "naive (seed-style)", "check:"):
         assert text in out
     engine = xlstm.resolve_engine("numpy", "float32")
     assert f"xlstm engine: --engine auto ran {engine!r}" in out
@@ -297,11 +375,18 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     assert report["engine"]["asked"] == "auto"
     assert report["engine"]["ran"] == engine
     names = {(r["contestant"], r["mode"]) for r in report["results"]}
-    for name in ("xlstm", "xlstm generic", "xlstm recompute", "naive (seed-style)", "GEMM floor"):
+    for name in (
+        "xlstm",
+        "xlstm generic",
+        "xlstm recompute",
+        "naive (seed-style)",
+        "products only",
+    ):
         assert (name, "forward") in names
         assert (name, "forward_backward") in names
         # recompute's inference is the plain one; the seed-style loop has none
-        assert ((name, "inference") in names) == (name in ("xlstm", "xlstm generic", "GEMM floor"))
+        with_inference = ("xlstm", "xlstm generic", "products only")
+        assert ((name, "inference") in names) == (name in with_inference)
     for r in report["results"]:
         assert r["first_call_s"] > 0
         assert len(r["times_s"]) == 1
@@ -312,7 +397,7 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
     )
     assert row["sample_steps_per_s"] == pytest.approx(3 * 5 / row["median_s"])
     assert row["speedup_vs_naive"] > 0
-    assert row["time_over_floor"] > 0
+    assert row["time_over_products_only"] > 0
     assert all(c["ok"] for c in report["checks"])
     memory = {m["contestant"]: m for m in report["memory"]}
     assert memory["xlstm"]["forward_kept"] > 0
@@ -322,10 +407,11 @@ def test_run_numpy_table_and_json(tmp_path, capsys):
 
 def test_run_without_torch_and_naive(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    code = cli.main(["--sizes", TINY, "--no-torch", "--no-naive", "--json", str(path), *FAST])
+    options = ["--no-torch", "--no-naive", "--no-onnx"]
+    code = cli.main(["--sizes", TINY, *options, "--json", str(path), *FAST])
     assert code == 0
     report = json.loads(path.read_text())
-    assert {r["contestant"] for r in report["results"]} == {"xlstm", "GEMM floor"}
+    assert {r["contestant"] for r in report["results"]} == {"xlstm", "products only"}
     assert report["torch_peer_device"] is None
     assert report["checks"] == []
 

@@ -13,10 +13,15 @@ torch under ``torch.no_grad()``), "forward" keeping what backward needs (xlstm's
 default, torch with autograd recording) and "forward_backward". Inference makes the
 forward's FLOPs.
 
-The "GEMM floor" does the same FLOPs as the fewest and largest products possible,
-on the same BLAS: forward ``Z = H @ W.T`` with H (T*m, n_x + n_a) and
-W (4 n_a, n_x + n_a); forward+backward adds ``dZ @ W`` and ``dZ.T @ H``. No LSTM
-can do its products faster than that (the recurrence forces T smaller products).
+"products only" (formerly "GEMM floor") does the same FLOPs as the fewest and largest
+products possible, on the same BLAS: forward ``Z = H @ W.T`` with H (T*m, n_x + n_a)
+and W (4 n_a, n_x + n_a); forward+backward adds ``dZ @ W`` and ``dZ.T @ H``.  It is
+what the products cost at the rate of large products: a reference, not a bound.  The
+recurrence forces T smaller products, which usually run slower, but at small shapes
+(S1) their operands stay in cache and a whole LSTM can beat it.
+
+ONNX Runtime's ``LSTM`` (the model exported by :func:`xlstm.convert.to_onnx`, float32,
+the bench's thread count) is an inference contestant when onnxruntime is installed.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 
 MODES = ("inference", "forward", "forward_backward")
 GATE_KEYS = ("i", "f", "c", "o")  # torch order i, f, g, o; the seed calls g "c"
-CPU_FAMILIES = frozenset({"numpy", "torch-cpu", "jax"})
+CPU_FAMILIES = frozenset({"numpy", "torch-cpu", "jax", "onnxruntime"})
+PRODUCTS_ONLY = "products only"
+"""Name of the contestant that makes only the pass's products (see the module docstring)."""
+ONNX_RUNTIME = "ONNX Runtime"
 CHECK_TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
 
 
@@ -389,7 +397,57 @@ def floor_contestant(problem: Problem, backend: Backend) -> Contestant:
         return H @ W.T, dZ @ W, dZ.T @ H
 
     calls = {"inference": forward, "forward": forward, "forward_backward": forward_backward}
-    return Contestant("GEMM floor", backend.family, backend.sync, calls)
+    return Contestant(PRODUCTS_ONLY, backend.family, backend.sync, calls)
+
+
+def onnx_runtime_available(dtype: str) -> bool:
+    """Whether ONNX Runtime can run the inference contestant (installed; float32 only:
+    its ``LSTM`` kernel has no float64)."""
+    import importlib.util
+
+    return dtype == "float32" and all(
+        importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime")
+    )
+
+
+def onnx_contestant(problem: Problem, threads: int) -> Contestant:
+    """ONNX Runtime's ``LSTM`` on the problem's weights (exported by ``xlstm.convert``).
+
+    Inference only, float32, ``threads`` intra-op threads (one inter-op), CPU provider.
+    """
+    import onnxruntime
+
+    from xlstm import LSTM
+    from xlstm._layout import GATE_KEYS, layer_key
+    from xlstm.convert import to_onnx
+
+    n_x, n_a, _, _ = problem.shape
+    gates = {layer_key(key, 0): problem.parameters[key] for key in GATE_KEYS}
+    model = LSTM(n_x, n_a, dtype=problem.dtype, parameters=gates)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        to_onnx(model, initial_state=True).SerializeToString(),
+        options,
+        providers=["CPUExecutionProvider"],
+    )
+    h0 = np.ascontiguousarray(problem.a0.T[None])
+    feeds = {
+        "X": np.ascontiguousarray(problem.x.transpose(2, 1, 0)),  # (T, m, n_x)
+        "initial_h": h0,
+        "initial_c": np.zeros_like(h0),
+    }
+
+    def inference():
+        return session.run(None, feeds)
+
+    def check() -> dict[str, np.ndarray]:
+        (outputs,) = session.run(["Y"], feeds)  # (T, m, n_a)
+        return {"a": np.transpose(outputs, (2, 1, 0))}
+
+    calls = {"inference": inference}
+    return Contestant(ONNX_RUNTIME, "onnxruntime", _no_sync, calls, check)
 
 
 def torch_contestant(problem: Problem, device: str) -> Contestant:
@@ -491,15 +549,17 @@ def warm_up(contestants: list[Contestant]) -> dict[str, dict[str, np.ndarray]]:
     """One untimed call per contestant and pass; returns the outputs to check.
 
     The first call pays for one-off costs (allocations, JIT or kernel compilation,
-    thread pools starting up): its forward+backward is timed once and kept as
-    ``first_call_s``, never mixed into the timings. A further forward+backward gives
-    the output sequence and the gradients that :func:`relative_difference` compares.
+    thread pools starting up): its forward+backward (an inference-only contestant's
+    inference) is timed once and kept as ``first_call_s``, never mixed into the
+    timings. A further forward+backward gives the output sequence and the gradients
+    that :func:`relative_difference` compares.
     """
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for contestant in contestants:
-        contestant.first_call_s, _ = time_once(contestant, "forward_backward")
+        first = "forward_backward" if "forward_backward" in contestant.calls else "inference"
+        contestant.first_call_s, _ = time_once(contestant, first)
         for mode in contestant.calls:
-            if mode != "forward_backward":
+            if mode != first:
                 time_once(contestant, mode)
         if contestant.check is not None:
             outputs[contestant.name] = contestant.check()
@@ -513,7 +573,9 @@ def run_rounds(contestants: list[Contestant], repeat: int, pause: float, progres
     a library switch happens once per round, not twice). Between two contestants
     of different CPU libraries it sleeps ``pause`` seconds: OpenBLAS's and OpenMP's
     worker threads keep spinning for a while after a call and would steal cores
-    from whoever runs next.
+    from whoever runs next.  After that pause each pass gets one untimed warm call
+    (threads that went to sleep wake up, caches refill), then the timed call follows
+    it back to back.
     """
     last_family = None
     gc_was_enabled = gc.isenabled()
@@ -527,6 +589,8 @@ def run_rounds(contestants: list[Contestant], repeat: int, pause: float, progres
                     time.sleep(pause)
                 last_family = contestant.family
                 for mode in contestant.calls:
+                    _, result = time_once(contestant, mode)  # warm, untimed
+                    del result
                     seconds, result = time_once(contestant, mode)
                     del result
                     contestant.times[mode].append(seconds)
@@ -545,6 +609,8 @@ def relative_difference(result: dict[str, np.ndarray], reference: dict[str, np.n
     """Largest ``max|result - ref| / max|ref|`` over the arrays both hold."""
     worst = 0.0
     for key, ref in reference.items():
+        if key not in result:  # an inference-only contestant has no gradients
+            continue
         got = result[key].astype(np.float64)
         ref = ref.astype(np.float64)
         scale = max(float(np.max(np.abs(ref))), np.finfo(np.float64).tiny)

@@ -1,4 +1,5 @@
-"""``python -m xlstm bench``: time xlstm against torch.nn.LSTM, a naive loop and a GEMM floor.
+"""``python -m xlstm bench``: time xlstm against torch.nn.LSTM, ONNX Runtime, a naive loop and
+the products alone.
 
 Shape legend: (n_x, n_a, m, T) = (input size, hidden size, batch, time steps).
 
@@ -6,11 +7,15 @@ For every shape each contestant makes one untimed call per pass (its first
 forward+backward, one-off costs included, is reported apart), the outputs and
 gradients are checked against each other (xlstm and the naive loop must give
 torch's), then every contestant is timed ``--repeat`` times per pass, interleaved
-round-robin in one process. Passes: inference (xlstm ``cache=False``, torch under
-``no_grad``), forward keeping what backward needs, forward+backward. The table
-reports the engine xlstm ran (:func:`xlstm.resolve_engine`), the median and the
-range, throughput in sample-steps per second (m * T / time), GFLOP/s of the
-matrix products, and speed-ups of xlstm over torch.nn.LSTM and the naive loop.
+round-robin in one process, each timed call right after an untimed warm one (which
+follows the pause between two libraries). Passes: inference (xlstm ``cache=False``,
+torch under ``no_grad``, ONNX Runtime), forward keeping what backward needs,
+forward+backward. The table reports the engine xlstm ran
+(:func:`xlstm.resolve_engine`), the median and the range, throughput in sample-steps
+per second (m * T / time), GFLOP/s of the matrix products, and speed-ups of xlstm
+over torch.nn.LSTM, ONNX Runtime and the naive loop. ``--profile`` splits xlstm's
+time into products, kernels and the rest (:mod:`._profile`); ``--inference-first``
+times inference in a fresh process whose first xlstm call is inference.
 
 Arguments are checked before anything runs: a bad one exits 2 with one line on
 stderr.
@@ -34,6 +39,7 @@ import numpy as np
 from .. import resolve_engine
 from .._cli import Parser, Progress, UsageError, non_negative_float, positive_int
 from . import _harness as H
+from . import _profile
 
 DEFAULT_SIZES = ",".join(H.SHAPES)
 ENGINES = ("auto", "generic", "numpy", "numba", "cupy")  # all names, registered or not yet
@@ -46,13 +52,15 @@ named sizes (n_x, n_a, m, T): {", ".join(f"{k}={v}" for k, v in H.SHAPES.items()
 
 FLOPs count the LSTM's matrix products: forward 2*T*m*4n_a*(n_x+n_a), backward
 twice that. The output layer softmax(Wy a + by) that xlstm and the naive loop also
-compute (n_y = --n-y) is not counted; torch.nn.LSTM has none. "GEMM floor" is the
+compute (n_y = --n-y) is not counted; torch.nn.LSTM has none. "products only" is the
 same FLOPs done as one (forward) or three (forward+backward) large products on the
-same BLAS; "/floor" is time / floor time.
+same BLAS: what the products cost at the rate of large products, a reference and not a
+bound (small per-step products can run faster, as at S1); "/prod" is time / its time.
 
 passes: "infer" = lstm_forward(..., cache=False) vs torch under no_grad; "fwd" =
 forward keeping what backward needs (xlstm's default, torch with autograd on);
-"fwd+bwd" = forward then backward. The naive loop has no inference pass.
+"fwd+bwd" = forward then backward. The naive loop has no inference pass; ONNX
+Runtime (float32, when onnxruntime is installed) has only that one.
 """
 
 
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m xlstm bench",
         description="Time xlstm inference, forward and forward+backward against "
-        "torch.nn.LSTM, a seed-style naive loop and a pure-GEMM floor.",
+        "torch.nn.LSTM, ONNX Runtime, a seed-style naive loop and the products alone.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -115,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time xlstm's memory-saving mode (recompute=True)",
     )
     add("--no-torch", action="store_true", help="leave torch.nn.LSTM out")
+    add("--no-onnx", action="store_true", help="leave ONNX Runtime out")
+    add(
+        "--profile",
+        action="store_true",
+        help="split xlstm's time per pass into products, kernels and the rest, beside "
+        "the products-only time (numba engine)",
+    )
+    add(
+        "--inference-first",
+        action="store_true",
+        help="also time inference in a fresh process whose first xlstm call is inference",
+    )
     add("--no-naive", action="store_true", help="leave the naive loop out")
     add(
         "--no-check",
@@ -286,12 +306,19 @@ def torch_peer_device(args, backend: H.Backend) -> str | None:
     return "cpu"
 
 
-def contestant_count(args, peer_device: str | None) -> int:
+def use_onnx(args, backend: H.Backend) -> bool:
+    """Whether ONNX Runtime runs (NumPy backend, float32, installed, not --no-onnx)."""
+    return backend.name == "numpy" and not args.no_onnx and H.onnx_runtime_available(args.dtype)
+
+
+def contestant_count(args, peer_device: str | None, onnx: bool = False) -> int:
     """How many contestants :func:`run_shape` builds (each holds its own arrays)."""
-    return 2 + args.generic + args.recompute + (peer_device is not None) + (not args.no_naive)
+    return (
+        2 + args.generic + args.recompute + (peer_device is not None) + (not args.no_naive) + onnx
+    )
 
 
-def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, Any]:
+def run_shape(label, shape, args, backend, peer_device, progress, onnx=False) -> dict[str, Any]:
     problem = H.make_problem(label, shape, args.dtype, args.n_y)
     contestants = [H.xlstm_contestant(problem, backend, engine=args.engine)]
     if args.generic and contestants[0].engine != "generic":
@@ -300,6 +327,8 @@ def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, A
         contestants.append(H.xlstm_contestant(problem, backend, engine=args.engine, recompute=True))
     if peer_device is not None:
         contestants.append(H.torch_contestant(problem, peer_device))
+    if onnx:
+        contestants.append(H.onnx_contestant(problem, args.threads))
     if not args.no_naive:
         contestants.append(H.naive_contestant(problem, backend))
     contestants.append(H.floor_contestant(problem, backend))
@@ -326,11 +355,16 @@ def run_shape(label, shape, args, backend, peer_device, progress) -> dict[str, A
                 memory.append(
                     {"shape": label, "contestant": contestant.name, **contestant.memory()}
                 )
+    profile = []
+    if args.profile:
+        progress.show(f"{label} {shape}: profile")
+        profile = _profile.profile_shape(problem, args.repeat)
     return {
         "problem": problem,
         "contestants": contestants,
         "checks": checks,
         "memory": memory,
+        "profile": profile,
     }
 
 
@@ -388,18 +422,20 @@ def result_rows(label: str, shape, contestants: list[H.Contestant]) -> list[dict
                 "flops": flops,
                 "gflops_per_s": flops / median / 1e9,
                 "speedup_vs_torch": None,
+                "speedup_vs_onnx": None,
                 "speedup_vs_naive": None,
-                "time_over_floor": None,
+                "time_over_products_only": None,
             }
             if contestant.name.startswith("xlstm"):
                 for key, other in (
                     ("speedup_vs_torch", "torch.nn.LSTM"),
+                    ("speedup_vs_onnx", H.ONNX_RUNTIME),
                     ("speedup_vs_naive", "naive (seed-style)"),
                 ):
                     if other in medians:
                         row[key] = medians[other] / median
-            if contestant.name != "GEMM floor":
-                row["time_over_floor"] = median / medians["GEMM floor"]
+            if contestant.name != H.PRODUCTS_ONLY:
+                row["time_over_products_only"] = median / medians[H.PRODUCTS_ONLY]
             rows.append(row)
     return rows
 
@@ -437,8 +473,9 @@ COLUMNS = (
     ("sample-steps/s", ">", 15),
     ("GFLOP/s", ">", 8),
     ("vs torch", ">", 9),
+    ("vs ORT", ">", 7),
     ("vs naive", ">", 9),
-    ("/floor", ">", 7),
+    ("/prod", ">", 7),
 )
 
 
@@ -473,8 +510,11 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
             _si(row["sample_steps_per_s"]),
             f"{row['gflops_per_s']:.1f}",
             _ratio(row["speedup_vs_torch"]),
+            _ratio(row["speedup_vs_onnx"]),
             _ratio(row["speedup_vs_naive"]),
-            "" if row["time_over_floor"] is None else f"{row['time_over_floor']:.2f}",
+            ""
+            if row["time_over_products_only"] is None
+            else f"{row['time_over_products_only']:.2f}",
         ]
         lines.append(line(cells).rstrip())
     return lines
@@ -518,6 +558,33 @@ def format_checks(checks: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"  MISMATCH {c['shape']} {c['contestant']}: "
             f"{c['max_relative_difference']:.2e} > {H.CHECK_TOLERANCE[c['dtype']]:.0e}"
+        )
+    return lines
+
+
+def format_inference_first(first: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """The ``--inference-first`` lines: the fresh process's calls beside the bench's own."""
+    if not first:
+        return []
+    lines = [
+        "",
+        "inference first in a fresh process (its first xlstm call is inference; then the "
+        "calls back to back; minor page faults per call):",
+    ]
+    for entry in first:
+        in_bench = [
+            r["median_s"]
+            for r in rows
+            if r["shape"] == entry["shape"]
+            and r["mode"] == "inference"
+            and r["contestant"] == "xlstm"
+        ]
+        beside = f", in the bench {_ms(in_bench[0])} ms" if in_bench else ""
+        stats = H.summary(entry["times_s"])
+        lines.append(
+            f"{entry['shape']:<6}first call {_ms(entry['first_s'])} ms, then median "
+            f"{_ms(stats['median_s'])} ms ({_ms(stats['min_s'])}-{_ms(stats['max_s'])}){beside}; "
+            f"faults {min(entry['faults'])}-{max(entry['faults'])}"
         )
     return lines
 
@@ -571,22 +638,33 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(args.json)
         backend = H.make_backend(args.backend, args.device, args.dtype)
         peer_device = torch_peer_device(args, backend)
-        check_memory(sizes, args.dtype, contestant_count(args, peer_device), args.n_y)
+        onnx = use_onnx(args, backend)
+        check_memory(sizes, args.dtype, contestant_count(args, peer_device, onnx), args.n_y)
     except (ValueError, H.BackendUnavailable) as error:
         return _fail(str(error))
     try:
         engine = resolve_engine(backend.xp, args.dtype, args.engine)
     except ValueError as error:  # not registered (numba before it lands), or cannot run here
         return _fail(f"`--engine {args.engine}` with --backend {args.backend}: {error}")
+    if (args.profile or args.inference_first) and (engine != "numba" or backend.name != "numpy"):
+        flags = "--profile / --inference-first"
+        return _fail(f"{flags} profile the numba engine on NumPy; this run has {engine!r}")
     use_torch = peer_device is not None or backend.name == "torch"
     compile_s = H.jit_compile_seconds(engine, args.dtype)  # before any xlstm call
 
     progress = _BenchProgress(total=len(sizes) * (args.repeat + 1), quiet=args.quiet)
-    rows, checks, memory, input_bytes = [], [], [], {}
+    rows, checks, memory, input_bytes, profile, first = [], [], [], {}, [], []
     with thread_limits(args.threads, use_torch) as threads:
         for label, shape in sizes:
-            outcome = run_shape(label, shape, args, backend, peer_device, progress)
+            outcome = run_shape(label, shape, args, backend, peer_device, progress, onnx)
             rows += result_rows(label, shape, outcome["contestants"])
+            profile += outcome["profile"]
+            if args.inference_first:
+                progress.show(f"{label} {shape}: inference first, fresh process")
+                process = _profile.inference_first(
+                    shape, args.dtype, args.engine, args.threads, args.repeat
+                )
+                first.append({"shape": label, **process})
             checks += [{**c, "shape": label, "dtype": args.dtype} for c in outcome["checks"]]
             memory += outcome["memory"]
             input_bytes[label] = outcome["problem"].input_bytes
@@ -603,9 +681,10 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {_cpu_model()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"torch.nn.LSTM: {peer_device or 'not run'}; output layer n_y={args.n_y} "
         "(xlstm and naive compute it, FLOPs exclude it); vs = their time / xlstm time; "
-        "/floor = time / GEMM floor",
+        "/prod = time / products only",
     ]
     lines = head + format_table(rows) + format_checks(checks) + format_memory(memory, input_bytes)
+    lines += _profile.format_profile(profile) + format_inference_first(first, rows)
     if args.memory and not memory:
         lines += ["", f"memory: not measured on {args.backend} ({device}); see --help"]
     print("\n".join(lines))
@@ -629,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             "results": rows,
             "checks": checks,
             "memory": [{**entry, "input_bytes": input_bytes[entry["shape"]]} for entry in memory],
+            "profile": profile,
+            "inference_first": first,
         }
         try:
             with open(args.json, "w") as file:

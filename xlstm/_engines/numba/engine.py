@@ -6,21 +6,40 @@ gives them to the NumPy engine.  Same recurrence, semantics and
 :class:`~xlstm._engines.cache.SequenceCache` as the generic engine
 (:mod:`xlstm._engines.generic`).
 
-Per step.  Forward: the step's product on NumPy's BLAS (``np.dot`` / ``np.matmul`` with
-``out=``), then one compiled kernel (:func:`~.kernels.forward_step`) that activates the
-four gates and writes ``c_t``, ``tanh(c_t)`` and ``h_t``: one pass over the step's
-memory instead of the NumPy engine's nine ufunc calls.  The product is the whole
+Per step.  Forward: the step's product on BLAS, then one compiled kernel
+(:func:`~.kernels.forward_step`) that activates the four gates and writes ``c_t``,
+``tanh(c_t)`` and ``h_t``: one pass over the step's memory instead of the NumPy engine's
+nine ufunc calls.  The steps of a segment run as one compiled loop
+(:func:`~.loops.forward_steps`), which calls BLAS ``sgemm``/``dgemm`` directly (SciPy's,
+through numba's own gemm wrapper): no Python between two steps.  The product is the whole
 pre-activation ``[W_h | W_x | b] [h_{t-1}; x_t; 1]`` (the bias rides along as a column
 of the weights and a row of ones, so no kernel adds it), or, for large problems
 (:data:`FUSED_PRODUCT`), ``W_h h_{t-1}`` added to an input projection ``[W_x | b]
 [x_t; 1]`` made for a whole segment of steps (:func:`~xlstm._engines.cache.segment_length`)
-as one large product.  Backward: one kernel (:func:`~.kernels.backward_step`) turns the
-gradients reaching ``h_t`` and ``c_t`` into the gate gradients ``dz_t`` and
-``dc_{t-1}`` (local derivatives included), then ``dh_{t-1} = W_h^T dz_t`` on BLAS; per
-segment, large products give ``dW_h = dz [h_{t-1}]^T``, ``[dW_x | db] = dz [x_t; 1]^T``
+as one large product on NumPy's BLAS.  Backward: per step one kernel
+(:func:`~.kernels.backward_step`) turns the gradients reaching ``h_t`` and ``c_t`` into the
+gate gradients ``dz_t`` and ``dc_{t-1}`` (local derivatives included), then ``dh_{t-1} =
+W_h^T dz_t`` on BLAS, again one compiled loop per segment (:func:`~.loops.backward_steps`);
+per segment, large products give ``dW_h = dz [h_{t-1}]^T``, ``[dW_x | db] = dz [x_t; 1]^T``
 and ``dx = dz^T W_x``.  (Products written as compiled loops inside the kernels, which
 would save a call per step, were slower than the BLAS calls at every benchmark size, the
 smallest included: their inner loop over the batch is too short to vectorise well.)
+
+Both cores.  The memory-saving forward (``recompute=True``, which inference runs) can run the
+two halves of a padded batch in two threads, each through the whole sequence with a
+one-thread BLAS (:func:`_split_batch`): the batch columns of an LSTM never interact, so the
+halves need no synchronisation between steps, and the element-wise kernels use the second
+core too, which a two-thread BLAS alone leaves idle.  It is off (:data:`BATCH_SPLIT`): on
+this project's machine it measured slower than the whole batch on a two-thread BLAS.
+
+BLAS.  The compiled loops call NumPy's own BLAS (its CBLAS gemm, found in the library
+NumPy's wheels bundle, :func:`.blas.numpy_gemm_addresses`), so that every product of a call
+runs on one library and one thread pool; only where that library cannot be found do they
+call SciPy's (a second pool, whose idle threads spin against NumPy's).
+
+Results.  ``h`` and ``c`` are two views of one new block
+(:func:`xlstm._engines.numpy.workspace.fresh_arrays`): freed together, reused by the C
+allocator from the second call on, so no call pays a page fault per page of its results.
 
 Layout, and why.  Per-step arrays are *feature-major* blocks stored time-major::
 
@@ -79,8 +98,10 @@ from typing import Any
 
 import numpy as np
 
+from ... import _threads
 from ..cache import SequenceCache, inverse_order, segment_length
 from ..numpy import workspace
+from . import blas
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 """The dtypes the kernels are written for."""
@@ -93,14 +114,50 @@ def _kernels() -> ModuleType:
     return kernels
 
 
+@functools.cache
+def _loops() -> ModuleType:
+    from . import loops  # imports numba: only when the engine runs
+
+    return loops
+
+
+def _gemm_address(dtype: np.dtype) -> int:
+    """NumPy's CBLAS gemm for ``dtype`` (see :func:`.loops.numpy_gemm_addresses`), or 0."""
+    single, double = blas.numpy_gemm_addresses()
+    return single if dtype == np.float32 else double
+
+
+def _check_gemm(status: int) -> None:
+    """Raise if BLAS reported a failure (numba's gemm wrapper returns non-zero)."""
+    if status != 0:
+        msg = f"BLAS gemm failed inside the numba engine (status {status})"
+        raise RuntimeError(msg)
+
+
+@functools.cache
+def _has_scipy_blas() -> bool:
+    """Whether SciPy, whose BLAS numba's gemm wrapper calls, is importable (not imported).
+
+    Needed only where NumPy's own BLAS gemm is not found (:mod:`.blas`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy") is not None
+
+
 def unsupported_reason(xp: Any, dtype: Any, *, cache: SequenceCache | None = None) -> str | None:
-    """float32 and float64 run; a variable-length cache must have its rows sorted by length.
+    """float32 and float64 run (with NumPy's bundled BLAS, or SciPy's); a variable-length
+    cache must have its rows sorted by length.
 
     A cache whose rows are not sorted by decreasing length (the generic engine's batch
     order, the NumPy engine's two groups) is declined, so ``"auto"`` gives it to an engine
     that reads it as it is; every padded cache is read (one made by another engine is
     copied into this engine's layout first).
     """
+    if blas.numpy_gemm_addresses() == (0, 0) and not _has_scipy_blas():
+        return (
+            "NumPy's BLAS gemm was not found and SciPy, whose BLAS the compiled loops call "
+            "instead, is not installed"
+        )
     try:
         resolved = np.dtype(dtype)
     except TypeError:
@@ -123,11 +180,11 @@ def _storage_order(lengths: np.ndarray | None) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(order.shape[0])) else order
 
 
-def _running(stored: np.ndarray | None, t_x: int, m: int) -> list[int]:
-    """``running[t]``: columns still inside their sequence at step ``t`` (a prefix)."""
+def _running(stored: np.ndarray | None, t_x: int, m: int) -> np.ndarray:
+    """``running[t]``: columns still inside their sequence at step ``t`` (a prefix), int64."""
     if stored is None:
-        return [m] * t_x
-    return np.count_nonzero(stored[None, :] > np.arange(t_x)[:, None], axis=1).tolist()
+        return np.full(t_x, m, np.int64)
+    return np.count_nonzero(stored[None, :] > np.arange(t_x)[:, None], axis=1).astype(np.int64)
 
 
 def _copy_steps(array_tm: np.ndarray, start: int, stop: int, order, out: np.ndarray, axes):
@@ -140,8 +197,28 @@ def _copy_steps(array_tm: np.ndarray, start: int, stop: int, order, out: np.ndar
     segment = array_tm[start:stop]
     if order is not None:
         segment = np.take(segment, order, axis=1)
+    elif (
+        axes == _STEPS_FEATURES_BATCH
+        and segment.strides[0] == segment.itemsize
+        and segment[0].nbytes > TWO_STAGE_COPY_BYTES
+    ):
+        # Through (n, k, m): both copies then move runs of contiguous elements.
+        k, m, n = segment.shape
+        features = workspace.scratch("numba_steps_copy", (n, k, m), segment.dtype)
+        np.copyto(features, segment.transpose(_FEATURES_STEPS_BATCH))
+        np.copyto(out, features.transpose(1, 0, 2))
+        return out
     np.copyto(out, segment.transpose(axes))
     return out
+
+
+TWO_STAGE_COPY_BYTES = 128 << 10
+"""Bytes of one step's ``(m, n)`` block of a seed-layout input above which
+:func:`_copy_steps` makes the step-major ``(k, n, m)`` copy through a feature-major
+``(n, k, m)`` one.  Why: NumPy's direct copy of that transposition, whose source advances by
+``T`` elements along its innermost loop, ran at a third of the speed of the two copies at S4
+and S5 (per call: 12.5 against 4.7 ms at S4 inference, 3.9 against 1.7 ms at S5, float32);
+at S3 (64 KiB a step) and below the single copy was the faster one."""
 
 
 _FEATURES_STEPS_BATCH = (2, 0, 1)  # (k, m, n) -> (n, k, m)
@@ -189,7 +266,7 @@ def _transposed(matrix: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def _project(w_b, inputs, gates, first, gate_rows, k):
+def _project(w_b, inputs, gates, first, gate_rows, k, products=True):
     """Write ``[W | b] @ [inputs; 1]`` of ``k`` steps into ``gates[first : first + k]``.
 
     ``inputs`` is ``(n + 1, >= k, m)`` with ones in its last row; ``gates`` is
@@ -199,7 +276,8 @@ def _project(w_b, inputs, gates, first, gate_rows, k):
     """
     n_in, m = inputs.shape[0], inputs.shape[2]
     rows = gate_rows[:, :k].reshape(gate_rows.shape[0], k * m)
-    np.matmul(w_b, inputs[:, :k].reshape(n_in, k * m), out=rows)
+    if products:
+        np.matmul(w_b, inputs[:, :k].reshape(n_in, k * m), out=rows)
     _kernels().rows_to_steps(gate_rows, gates, first, k)
 
 
@@ -211,28 +289,125 @@ def forward(x, h0, c0, W, b, *, xp: Any = None, recompute: bool, lengths: Any = 
     return _forward(x, h0, c0, W, b, recompute=recompute, lengths=lengths, fused=None)
 
 
-def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None):
+def _forward(
+    x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | None, parts=None,
+    split: bool | None = None,
+):  # fmt: skip
     """:func:`forward`, with ``fused`` choosing how the pre-activations are made.
 
     One product per step (``True``), or a per-segment input projection plus a per-step
-    recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).
-    :func:`compile_seconds` forces both, to compile every kernel.
+    recurrent product (``False``); ``None``: by size (:data:`FUSED_PRODUCT`).  ``split``:
+    run the two halves of the batch in two threads (only with ``recompute`` and no
+    ``lengths``); ``None``: when worthwhile (:func:`_split_batch`).
+    :func:`compile_seconds` forces every variant, to compile every kernel.  ``parts`` (the
+    profile's, :data:`.loops.PRODUCTS`): leave out the products or the kernels.
     """
-    step_kernel = _kernels().forward_step
+    loops = _loops()
+    parts = loops.ALL if parts is None else parts
     t_x, m, n_x = (int(s) for s in x.shape)
     n_a = int(h0.shape[1])
-    na = n_a * m
     dtype = np.dtype(x.dtype)
     order = _storage_order(lengths)
     stored = None if lengths is None else (lengths if order is None else lengths[order])
-    running = _running(stored, t_x, m)
     t_end = t_x if stored is None else int(stored.max())
-    n_in = n_a + n_x + 1
     if fused is None:
-        fused = 4 * n_a * n_in * m <= FUSED_PRODUCT[dtype]
+        fused = 4 * n_a * (n_a + n_x + 1) * m <= FUSED_PRODUCT[dtype]
+    if split is None:
+        split = _split_batch(t_x, m, n_a, n_x, recompute, lengths)
+    split = split and recompute and lengths is None and m > 1
 
-    H = np.empty((t_x + 1, m, n_a), dtype)  # batch-major: the cache's h as it is
-    C = np.empty((t_x + 1, n_a, m), dtype)
+    # The results, two views of one new block (see workspace.fresh_arrays): h batch-major,
+    # the cache's h as it is; c feature-major, returned transposed.
+    H, C = workspace.fresh_arrays(((t_x + 1, m, n_a), (t_x + 1, n_a, m)), dtype)
+    run = functools.partial(
+        _forward_columns, x, h0, c0, W, b, H, C, recompute=recompute, order=order,
+        stored=stored, t_end=t_end, fused=fused, parts=parts,
+    )  # fmt: skip
+    if split:
+        half = _split_column(m)
+        work = t_x * m * 4 * n_a * (n_a + n_x) // 2
+        _threads.run_pair(
+            functools.partial(run, 0, half), functools.partial(run, half, m), work=work
+        )
+        G = TC = None
+    else:
+        G, TC = run(0, m)
+    c = C.transpose(0, 2, 1)
+    if recompute:
+        return SequenceCache(H, c, None, None, W, b, stored, order)
+    return SequenceCache(H, c, G.transpose(0, 2, 1), TC.transpose(0, 2, 1), W, b, stored, order)
+
+
+BATCH_SPLIT = False
+"""Whether the memory-saving forward may split the batch between two threads at all
+(:func:`_split_batch`).  Off: measured on this project's 2-core machine (2026-12-07, float32,
+two-thread BLAS, `benchmarks/scripts/batch_split.py`), split over whole was 1.52x the time at
+S3, 1.01x at S4 and S5, 1.95x at S2.  Kept, tested bit for bit against the whole batch, so
+that a machine where it pays can be measured with that script."""
+
+SPLIT_MIN_COLUMNS = 64
+"""Batch size from which the memory-saving forward (inference included) may run the two
+halves of the batch in two threads (:func:`_split_batch`)."""
+
+SPLIT_MAX_INNER = 1024
+"""Largest ``n_a + n_x`` for the split: above it the products dominate the step so much
+that the kernels' second core gains less than one-thread products on half the columns
+lose against two-thread products on all of them."""
+
+
+def _split_batch(t_x: int, m: int, n_a: int, n_x: int, recompute: bool, lengths: Any) -> bool:
+    """Whether the forward runs the two halves of the batch in two threads.
+
+    Why: an LSTM's batch columns never interact, so each half can run the whole sequence
+    on its own, its products on a one-thread BLAS, with no synchronisation between steps;
+    the two-thread BLAS of one whole-batch run shares only the products between the cores
+    and leaves the element-wise kernels on one.  Only for the memory-saving forward (the
+    cache then holds ``h``, written in place by both halves, and ``c``, copied once from
+    each half's own block), a padded batch, at least :data:`SPLIT_MIN_COLUMNS` columns (half
+    batches below that run their products at a poorer rate), ``n_a + n_x`` at most
+    :data:`SPLIT_MAX_INNER`, and a BLAS limited to exactly two threads
+    (:func:`xlstm._threads.pair_is_parallel`, which the split keeps: one thread each).
+    """
+    if not BATCH_SPLIT or not recompute or lengths is not None or m < SPLIT_MIN_COLUMNS:
+        return False
+    if n_a + n_x > SPLIT_MAX_INNER:
+        return False
+    return _threads.pair_is_parallel(t_x * m * 4 * n_a * (n_a + n_x) // 2)
+
+
+def _split_column(m: int) -> int:
+    """Where the batch is split: near the middle, at a multiple of 16 columns when that
+    leaves both halves non-empty (rows of the halves then start on their own 64-byte cache
+    lines in float32, so the two threads never write to one line)."""
+    aligned = (m // 2) // 16 * 16
+    return aligned if 0 < aligned < m else m // 2
+
+
+def _forward_columns(
+    x, h0, c0, W, b, H_all, C_all, j0, j1, *, recompute, order, stored, t_end, fused, parts
+):  # fmt: skip
+    """Columns ``j0:j1`` of the batch through the whole sequence; returns ``(G, TC)``.
+
+    Writes ``H_all[:, j0:j1]`` (batch-major, in place) and ``C_all[:, :, j0:j1]`` (for a
+    part of the batch, computed in a contiguous workspace block and copied at the end:
+    the kernels read each step's states as one contiguous run).
+    """
+    loops = _loops()
+    products = bool(parts & loops.PRODUCTS)
+    t_x, m_all, n_x = (int(s) for s in x.shape)
+    n_a = int(h0.shape[1])
+    dtype = np.dtype(x.dtype)
+    whole = (j0, j1) == (0, m_all)
+    m = j1 - j0
+    na = n_a * m
+    n_in = n_a + n_x + 1
+    running = _running(stored, t_x, m)
+    if whole:
+        H, C = H_all, C_all
+    else:
+        x, h0, c0 = x[:, j0:j1], h0[j0:j1], c0[j0:j1]
+        H = H_all[:, j0:j1]
+        C = workspace.scratch("numba_c_columns", (t_x + 1, n_a, m), dtype)
     H[0] = h0 if order is None else h0[order]
     C[0] = (c0 if order is None else c0[order]).T
     step = segment_length(t_x, m, n_a, recompute)
@@ -243,7 +418,7 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         TC = np.empty((t_x, n_a, m), dtype)
     else:
         G = workspace.scratch("numba_gates", (1 if fused else span, 4 * n_a, m), dtype)
-        TC = np.empty((1, n_a, m), dtype)  # not written
+        TC = workspace.scratch("numba_tanh_c", (1, n_a, m), dtype)  # not written
     P = workspace.scratch("numba_product", (4 * n_a, m), dtype)
     if fused:
         # Per step [h_{t-1}; x_t; 1] (rows of `stacked`): one product with [W | b] gives the
@@ -267,9 +442,6 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
     # The kernels' views: gate blocks as a separate axis, states flattened per step.
     G3, P3 = G.reshape(G.shape[0], 4, na), P.reshape(4, na)
     C2, TC2 = C.reshape(t_x + 1, na), TC.reshape(TC.shape[0], na)
-    # Per step, np.dot on C-contiguous operands: the same BLAS call as np.matmul with
-    # less Python-level overhead, which matters where a step's product is small.
-    dot, matmul = np.dot, np.matmul
 
     for start in range(0, t_end, step):
         stop = min(t_end, start + step)
@@ -281,16 +453,13 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         else:
             rhs = hidden
             _copy_steps(x, start, stop, order, inputs[:n_x, :k], _FEATURES_STEPS_BATCH)
-            _project(w_xb, inputs, G, start - offset, gate_rows, k)
-        for t in range(start, stop):
-            now, new = (t - start, t - start + 1) if fused else (t % 2, (t + 1) % 2)
-            columns = running[t]
-            if columns == m:
-                dot(weights, rhs[now], out=P)
-            else:
-                matmul(weights, rhs[now][:, :columns], out=P[:, :columns])
-            gate = t - offset if store or not fused else 0  # fused, not stored: unused
-            step_kernel(G3, P3, HF, H, C2, TC2, t, gate, now, new, n_a, columns, not fused, store)
+            _project(w_xb, inputs, G, start - offset, gate_rows, k, products)
+        _check_gemm(
+            loops.forward_steps(
+                weights, rhs, P, G3, P3, HF, H, C2, TC2, running, start, stop, offset, n_a,
+                fused, store, parts, _gemm_address(dtype),
+            )
+        )  # fmt: skip
         if fused:
             stacked[0, :n_a] = stacked[k, :n_a]  # h_{stop-1} for the next segment
     if t_end < t_x:
@@ -299,10 +468,9 @@ def _forward(x, h0, c0, W, b, *, recompute: bool, lengths: Any, fused: bool | No
         if store:
             G[t_end:] = 0
             TC[t_end:] = 0
-    c = C.transpose(0, 2, 1)
-    if recompute:
-        return SequenceCache(H, c, None, None, W, b, stored, order)
-    return SequenceCache(H, c, G.transpose(0, 2, 1), TC.transpose(0, 2, 1), W, b, stored, order)
+    if not whole:
+        np.copyto(C_all[:, :, j0:j1], C)
+    return G, TC
 
 
 # --------------------------------------------------------------------------- backward
@@ -326,8 +494,14 @@ def _engine_layout(cache: SequenceCache):
 
 def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n=None):
     """Backpropagation through time (contract: :class:`~xlstm._engines.contract.EngineModule`)."""
-    kernels = _kernels()
-    step_kernel = kernels.backward_step
+    return _backward(cache, x, da, dc, dh_n=dh_n, dc_n=dc_n)
+
+
+def _backward(cache: SequenceCache, x, da, dc, *, dh_n=None, dc_n=None, parts=None):
+    """:func:`backward`; ``parts`` as in :func:`_forward` (the profile's)."""
+    kernels, loops = _kernels(), _loops()
+    parts = loops.ALL if parts is None else parts
+    products = bool(parts & loops.PRODUCTS)
     reason = unsupported_reason(np, cache.h.dtype, cache=cache)
     if reason is not None:
         raise ValueError(f"the numba engine cannot read this cache: {reason}")
@@ -373,7 +547,7 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
     A3, dZ3 = A.reshape(A.shape[0], 4, n_a * m), dZ.reshape(span, 4, n_a * m)
     C2, TC2, DA2, DC2 = (a.reshape(a.shape[0], n_a * m) for a in (C, TC, DA, DC))
     dh1, dc1 = dh.reshape(-1), dc_next.reshape(-1)
-    dot, matmul = np.dot, np.matmul  # np.dot per step: see forward
+    matmul = np.matmul
 
     for stop in range(t_end, 0, -step):
         start = max(0, stop - step)
@@ -386,29 +560,27 @@ def backward(cache: SequenceCache, x, da, dc, *, xp: Any = None, dh_n=None, dc_n
         if recompute:
             # z = [W_x | b] [x; 1] + W_h h_{t-1}, made time-major by _project's copy.
             rows = gate_rows[:, :k].reshape(4 * n_a, k * m)
-            matmul(w_xb, x_columns, out=rows)
             recurrent = dZ[:k].reshape(4 * n_a, k * m)  # free until the steps below
-            matmul(w_h, h_rows.T, out=recurrent)
+            if products:
+                matmul(w_xb, x_columns, out=rows)
+                matmul(w_h, h_rows.T, out=recurrent)
             rows += recurrent
             kernels.rows_to_steps(gate_rows, A, 0, k)
         _copy_steps(da, start, stop, order, DA[:k], _STEPS_FEATURES_BATCH)
         if has_dc:
             _copy_steps(dc, start, stop, order, DC[:k], _STEPS_FEATURES_BATCH)
-        for t in range(stop - 1, start - 1, -1):
-            columns = running[t]
-            td = t - start
-            step_kernel(
-                A3, TC2, C2, dZ3, DA2, DC2, dh1, dc1, t, t - a_offset, td, n_a, columns,
-                recompute, has_dc,
-            )  # fmt: skip
-            if columns == m:
-                dot(recurrent_T, dZ[td], out=dh)
-            else:
-                matmul(recurrent_T, dZ[td, :, :columns], out=dh[:, :columns])
+        _check_gemm(
+            loops.backward_steps(
+                A3, TC2, C2, dZ, dZ3, DA2, DC2, dh, dh1, dc1, recurrent_T, running, start,
+                stop, a_offset, n_a, recompute, has_dc, parts, _gemm_address(dtype),
+            )
+        )  # fmt: skip
         # The segment's large products, with dz as (4 n_a, (t, j)) rows:
         # dW_h += dz h_{t-1}^T, [dW_x | db] += dz [x; 1]^T, dx = dz^T W_x.
         kernels.steps_to_rows(dZ, gate_rows, k)
         dz_rows = gate_rows[:, :k].reshape(4 * n_a, k * m)
+        if not products:
+            continue
         if stop == t_end:
             matmul(dz_rows, h_rows, out=d_recurrent)
             matmul(dz_rows, x_columns.T, out=d_input)
@@ -458,9 +630,14 @@ def compile_seconds(dtype: Any = "float32") -> float:
     for fused in (True, False):
         for recompute in (False, True):
             for lengths in (None, np.array([2, 3], np.int64)):
-                cache = _forward(x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused)
+                cache = _forward(
+                    x, h0, h0, W, b, recompute=recompute, lengths=lengths, fused=fused,
+                    split=False,
+                )  # fmt: skip
                 for dc in (None, da):
                     backward(cache, x, da, dc)
+        # The batch split (a column range of h: other array layouts, other compilations).
+        _forward(x, h0, h0, W, b, recompute=True, lengths=None, fused=fused, split=True)
     return time.perf_counter() - started
 
 

@@ -143,8 +143,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool, lengths: np.ndarray) -> Sequenc
     weights = halved_weights(W, b, n_a, rows=int(np.sum(lengths)))
     recurrent_T = weights.recurrent_T
 
-    h = np.empty((t_x + 1, m, n_a), dtype)
-    c = np.empty((t_x + 1, m, n_a), dtype)
+    h, c = workspace.fresh_arrays(((t_x + 1, m, n_a),) * 2, dtype)  # the results
     h[0] = h0 if order is None else h0[order]
     c[0] = c0 if order is None else c0[order]
     step = segment_length(t_x, m, n_a, recompute)

@@ -36,8 +36,7 @@ def forward(x, h0, c0, W, b, *, recompute: bool) -> SequenceCache:
     weights = halved_weights(W, b, n_a, rows=t_x * m)
     recurrent_T = weights.recurrent_T
 
-    h = np.empty((t_x + 1, m, n_a), dtype)
-    c = np.empty((t_x + 1, m, n_a), dtype)
+    h, c = workspace.fresh_arrays(((t_x + 1, m, n_a),) * 2, dtype)  # the results
     h[0] = h0
     c[0] = c0
     step = segment_length(t_x, m, n_a, recompute)

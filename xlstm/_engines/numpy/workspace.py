@@ -77,6 +77,57 @@ def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return flat[:size].reshape(shape)
 
 
+STAGGER_BYTES = 1088
+"""Bytes between consecutive arrays of :func:`fresh_arrays`: not a multiple of 4 KiB, so
+that elements of one step in two of them do not share their address bits below 4 KiB
+(loads and stores whose addresses agree there are taken for one another by the CPU and
+wait, "4K aliasing"), as they would in two page-aligned blocks of their own."""
+
+_primed_bytes = [0]
+
+
+def _prime_allocator(nbytes: int) -> None:
+    """Once per process and larger size: allocate ``nbytes`` and free them untouched.
+
+    Why: glibc's ``malloc`` serves a block of more than 128 KiB by ``mmap`` (fresh pages:
+    a page fault for each 4 KiB touched, handed back by ``munmap`` when freed) until it has
+    seen such a block freed; from then on it serves blocks up to that size from its heap
+    and keeps up to twice that size there when they are freed.  Freeing an untouched
+    block costs no page fault and makes even the first call's results heap memory.
+    Elsewhere (other C libraries, blocks above glibc's 32 MiB cap) it is a harmless
+    ``malloc``/``free`` pair, made once per size.
+    """
+    if nbytes > _primed_bytes[0]:
+        untouched = np.empty(nbytes, np.uint8)
+        del untouched
+        _primed_bytes[0] = nbytes
+
+
+def fresh_arrays(shapes: tuple[tuple[int, ...], ...], dtype: np.dtype) -> list[np.ndarray]:
+    """New C-contiguous arrays of ``shapes``, views of one new block (contents undefined).
+
+    For a call's *results* (they are the caller's, never kept here).  Why one block: a
+    call's results are fresh memory every call.  Allocated apart, each of the next
+    call's blocks is exactly as large as a block just freed, and glibc hands its heap
+    back to the operating system after every call, so that every call pays a page fault
+    per 4 KiB of its results; a process whose first call is inference never recovers (one
+    that ran a training forward first, which frees the larger gate array, does).  One
+    block, freed when the caller drops all its views, stays on the heap; with
+    :func:`_prime_allocator` from the first call on.
+    """
+    dtype = np.dtype(dtype)
+    gap = STAGGER_BYTES // dtype.itemsize
+    sizes = [math.prod(shape) for shape in shapes]
+    total = sum(sizes) + gap * (len(sizes) - 1)
+    _prime_allocator(total * dtype.itemsize)
+    block = np.empty(total, dtype)
+    arrays, start = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        arrays.append(block[start : start + size].reshape(shape))
+        start += size + gap
+    return arrays
+
+
 def kept_bytes() -> int:
     """Bytes held by the calling thread's buffers."""
     return sum(flat.nbytes for flat in _buffers().values())
