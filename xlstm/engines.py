@@ -10,7 +10,7 @@ layers, the loss and the models):
 ``"numpy"``
     NumPy with preallocated in-place buffers; variable lengths on a shrinking batch.
 ``"numba"``
-    Compiled fused step kernels on NumPy arrays (extra ``xlstm-arrayapi[cpu]``).
+    Compiled fused step kernels on NumPy arrays (the ``cpu`` extra).
 ``"cupy"``
     Fused CUDA kernels, optional CUDA-graph replay.
 

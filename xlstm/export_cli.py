@@ -21,7 +21,7 @@ from . import _atomic
 from ._cli import Parser, UsageError, report
 
 PROG = "python -m xlstm export"
-_INSTALL = "pip install 'xlstm-arrayapi[onnx]'"
+_INSTALL = "pip install -e '.[onnx]' from a clone"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -762,7 +762,7 @@ def test_cli_without_onnx(tmp_path, monkeypatch):
     status, _, err = export_main([str(checkpoint), "--onnx", str(tmp_path / "out.onnx")])
     assert status == 2
     assert err.count("\n") == 1
-    assert "pip install 'xlstm-arrayapi[onnx]'" in err
+    assert "pip install -e '.[onnx]'" in err
 
 
 def test_cli_usage_error():

@@ -63,7 +63,10 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as error:
-        msg = "ONNX export and import need the `onnx` package: pip install 'xlstm-arrayapi[onnx]'"
+        msg = (
+            "ONNX export and import need the `onnx` package: the `onnx` extra "
+            "(pip install -e '.[onnx]' from a clone)"
+        )
         raise ImportError(msg) from error
     return onnx
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 try:
     import dask.array  # noqa: F401  (the one dependency this package adds)
 except ImportError as error:  # pragma: no cover - depends on the environment
-    msg = "xlstm.dask needs dask: pip install 'xlstm-arrayapi[dask]'"
+    msg = "xlstm.dask needs dask: the `dask` extra (pip install -e '.[dask]' from a clone)"
     raise ImportError(msg) from error
 
 from .inference import compute, lstm_forward

@@ -391,7 +391,7 @@ def import_cupy() -> Any:
     except ImportError as error:
         msg = (
             "xlstm's CuPy fast path needs CuPy and a CUDA GPU: install the `cuda13` "
-            "or `cuda12` extra (pip install 'xlstm-arrayapi[cuda13]'), or pass "
+            "or `cuda12` extra (pip install -e '.[cuda13]' from a clone), or pass "
             "fused=False for the generic path"
         )
         raise ImportError(msg) from error
