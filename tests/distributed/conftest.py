@@ -8,6 +8,7 @@ module-scoped: starting one takes seconds.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 
 import pytest
@@ -22,6 +23,21 @@ def pytest_report_header(config):
     if importlib.util.find_spec("distributed") is None:
         return "tests/distributed: not collected (dask.distributed is not installed)"
     return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_environment():
+    """Put ``os.environ`` back after each module.
+
+    Why: starting a process cluster sets ``MALLOC_TRIM_THRESHOLD_``, ``OPENBLAS_NUM_THREADS``
+    and others in this process's environment (distributed's ``pre-spawn-environ``), and every
+    later subprocess of the suite would inherit them (a set ``MALLOC_TRIM_THRESHOLD_`` turns
+    off glibc's adaptive mmap threshold, which tests/engines/test_workspace.py measures).
+    """
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 TEST_LIMIT = 180
