@@ -66,7 +66,10 @@ def _dispatch(argv: list[str]) -> int:
     if name not in COMMANDS:
         what = "option" if name.startswith("-") else "command"
         raise UsageError(f"unknown {what} {name!r} (choose from {', '.join(COMMANDS)})")
-    module = importlib.import_module(COMMANDS[name].module)
+    try:
+        module = importlib.import_module(COMMANDS[name].module)
+    except ImportError as error:  # an optional dependency of the command (its message says which)
+        raise UsageError(f"{name}: {error}") from None
     return run_command(f"{PROG} {name}", lambda: module.main(rest))
 
 

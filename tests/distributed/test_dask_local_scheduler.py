@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
+pytest.importorskip("dask.distributed")
 
 import dask
 import dask.array as da

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
+pytest.importorskip("dask.distributed")
 
 from xlstm.dask import predict_cli
 from xlstm.training import CharLSTM

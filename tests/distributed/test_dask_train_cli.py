@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
+pytest.importorskip("dask.distributed")
 
 from xlstm.training import cli, load_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
+pytest.importorskip("dask.distributed")
 
 import dask.array as da
 from _dask_helpers import relative_error, seed_problem

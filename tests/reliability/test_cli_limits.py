@@ -204,7 +204,7 @@ def junk_server():
 
 @pytest.mark.parametrize("command", ["predict", "train"])
 def test_a_scheduler_address_where_something_else_listens(tmp_path, command):
-    pytest.importorskip("distributed")
+    pytest.importorskip("dask.distributed")
     CharLSTM("abcdefgh", 4, seed=0).save(tmp_path / "model.npz")
     np.save(tmp_path / "ids.npy", np.zeros((5, 4), dtype=np.int64))
     argv = {

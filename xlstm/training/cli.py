@@ -815,10 +815,13 @@ def _trainer(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitSt
     ``--workers``; progress, samples and checkpoints are the same either way."""
     if args.scheduler is None and args.workers is None:
         return None
-    from ..dask.cluster import connect
+    try:
+        from ..dask import DataParallelTrainer
+        from ..dask.cluster import connect
+    except ImportError as error:  # the `dask` extra is missing: one line, not a traceback
+        raise UsageError(f"--scheduler/--workers: {error}") from None
 
     client = connect(args.scheduler, args.workers, stack)
-    from ..dask import DataParallelTrainer
 
     workers = max(1, len(client.scheduler_info()["workers"]))
     chunk = args.batch_chunk or max(1, -(-args.batch // workers))
