@@ -244,23 +244,13 @@ def jax_compile_times(shape, dtype: str, use_flax: bool) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------- report
 
 
-def main(args) -> int:
-    """Run the framework comparison for parsed ``python -m xlstm bench`` arguments."""
-    from . import cli
+def main(args, sizes, *, thread_limits, cpu_model: str) -> int:
+    """Run the framework comparison for parsed and checked ``python -m xlstm bench`` arguments.
 
-    if args.backend not in ("torch", "jax"):
-        return cli._fail("`--framework` compares inside torch or JAX: add --backend torch|jax")
-    try:
-        sizes = cli.parse_sizes(args.sizes)
-        if args.json is not None:
-            cli.check_output_file(args.json)
-        if args.device not in (None, "cpu"):
-            raise ValueError("`--framework` times the CPU only; leave out --device")
-        __import__(args.backend)
-    except ValueError as error:
-        return cli._fail(str(error))
-    except ImportError:
-        return cli._fail(f"`--backend {args.backend}` needs {args.backend} installed")
+    ``sizes`` are the parsed shapes, ``thread_limits`` the bench's thread-limit context
+    manager and ``cpu_model`` the machine's name (passed in by :mod:`.cli`, which checks the
+    arguments first).
+    """
     use_flax = False
     if args.backend == "jax":
         if args.dtype == "float64":
@@ -275,7 +265,7 @@ def main(args) -> int:
             use_flax = False
 
     rows, checks, compile_rows, peer = [], [], [], None
-    with cli.thread_limits(args.threads, args.backend == "torch") as threads:
+    with thread_limits(args.threads, args.backend == "torch") as threads:
         for label, shape in sizes:
             if not args.quiet:
                 print(f"bench --framework: {label} {shape}", file=sys.stderr)
@@ -306,7 +296,7 @@ def main(args) -> int:
         "(median, contestants interleaved)",
         f"threads: {args.threads} ({'; '.join(threads['libraries']) or 'none limited'})"
         + ("; XLA's CPU threads are not limited" if args.backend == "jax" else ""),
-        f"machine: {cli._cpu_model()}; peer: {peer}; vs peer = peer time / this time",
+        f"machine: {cpu_model}; peer: {peer}; vs peer = peer time / this time",
         f"{'shape':<8} {'contestant':<32} {'mode':<17} {'median ms':>10} {'range ms':>17} "
         f"{'vs peer':>8}",
     ]
@@ -336,7 +326,7 @@ def main(args) -> int:
             "repeat": args.repeat,
             "peer": peer,
             "threads": threads,
-            "machine": cli._cpu_model(),
+            "machine": cpu_model,
             "results": rows,
             "compile": compile_rows,
             "checks": checks,

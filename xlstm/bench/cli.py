@@ -615,6 +615,26 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _frameworks(args: argparse.Namespace) -> int:
+    """``--framework``: check the arguments, then compare inside torch or JAX."""
+    from ._frameworks import main as frameworks_main
+
+    if args.backend not in ("torch", "jax"):
+        return _fail("`--framework` compares inside torch or JAX: add --backend torch|jax")
+    try:
+        sizes = parse_sizes(args.sizes)
+        if args.json is not None:
+            check_output_file(args.json)
+        if args.device not in (None, "cpu"):
+            raise ValueError("`--framework` times the CPU only; leave out --device")
+        __import__(args.backend)
+    except ValueError as error:
+        return _fail(str(error))
+    except ImportError:
+        return _fail(f"`--backend {args.backend}` needs {args.backend} installed")
+    return frameworks_main(args, sizes, thread_limits=thread_limits, cpu_model=_cpu_model())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m xlstm bench``; returns the exit status.
 
@@ -629,9 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         return _fail(str(error))
     if args.framework:
-        from ._frameworks import main as frameworks_main
-
-        return frameworks_main(args)
+        return _frameworks(args)
     try:
         sizes = parse_sizes(args.sizes)
         if args.json is not None:
