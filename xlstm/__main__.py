@@ -1,10 +1,10 @@
 """``python -m xlstm COMMAND [options]``: one entry point, one table of commands.
 
-Each command is a module with a ``main(argv) -> int``; this runner finds it in
-:data:`COMMANDS`, imports it only when it is asked for (so ``python -m xlstm train`` never
-imports Dask or ONNX), and gives every command the same ends (:func:`xlstm._cli.run_command`):
-a usage error is one line and status 2, Ctrl-C one line and status 130, a closed output
-(``... | head``) a quiet end.
+Each command is a module of :mod:`xlstm.cli` with a ``main(argv) -> int``; this runner finds
+it in :data:`COMMANDS`, imports it only when it is asked for (so ``python -m xlstm train``
+never imports Dask or ONNX), and gives every command the same ends
+(:func:`xlstm.cli._common.run_command`): a usage error is one line and status 2, Ctrl-C one
+line and status 130, a closed output (``... | head``) a quiet end.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from ._cli import EXIT_USAGE, UsageError, quiet_closed_stdout, run_command
+from .cli._common import EXIT_USAGE, UsageError, quiet_closed_stdout, run_command
 
 PROG = "python -m xlstm"
 
@@ -26,10 +26,10 @@ class Command(NamedTuple):
 
 
 COMMANDS = {
-    "train": Command("xlstm.training.cli", "train a character-level language model"),
-    "bench": Command("xlstm.bench.cli", "time forward and forward+backward against torch.nn.LSTM"),
-    "predict": Command("xlstm.dask.predict_cli", "batch inference of a saved model (Dask)"),
-    "export": Command("xlstm.export_cli", "write a saved model as an ONNX file"),
+    "train": Command("xlstm.cli.train", "train a character-level language model"),
+    "bench": Command("xlstm.cli.bench", "time forward and forward+backward against torch.nn.LSTM"),
+    "predict": Command("xlstm.cli.predict", "batch inference of a saved model (Dask)"),
+    "export": Command("xlstm.cli.export", "write a saved model as an ONNX file"),
 }
 
 

@@ -36,7 +36,7 @@ try:
 except ImportError:  # pragma: no cover - reported by main()
     torch = None
 
-from xlstm.bench.cli import parse_sizes
+from xlstm.cli.bench import parse_sizes
 
 
 def _products(lib, n_x: int, n_a: int, m: int, t_x: int, dtype: str, *, backward: bool = True):

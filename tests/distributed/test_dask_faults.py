@@ -201,7 +201,7 @@ def _poisoned_model(parameters):
 
 @pytest.mark.parametrize("kind", ["forward", "gradient"])
 def test_a_chunk_that_keeps_killing_workers_is_named(process_cluster, process_client, kind):
-    from xlstm.dask.predict_cli import Predictor
+    from xlstm.cli.predict import Predictor
 
     # Two chunks, one per worker: a worker that dies then holds no other chunk's task
     # that its death would count against too.

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("dask.distributed")
 
-from xlstm.dask import predict_cli
+from xlstm.cli import predict as predict_cli
 from xlstm.training import CharLSTM
 
 SUBPROCESS_TIMEOUT = 150

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("dask.distributed")
 
-from xlstm.training import cli, load_model
+from xlstm.cli import train as cli
+from xlstm.training import load_model
 
 ARGS = [
     "--dtype", "float64", "--hidden", "16", "--layers", "2", "--batch", "8", "--seq-len", "16",

@@ -268,7 +268,7 @@ def test_generic_path_jits_with_arrays_captured_in_a_closure():
 def test_bench_framework_jax_reports_both_impls_and_compile_times(tmp_path):
     import json
 
-    from xlstm.bench import cli
+    from xlstm.cli import bench as cli
 
     path = tmp_path / "bench.json"
     argv = ["--backend", "jax", "--framework", "--sizes", "4,6,3,5", "--repeat", "1", "--quiet"]

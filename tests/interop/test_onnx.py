@@ -688,7 +688,7 @@ def test_export_refuses_other_objects():
 
 def test_import_xlstm_does_not_import_onnx():
     code = (
-        "import sys, xlstm, xlstm.convert, xlstm.export_cli, xlstm.training; "
+        "import sys, xlstm, xlstm.convert, xlstm.cli.export, xlstm.training; "
         "sys.exit('onnx' in sys.modules or 'onnxruntime' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -710,7 +710,7 @@ def test_docs_example_runs(tmp_path, monkeypatch):
 
 
 def export_main(argv):
-    from xlstm import export_cli
+    from xlstm.cli import export as export_cli
 
     out, err = io.StringIO(), io.StringIO()
     return export_cli.main(argv, stdout=out, stderr=err), out.getvalue(), err.getvalue()

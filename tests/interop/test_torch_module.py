@@ -425,7 +425,7 @@ def test_cuda_equals_torch_on_cuda():
 def test_bench_framework_torch_compares_with_torch_nn_lstm(tmp_path, capsys):
     import json
 
-    from xlstm.bench import cli
+    from xlstm.cli import bench as cli
 
     path = tmp_path / "bench.json"
     argv = ["--backend", "torch", "--framework", "--sizes", "4,6,3,5", "--repeat", "1"]
@@ -440,7 +440,7 @@ def test_bench_framework_torch_compares_with_torch_nn_lstm(tmp_path, capsys):
 
 
 def test_bench_framework_needs_torch_or_jax(capsys):
-    from xlstm.bench import cli
+    from xlstm.cli import bench as cli
 
     assert cli.main(["--framework", "--sizes", "4,6,3,5"]) == 2
     assert "add --backend torch|jax" in capsys.readouterr().err

@@ -26,7 +26,7 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="rlimits and pip
 LIMITED = textwrap.dedent(
     """
     import resource, runpy, sys
-    import numpy, xlstm, xlstm.bench.cli, xlstm.training
+    import numpy, xlstm, xlstm.cli.bench, xlstm.training
 
     if sys.argv[2] != "-":
         runpy.run_path(sys.argv[2])
@@ -91,7 +91,7 @@ def test_predicts_default_chunk_fits_an_address_space_limit(tmp_path):
         """
         import sys
         import numpy as np
-        from xlstm.dask import predict_cli
+        from xlstm.cli import predict as predict_cli
 
         def largest_chunk_only(y, target, client, stderr):
             j = int(np.argmax(y.chunks[1]))
@@ -117,8 +117,8 @@ def test_predicts_default_chunk_fits_an_address_space_limit(tmp_path):
 
 def test_default_chunk_is_bounded_by_memory():
     pytest.importorskip("dask")
-    from xlstm._cli import UsageError
-    from xlstm.dask.predict_cli import Predictor, default_chunk
+    from xlstm.cli._common import UsageError
+    from xlstm.cli.predict import Predictor, default_chunk
 
     predictor = Predictor(CharLSTM("abcdefgh", 64, seed=0))
     per_sequence = predictor.sequence_bytes(250, True)

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 import xlstm
 from xlstm.checkpoint import CheckpointError
+from xlstm.cli.train import main
 from xlstm.training import load_model
-from xlstm.training.cli import main
 
 # XLSTM_FUZZ_EXAMPLES=2000 for a deeper run by hand; the default keeps the file under ~30 s.
 EXAMPLES = int(os.environ.get("XLSTM_FUZZ_EXAMPLES", "40"))

@@ -18,8 +18,9 @@ import pytest
 from _files import TEXT, members, small_model, with_meta, write_zip
 
 import xlstm
-from xlstm.training import CharLSTM, LSTMModel, cli, load_model
-from xlstm.training.cli import main
+from xlstm.cli import train as cli
+from xlstm.cli.train import main
+from xlstm.training import CharLSTM, LSTMModel, load_model
 
 RUN = ["--batch", "4", "--seq-len", "16", "--no-progress", "--sample-length", "0"]
 TINY = ["--hidden", "8", *RUN]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import xlstm
-from xlstm.bench import _harness, cli
+from xlstm.bench import _harness
 from xlstm.bench._naive import naive_backward, naive_forward
 from xlstm.bench._torch_peer import upstream_gradients
+from xlstm.cli import bench as cli
 
 TINY = "4,6,3,5"
 FAST = ["--repeat", "1", "--pause", "0", "--quiet"]

@@ -13,8 +13,8 @@ import pytest
 
 from xlstm import __main__ as entry
 from xlstm import __version__
+from xlstm.cli.train import main
 from xlstm.training import CharLSTM, load_model
-from xlstm.training.cli import main
 
 # 14 * 47 = 658 characters: 592 of training text, 9 chunks of 4 x 16 a pass, so a run of
 # 40 steps crosses four pass boundaries (each with a new random offset and a zero state).

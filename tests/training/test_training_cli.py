@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from xlstm.cli.train import main
 from xlstm.training import CharLSTM, load_model
-from xlstm.training.cli import main
 
 TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--no-progress"]
 PREFIX = "python -m xlstm train: error: "
@@ -176,7 +176,7 @@ def test_real_ctrl_c_in_a_child_process(tmp_path):
 
 
 def test_loss_curve_files(tmp_path):
-    from xlstm.training.cli import write_loss_curve
+    from xlstm.cli.train import write_loss_curve
 
     history = {"step": [1, 2], "seconds": [0.1, 0.2], "train_loss": [3.0, 2.5]}
     history.update({"val_step": [2], "val_loss": [2.7]})

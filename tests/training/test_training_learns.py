@@ -7,8 +7,8 @@ from __future__ import annotations
 import io
 import json
 
+from xlstm.cli.train import main
 from xlstm.training import default_corpus, load_model, unigram_entropy
-from xlstm.training.cli import main
 
 
 def test_short_default_corpus_run_beats_the_unigram_entropy(tmp_path):

@@ -8,7 +8,7 @@ The same function names as the local API, taking dask arrays chunked along the b
   chunks in a tree; the final states stay on the workers;
 * :func:`train_step`, :class:`DataParallelTrainer` -- the optimiser on the client;
 * :func:`compute` -- ``dask.compute`` whose error names the chunk that kept killing workers;
-* ``python -m xlstm predict`` (:mod:`xlstm.dask.predict_cli`).
+* ``python -m xlstm predict`` (:mod:`xlstm.cli.predict`).
 
 Shape legend: ``x (n_x, m, T)`` or integer ids ``(m, T)``, ``a, c (n_a, m, T)``, ``y (n_y,
 m, T)``, states ``(n_a, m)``.  Gate order :data:`xlstm.GATE_ORDER` = (i, f, o, g).

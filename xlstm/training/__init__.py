@@ -16,7 +16,7 @@ Layers, from the bottom up:
   early stopping, checkpoints, progress);
 * :mod:`~xlstm.training.data` -- the bundled corpus, train/validation split, TBPTT batches,
   a generated sequence-classification task;
-* :mod:`~xlstm.training.cli` -- ``python -m xlstm train``.
+* ``python -m xlstm train`` lives in :mod:`xlstm.cli.train`.
 
 Everything is written against the array API standard and runs on every backend.
 """

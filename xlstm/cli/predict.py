@@ -50,7 +50,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from .. import _atomic
-from .._cli import Parser, UsageError, positive_int, report
+from .. import dask as _needs_dask  # noqa: F401  (without the `dask` extra: one ImportError here)
+from ._common import Parser, UsageError, positive_int, report
 from .cluster import connect
 
 PROG = "python -m xlstm predict"
@@ -122,8 +123,8 @@ class Predictor:
 
     def outputs(self, x: Any, engine: str) -> Any:
         """``y (n_y, m, T)`` as a dask array, for ``x`` chunked along the batch."""
-        from . import _common
-        from .inference import lstm_forward
+        from ..dask import _common
+        from ..dask.inference import lstm_forward
 
         if self.parameters is not None:
             return lstm_forward(x, None, self.parameters, engine=engine)[1]
@@ -451,7 +452,7 @@ def _to_host(block: Any) -> np.ndarray:
 
 def _write(y: Any, target: NpyOutput, client: Any, stderr: TextIO) -> None:
     """Compute ``y`` chunk by chunk into ``target`` as chunks complete."""
-    from .._cli import Progress
+    from ._common import Progress
 
     bar = Progress(stderr, bar=stderr.isatty())
     total = y.numblocks[1]
@@ -541,7 +542,7 @@ def main(
     argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Entry point of ``python -m xlstm predict``; returns the exit status."""
-    from ._common import chunk_error
+    from ..dask._common import chunk_error
 
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr

@@ -50,7 +50,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from .._backend import BACKENDS, get_namespace
-from .._cli import (
+from ..training.data import (
+    default_corpus,
+    n_tbptt_chunks,
+    split_text,
+    tbptt_batches,
+    unigram_entropy,
+)
+from ..training.fit import Callback, Run, fit
+from ..training.model import CharLSTM
+from ..training.optim import SGD, Adam, AdamW
+from ._common import (
     EXIT_INTERRUPTED,
     HelpFormatter,
     Parser,
@@ -63,10 +73,6 @@ from .._cli import (
     positive_int,
     run_command,
 )
-from .data import default_corpus, n_tbptt_chunks, split_text, tbptt_batches, unigram_entropy
-from .fit import Callback, Run, fit
-from .model import CharLSTM
-from .optim import SGD, Adam, AdamW
 
 _FRACTION = fraction(0.5)  # --val-fraction and --dropout
 
@@ -817,7 +823,7 @@ def _trainer(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitSt
         return None
     try:
         from ..dask import DataParallelTrainer
-        from ..dask.cluster import connect
+        from .cluster import connect
     except ImportError as error:  # the `dask` extra is missing: one line, not a traceback
         raise UsageError(f"--scheduler/--workers: {error}") from None
 

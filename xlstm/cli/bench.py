@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from .. import resolve_engine
-from .._cli import Parser, Progress, UsageError, non_negative_float, positive_int
-from . import _harness as H
-from . import _profile
+from ..bench import _harness as H
+from ..bench import _profile
+from ._common import Parser, Progress, UsageError, non_negative_float, positive_int
 
 DEFAULT_SIZES = ",".join(H.SHAPES)
 ENGINES = ("auto", "generic", "numpy", "numba", "cupy")  # all names, registered or not yet
@@ -617,7 +617,7 @@ def _fail(message: str) -> int:
 
 def _frameworks(args: argparse.Namespace) -> int:
     """``--framework``: check the arguments, then compare inside torch or JAX."""
-    from ._frameworks import main as frameworks_main
+    from ..bench._frameworks import main as frameworks_main
 
     if args.backend not in ("torch", "jax"):
         return _fail("`--framework` compares inside torch or JAX: add --backend torch|jax")

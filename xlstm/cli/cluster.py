@@ -6,7 +6,7 @@ import contextlib
 import threading
 from typing import Any
 
-from .._cli import UsageError
+from ._common import UsageError
 
 CONNECT_TIMEOUT = 30.0
 """Seconds to wait for a scheduler to answer ``--scheduler ADDRESS``."""

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import _atomic
-from ._cli import Parser, UsageError, report
+from .. import _atomic
+from ._common import Parser, UsageError, report
 
 PROG = "python -m xlstm export"
 _INSTALL = "pip install -e '.[onnx]' from a clone"
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_checkpoint(path: Path) -> Any:
     """A training model (:func:`xlstm.training.load_model`) or an ``xlstm.LSTM``."""
-    from .convert.onnx import _model_class
-    from .training import load_model
+    from ..convert.onnx import _model_class
+    from ..training import load_model
 
     if not path.is_file():
         raise UsageError(f"no checkpoint file {str(path)!r}")
@@ -92,7 +92,7 @@ def main(
         if args.onnx.is_dir():
             raise UsageError(f"--onnx {str(args.onnx)!r} is a directory")
         model = load_checkpoint(args.checkpoint)
-        from .convert import to_onnx
+        from ..convert import to_onnx
 
         try:
             proto = to_onnx(
