@@ -42,14 +42,8 @@ class Direction(NamedTuple):
     """The engine choice the forward pass was made with (``"auto"``, ``"numpy"``, ...)."""
 
 
-def select(
-    xp: Any, dtype: Any, choice: str, *, lengths: bool = False, cache: Any = None,
-    final_state_grads: bool = False,
-) -> Engine:  # fmt: skip
-    """The engine that runs a direction (see :func:`xlstm._engines.dispatch.select_engine`)."""
-    return select_engine(
-        xp, dtype, choice, lengths=lengths, final_state_grads=final_state_grads, cache=cache
-    )
+select = select_engine
+"""The engine that runs a direction (:func:`xlstm._engines.dispatch.select_engine`)."""
 
 
 def forward(

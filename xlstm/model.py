@@ -31,7 +31,7 @@ import numpy as np
 from . import checkpoint
 from ._backend import backend_name, get_namespace, namespace_of, to_backend, to_host
 from ._engines.dispatch import engine_option
-from ._layout import GATE_KEYS, GATE_ORDER, layer_key
+from ._layout import GATE_ORDER, layer_key
 from ._schema import Schema
 from ._validation import check_dropout, check_flag, check_seed, check_size
 from .convert import weights as convert
@@ -379,7 +379,7 @@ class LSTM:
         model = cls(
             weights.n_x, weights.n_a, num_layers=weights.num_layers,
             bidirectional=weights.bidirectional, dropout=dropout,
-            parameters=cls._flat(weights.layers, weights.bidirectional), layout=layout,
+            parameters=cls._weights_schema(weights).to_flat(weights.layers), layout=layout,
         )  # fmt: skip
         model.engine = choice
         return model
@@ -409,13 +409,13 @@ class LSTM:
             gates = convert.from_keras(layer, xp=backend, dtype=dtype, device=device)
             n_a = int(gates["Wf"].shape[0])
             n_x = int(gates["Wf"].shape[1]) - n_a
-            model = cls(n_x, n_a, parameters=cls._flat([gates], False))
+            model = cls(n_x, n_a, parameters=Schema(n_x, n_a).to_flat([gates]))
         else:
             weights = convert.from_keras_layer(layer, xp=backend, dtype=dtype, device=device)
             model = cls(
                 weights.n_x, weights.n_a, num_layers=weights.num_layers,
                 bidirectional=weights.bidirectional,
-                parameters=cls._flat(weights.layers, weights.bidirectional),
+                parameters=cls._weights_schema(weights).to_flat(weights.layers),
             )  # fmt: skip
         model.engine = choice
         return model
@@ -445,14 +445,9 @@ class LSTM:
         return convert.to_keras(self.layers[0], use_bias=use_bias)
 
     @staticmethod
-    def _flat(layers: list[Mapping[str, Any]], bidirectional: bool) -> dict[str, Any]:
-        directions = 2 if bidirectional else 1
-        flat = {}
-        for index, layer in enumerate(layers):
-            number, direction = divmod(index, directions)
-            for key in GATE_KEYS:
-                flat[layer_key(key, number, direction == 1)] = layer[key]
-        return flat
+    def _weights_schema(weights: Any) -> Schema:
+        """The schema of imported weights (:class:`xlstm.convert.weights.LSTMWeights`)."""
+        return Schema(weights.n_x, weights.n_a, weights.num_layers, weights.bidirectional)
 
 
 StackedLSTM = LSTM

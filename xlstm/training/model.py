@@ -231,9 +231,6 @@ class LSTMModel:
         """A new dict of the current parameter arrays (do not modify the arrays in place)."""
         return {**self.lstm.parameters, **self._head}
 
-    # The flat dict the optimiser reads and writes: the LSTM's gates and the head.
-    _parameters = parameters
-
     def _replace_parameters(self, parameters: Mapping[str, Any]) -> None:
         """Take new arrays from the optimiser (same keys, shapes, backend and dtype)."""
         self.lstm._parameters = {key: parameters[key] for key in self.lstm.parameter_keys()}
@@ -436,7 +433,7 @@ class LSTMModel:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
         before clipping (a 0-d array), or ``None`` without clipping."""
         parameters, self.opt_state, norm = apply_gradients(
-            self._parameters, grads, self.optimizer, self.opt_state, self.clip_norm
+            self.parameters, grads, self.optimizer, self.opt_state, self.clip_norm
         )
         self._replace_parameters(parameters)
         return norm
@@ -496,7 +493,7 @@ class LSTMModel:
             "opt_step": None if self.opt_state is None else int(self.opt_state["step"]),
             "extra": self.extra,
         }
-        arrays = {f"param/{k}": to_host(v) for k, v in self._parameters.items()}
+        arrays = {f"param/{k}": to_host(v) for k, v in self.parameters.items()}
         if self.opt_state is not None:
             for slot, buffers in self.opt_state.items():
                 if isinstance(buffers, Mapping):
@@ -639,7 +636,7 @@ class CharLSTM(LSTMModel):
         if not temperature > 0 or not np.isfinite(temperature):
             raise ValueError(f"`temperature` = {temperature!r}; expected a positive number")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        host = {k: to_host(v).astype(np.float64) for k, v in self._parameters.items()}
+        host = {k: to_host(v).astype(np.float64) for k, v in self.parameters.items()}
         layers = [
             {
                 **{key: host[layer_key(key, layer)] for key in GATE_KEYS},
