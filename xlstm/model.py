@@ -258,15 +258,25 @@ class LSTM:
 
     __call__ = forward
 
-    def forward_train(self, x: Any, lengths: Any = None, state: Any = None):
-        """Training pass (dropout on): ``(outputs, (a_n, c_n), cache)`` for :meth:`backward`."""
+    def forward_train(self, x: Any, lengths: Any = None, state: Any = None, *, rng: Any = None):
+        """Training pass (dropout on): ``(outputs, (a_n, c_n), cache)`` for :meth:`backward`.
+
+        Dropout masks come from ``rng`` (a NumPy ``Generator`` or seed) when given, else
+        from the model's generator (:meth:`dropout_generator`).
+        """
         a0, c0 = self._state(state)
         outputs, final, cache = multilayer_forward(
             self._sequence_in("x", x, self.n_x), self.layers, bidirectional=self.bidirectional,
-            lengths=lengths, dropout=self.dropout, seed=self._dropout_rng, training=True,
+            lengths=lengths, dropout=self.dropout, training=True,
+            seed=self._dropout_rng if rng is None else rng,
             a0=a0, c0=c0, engine=self.engine,
         )  # fmt: skip
         return self._sequence_out(outputs), tuple(self._states_out(v) for v in final), cache
+
+    def dropout_generator(self) -> np.random.Generator:
+        """The NumPy generator the training passes draw their dropout masks from (seeded
+        by ``dropout_seed``); drawing from it advances it."""
+        return self._dropout_rng
 
     def backward(self, d_outputs: Any, cache: Any, d_a_n: Any = None, d_c_n: Any = None):
         """Gradients of a :meth:`forward_train` pass: ``dWf_l0 ...`` plus ``dx, da0, dc0``.

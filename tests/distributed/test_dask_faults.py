@@ -23,7 +23,7 @@ from _dask_helpers import relative_error, seed_problem
 import xlstm
 import xlstm.dask as xd
 from xlstm.dask import _common
-from xlstm.training import Adam, loss_and_gradients
+from xlstm.training import Adam, CharLSTM, loss_and_gradients
 
 TOLERANCE = 1e-12
 RESULT_TIMEOUT = 120
@@ -161,6 +161,47 @@ def test_a_worker_killed_in_training_steps(process_cluster, process_client, when
         assert relative_error(found[key], value) <= TOLERANCE, key
 
 
+def _model_killing_its_worker_once(marker):
+    """A character model whose first call in any worker process kills that process.
+
+    ``marker`` (a path) is created by the first call: later calls, the rerun included,
+    compute.  Defined in a function, so that it travels by value.
+    """
+
+    class KillsOnce(CharLSTM):
+        def loss_and_gradients(self, x, targets, **options):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().loss_and_gradients(x, targets, **options)
+
+    return KillsOnce
+
+
+@pytest.mark.parametrize("when", ["during", "between"])
+def test_a_worker_lost_with_its_gradient_server(process_client, tmp_path, when):
+    marker = tmp_path / "killed"
+    options = {"num_layers": 2, "dtype": "float64", "seed": 4}
+    local = CharLSTM("abcdefg", 16, **options)
+    spread = _model_killing_its_worker_once(str(marker))("abcdefg", 16, **options)
+    if when == "between":
+        marker.touch()
+    trainer = xd.DataParallelTrainer(spread, pieces=2)
+    rng = np.random.default_rng(3)
+    state = local_state = None
+    for index in range(3):
+        ids, targets = rng.integers(0, 7, (12, 40)), rng.integers(0, 7, (12, 40))
+        if index == 1 and when == "between":
+            _kill_and_wait(process_client)  # the servers of step 0: one is gone
+        local_loss, local_state = local.train_step(ids, targets, state=local_state)
+        loss, state = trainer.step(ids, targets, state=state)
+        assert relative_error(loss, local_loss) <= TOLERANCE
+    assert marker.exists()
+    for key, value in local.parameters.items():
+        assert relative_error(spread.parameters[key], value) <= TOLERANCE, key
+    process_client.wait_for_workers(2, timeout=RESULT_TIMEOUT)
+
+
 SENTINEL = 12345.0
 """An input value that makes the model below kill the worker process running it."""
 
@@ -199,7 +240,7 @@ def _poisoned_model(parameters):
     return Poisoned()
 
 
-@pytest.mark.parametrize("kind", ["forward", "gradient"])
+@pytest.mark.parametrize("kind", ["forward", "gradient", "servers"])
 def test_a_chunk_that_keeps_killing_workers_is_named(process_cluster, process_client, kind):
     from xlstm.cli.predict import Predictor
 
@@ -211,11 +252,14 @@ def test_a_chunk_that_keeps_killing_workers_is_named(process_cluster, process_cl
     chunked = da.from_array(x, chunks=(5, 3, 6))
     scheduler = process_cluster.scheduler
     allowed, scheduler.allowed_failures = scheduler.allowed_failures, 1
-    expected = rf"the {kind} pass of batch chunk 1 killed 2 workers in a row"
+    what = "gradient" if kind == "servers" else kind
+    expected = rf"the {what} pass of batch chunk 1 killed 2 workers in a row"
 
     def run():
         if kind == "forward":
             return xd.compute(Predictor(model).outputs(chunked, "auto"))
+        if kind == "servers":  # the batch in memory, cut in two pieces of 3
+            return xd.DataParallelTrainer(model, pieces=2).step(x, targets)
         return xd.DataParallelTrainer(model).step(chunked, targets)
 
     try:

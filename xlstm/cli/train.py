@@ -228,7 +228,7 @@ def _dask_options(scale) -> None:
     )
     scale.add_argument(
         "--batch-chunk", type=positive_int, default=None,
-        help="streams per task (default: the batch split evenly over the workers)",
+        help="streams per piece of a batch (default: the batch cut evenly over the workers)",
     )  # fmt: skip
 
 
@@ -801,21 +801,6 @@ def _stream(stream: TextIO | None) -> TextIO:
     return open(os.devnull, "w", encoding="utf-8") if stream is None else stream
 
 
-class _DaskSteps:
-    """The steps of :func:`xlstm.training.fit` on dask: each batch chunked along its streams
-    and the gradients computed on the workers (:class:`xlstm.dask.DataParallelTrainer`)."""
-
-    def __init__(self, trainer: Any, chunk: int) -> None:
-        self.trainer, self.chunk = trainer, chunk
-
-    def step(self, inputs, targets, *, mask=None, state=None):
-        import dask.array as da
-
-        x = da.from_array(inputs, chunks=(self.chunk, -1))
-        y = da.from_array(targets, chunks=(self.chunk, -1))
-        return self.trainer.step(x, y, mask=mask, state=state)
-
-
 def _trainer(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitStack):
     """``None`` (steps in this process) or the data-parallel steps of ``--scheduler`` /
     ``--workers``; progress, samples and checkpoints are the same either way."""
@@ -829,9 +814,9 @@ def _trainer(args: argparse.Namespace, model: CharLSTM, stack: contextlib.ExitSt
 
     client = connect(args.scheduler, args.workers, stack)
 
-    workers = max(1, len(client.scheduler_info()["workers"]))
-    chunk = args.batch_chunk or max(1, -(-args.batch // workers))
-    return _DaskSteps(DataParallelTrainer(model, client=client), chunk)
+    # Batches stay in memory: each step cuts them into pieces for the gradient servers.
+    pieces = None if args.batch_chunk is None else -(-args.batch // args.batch_chunk)
+    return DataParallelTrainer(model, client=client, pieces=pieces)
 
 
 # ---------------------------------------------------------------------- the training run

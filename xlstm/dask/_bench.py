@@ -134,8 +134,11 @@ def train(args: argparse.Namespace) -> None:
         rows = -(-args.batch // WORKERS)
 
         def step():
-            chunked = da.from_array(inputs, chunks=(rows, args.seq_len))
-            state[0] = trainer.step(chunked, targets, state=state[0])[1]
+            if args.graph:  # the batch as a dask array: a graph through the scheduler
+                chunked = da.from_array(inputs, chunks=(rows, args.seq_len))
+                state[0] = trainer.step(chunked, targets, state=state[0])[1]
+            else:  # in memory: straight to the gradient servers
+                state[0] = trainer.step(inputs, targets, state=state[0])[1]
 
         far = _best(step, args.repeat)
     finally:
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     two.add_argument("--seq-len", type=int, default=64)
     two.add_argument("--hidden", type=int, default=128)
     two.add_argument("--repeat", type=int, default=5)
+    two.add_argument("--graph", action="store_true", help="send the batch as a dask array")
     args = parser.parse_args(argv)
     (predict if args.command == "predict" else train)(args)
     return 0

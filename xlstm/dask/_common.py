@@ -158,15 +158,28 @@ def ship(value: Any, client: Any, label: str) -> Any:
     worker holding it dies the tasks that need it are cancelled, which also turns a task
     that keeps killing workers into "lost dependencies" instead of an error naming it.
     """
-    shipped = dask.delayed(value, name=f"xlstm-{label}-{uuid.uuid4().hex}", traverse=False)
+    shipped = unsent(value, label)
     if client is None:
         return shipped
+    with allow_in_graph(value):
+        return client.persist(shipped)
+
+
+def unsent(value: Any, label: str) -> Any:
+    """``value`` as a ``dask.delayed`` under a fresh name (see :func:`ship`), not yet sent:
+    it travels with the first graph that needs it, under :func:`allow_in_graph`."""
+    return dask.delayed(value, name=f"xlstm-{label}-{uuid.uuid4().hex}", traverse=False)
+
+
+def allow_in_graph(value: Any) -> Any:
+    """A ``dask.config`` context in which a graph may carry ``value`` without a warning.
+
+    The warning advises embedding large data once, in a delayed object: this is that.
+    """
     size = sum(int(getattr(item, "nbytes", 0)) for item in _arrays_of(value))
     threshold = dask.config.get("distributed.admin.large-graph-warning-threshold")
-    # The warning advises embedding large data once, in a delayed object: this is that.
     limit = max(parse_bytes(threshold), size + (1 << 20))
-    with dask.config.set({"distributed.admin.large-graph-warning-threshold": limit}):
-        return client.persist(shipped)
+    return dask.config.set({"distributed.admin.large-graph-warning-threshold": limit})
 
 
 def _arrays_of(value: Any) -> list:

@@ -43,87 +43,31 @@ from dask.base import tokenize
 from dask.core import flatten
 
 from .._backend import namespace_of
-from ..training import loss as _loss
 from ..training.optim import Optimizer, apply_gradients
-from . import _common
+from . import _common, _pieces, _servers, _sums
 
 SPLIT_EVERY = 8
 """Per-chunk results added together by one task of the gradient tree."""
 
 
-# --------------------------------------------------------------------------- per-chunk tasks
+# --------------------------------------------------------------------------- the tree
 
 
-def _count(targets: Any, mask: Any, xp: Any, dtype: Any) -> Any:
-    """Unmasked positions of a chunk (the sum of the weights), as ``reduction="mean"``."""
-    if mask is None:
-        return xp.asarray(float(targets.shape[0] * targets.shape[1]), dtype=dtype)
-    return xp.sum(xp.astype(mask, dtype))
-
-
-def _gradient_block(x, targets, mask, a0, c0, parameters, engine):
-    """One chunk, notebook parameter dict: ``(loss_sum, grads_sum, count, a_T, c_T)``."""
-    x = _common.inputs_block(x, parameters)
-    xp = array_api_compat.array_namespace(x)
-    device = array_api_compat.device(x)
-    targets = xp.asarray(targets, device=device)
-    if mask is not None:
-        mask = xp.asarray(mask, device=device)
-    loss, grads, (a_t, c_t) = _loss.loss_and_gradients(
-        x, targets, parameters, a0, c0, mask, engine=engine, reduction="sum"
-    )
-    return loss, grads, _count(targets, mask, xp, x.dtype), a_t, c_t
-
-
-def _model_gradient_block(x, targets, mask, a0, c0, model):
-    """One chunk through a model's own ``loss_and_gradients`` (a mean): scaled to sums."""
-    state = None if a0 is None else (a0, c0)
-    loss, grads, (a_t, c_t) = model.loss_and_gradients(x, targets, mask=mask, state=state)
-    xp = array_api_compat.array_namespace(loss)
-    count = _count(targets, None if mask is None else xp.asarray(mask), xp, loss.dtype)
-    # The model divides by max(count, 1); so does _mean below: count * mean is the sum.
-    return loss * count, {k: g * count for k, g in grads.items()}, count, a_t, c_t
-
-
-def _add(*parts: tuple) -> tuple:
-    """The sum of several chunks' ``(loss, grads, count, ...)``: ``(loss, grads, count)``."""
-    loss, grads, count = parts[0][0], dict(parts[0][1]), parts[0][2]
-    for part in parts[1:]:
-        loss = loss + part[0]
-        count = count + part[2]
-        for key in grads:
-            grads[key] = grads[key] + part[1][key]
-    return loss, grads, count
-
-
-def _mean(total: tuple) -> tuple:
-    """Divide by the number of unmasked positions, as ``reduction="mean"`` does."""
-    loss, grads, count = total
-    xp = array_api_compat.array_namespace(loss)
-    # An all-masked batch gives loss 0 and zero gradients, not 0 / 0 (as the local call).
-    divisor = xp.where(count > 0, count, xp.ones_like(count))
-    return loss / divisor, {key: value / divisor for key, value in grads.items()}, count
-
-
-def _add_and_mean(*parts: tuple) -> tuple:
-    """The root of the tree: the last sum, divided in the same task (one hop fewer)."""
-    return _mean(_add(*parts))
-
-
-def _tree_mean(parts: da.Array, split_every: int) -> Any:
-    """A ``dask.delayed`` of the mean over the per-chunk results of ``parts``."""
+def _tree(parts: da.Array, split_every: int) -> list:
+    """``dask.delayed`` sums of the per-chunk results of ``parts``, ``split_every`` per
+    node, level by level until at most ``split_every`` remain: that last level."""
     level = list(parts.to_delayed(optimize_graph=False).ravel())
     depth = 0
     while len(level) > split_every:
         level = [
-            dask.delayed(_add, pure=True)(
+            dask.delayed(_sums.add, pure=True)(
                 *level[start : start + split_every],
                 dask_key_name=f"xlstm-sum-{tokenize(parts.name, depth, start)}",
             )
             for start in range(0, len(level), split_every)
         ]
         depth += 1
-    return dask.delayed(_add_and_mean, pure=True)(*level, dask_key_name=f"xlstm-mean-{parts.name}")
+    return level
 
 
 # --------------------------------------------------------------------------- one call
@@ -167,11 +111,11 @@ class _Call:
         metas = {k: self.pieces[k]._meta for k in ("a0", "c0") if self.pieces[k] is not None}
         namespace_of({**metas, "parameters": reference})
 
-    def run(self, block: Any, shipped: Any, *extra: Any) -> tuple:
+    def run(self, block: Any, label: str, value: Any, *extra: Any, indexed: bool = False):
         """``(loss, grads, (a_T, c_T))``; a step whose carried state was lost is rerun."""
         try:
             try:
-                return self._run(block, shipped, extra)
+                return self._run(block, label, value, extra, indexed)
             except CancelledError:
                 # Part of the carried state was lost with a worker: the scheduler cannot
                 # rebuild it without the earlier steps.  The tasks are pure, so running
@@ -182,14 +126,15 @@ class _Call:
                 for key, value in self.given.items():
                     if value is not None:
                         self.pieces[key] = self._state(key, _HOST_COPIES[id(value)])
-                return self._run(block, shipped, extra)
+                return self._run(block, label, value, extra, indexed)
         except Exception as error:
             translated = _common.chunk_error(error)
             if translated is None:
                 raise
             raise translated from error
 
-    def _run(self, block: Any, shipped: Any, extra: tuple) -> tuple:
+    def _run(self, block: Any, label: str, value: Any, extra: tuple, indexed: bool) -> tuple:
+        shipped = _common.unsent(value, label)
         pieces, x = self.pieces, self.x
         letters = "la"[-len(self.state_rows) :] + "j"
         arguments = [x, "ijt" if x.ndim == 3 else "jt", pieces["targets"], "jt"]
@@ -199,6 +144,10 @@ class _Call:
         arguments += [shipped, None]
         for value in extra:
             arguments += [value, None]
+        if indexed:  # each task's chunk index, repeated along its rows (for its dropout)
+            rows = x.chunks[-2] if x.ndim == 3 else x.chunks[0]
+            index = np.repeat(np.arange(len(rows)), rows)
+            arguments += [da.from_array(index, chunks=(rows,), name=f"index-{tokenize(rows)}"), "j"]
         name = _common.GRADIENT_PREFIX + tokenize(x, pieces, shipped, extra, block)
         parts = da.blockwise(
             block, "j", *arguments, name=name, dtype=object, concatenate=True,
@@ -214,27 +163,40 @@ class _Call:
             )  # fmt: skip
 
         finals = [final(3, "a_T"), final(4, "c_T")]
-        mean = _tree_mean(parts, self.split_every)
         client = self.client
         if client is None:
+            mean = dask.delayed(_sums.add_and_mean, pure=True)(
+                *_tree(parts, self.split_every), dask_key_name=f"xlstm-mean-{parts.name}"
+            )
             a_t, c_t, total = dask.persist(*finals, mean, optimize_graph=False)
             loss, grads, _ = total.compute()
             return loss, grads, (a_t, c_t)
         from distributed import futures_of
 
-        # One persist of all three, unoptimised: the per-chunk tasks they share run once
-        # and keep their names (which the error messages use).
-        a_t, c_t, total = client.persist([*finals, mean], optimize_graph=False)
-        by_key = {future.key: future for future in futures_of([a_t, c_t, total])}
-        wanted = [by_key[key] for key in (*_block_keys(a_t), *_block_keys(c_t))]
-        # One round trip: the gradients, and a host copy of the new state.
-        result, *blocks = client.gather([by_key[total.key], *wanted])
-        loss, grads, _ = result
-        half = len(blocks) // 2
-        xp = array_api_compat.array_namespace(blocks[0])
+        # The tree's last level (the per-chunk results themselves, up to `split_every`
+        # chunks) comes to the client in one round trip with the new state, and the
+        # client adds it up: no root task on a worker, no hop to it.  One persist of
+        # everything, the weights too (they travel in this graph): the per-chunk tasks
+        # run once and keep their names, which the error messages use.
+        level = _tree(parts, self.split_every)
+        with _common.allow_in_graph(value):
+            a_t, c_t, *level = client.persist([*finals, *level], optimize_graph=False)
+        by_key = {future.key: future for future in futures_of([a_t, c_t, *level])}
+        direct = len(level) == parts.numblocks[0]
+        wanted = [by_key[node.key] for node in level]
+        if not direct:
+            wanted += [by_key[key] for key in (*_block_keys(a_t), *_block_keys(c_t))]
+        found = client.gather(wanted)
+        loss, grads, _ = _sums.mean(_sums.add(*found[: len(level)]))
+        if direct:  # each chunk's result holds its final state
+            blocks_a, blocks_c = [part[3] for part in found], [part[4] for part in found]
+        else:
+            half = (len(found) - len(level)) // 2
+            blocks_a, blocks_c = found[len(level) : len(level) + half], found[len(level) + half :]
+        xp = array_api_compat.array_namespace(blocks_a[0])
         axis = len(self.state_rows)
-        _remember(a_t, xp.concat(blocks[:half], axis=axis))
-        _remember(c_t, xp.concat(blocks[half:], axis=axis))
+        _remember(a_t, xp.concat(blocks_a, axis=axis))
+        _remember(c_t, xp.concat(blocks_c, axis=axis))
         return loss, grads, (a_t, c_t)
 
 
@@ -321,8 +283,7 @@ def loss_and_gradients(
     call = _Call(x, targets, mask, a0, c0, (sizes.n_a,), dtype, split_every, client)
     call.check_states(parameters["Wf"])
     _common.check_engine(engine, xp, dtype)
-    shipped = _common.ship_parameters(parameters, client)
-    return call.run(_gradient_block, shipped, engine)
+    return call.run(_sums.gradient_block, "parameters", dict(parameters), engine)
 
 
 def _model_gradients(
@@ -346,8 +307,8 @@ def _model_gradients(
     # Only what a task needs travels: the model without its optimiser state.
     light = copy.copy(model)
     light.opt_state = None
-    shipped = _common.ship(light, client, "model")
-    return call.run(_model_gradient_block, shipped)
+    seed = model.dropout_seed() if hasattr(model, "dropout_seed") else None
+    return call.run(_sums.model_gradient_block, "model", light, seed, indexed=True)
 
 
 def train_step(
@@ -413,22 +374,34 @@ def _split_state(state: Any) -> tuple[Any, Any]:
 
 
 class DataParallelTrainer:
-    """Training steps of a model whose batches are chunked across dask workers.
+    """Training steps of a model whose batches are cut along their sequences across workers.
 
-    The gradients of each batch are computed chunk by chunk on the workers and summed in
-    a tree (as :func:`loss_and_gradients`); the optimiser runs on the client; the carried
-    state for truncated BPTT stays on the workers.
+    Each piece of a batch gives its loss and gradients as sums; the client adds them in
+    the order of the batch, divides by the count of positions (as
+    :func:`loss_and_gradients`) and takes the optimiser step.  Two kinds of batches:
+
+    * **Arrays in memory** (NumPy, CuPy), as :meth:`xlstm.training.LSTMModel.train_step`
+      takes: the batch is cut into ``pieces`` and sent straight to a gradient server on
+      each worker (a dask actor, :mod:`xlstm.dask._servers`), with the weights; the state
+      comes back with the gradients, in memory, as ``train_step`` returns it.  No graph,
+      no scheduler in the step: the fast way (RESULTS §12).  Without a ``distributed``
+      client the pieces run in this process.
+    * **Dask arrays** chunked along the batch (data already on the workers): a graph of
+      one task per chunk (as :func:`loss_and_gradients`); the state stays on the workers
+      as dask arrays chunked like the batch.
 
     Parameters
     ----------
     model : object, optional
-        A training model such as :class:`xlstm.training.CharLSTM` (any number of layers):
-        each chunk runs its ``loss_and_gradients(x, targets, mask=, state=)`` on a copy
-        without optimiser state, and ``model.apply_gradients(grads)`` (clip, update)
-        takes the step on the client.  An object without those methods but with the
-        notebook's ``.parameters``, ``.optimizer``, ``.opt_state`` and ``.clip_norm`` works
-        too: the trainer updates those attributes.  With dropout, each chunk draws its
-        own masks, so steps differ from a single process's.
+        A training model such as :class:`xlstm.training.CharLSTM` (any number of layers,
+        any head): each piece runs its ``loss_and_gradients(x, targets, mask=, state=)``
+        on a copy without optimiser state, and ``model.apply_gradients(grads)`` (clip,
+        update) takes the step on the client.  An object without those methods but with
+        the notebook's ``.parameters``, ``.optimizer``, ``.opt_state`` and ``.clip_norm``
+        works too: the trainer updates those attributes.  With dropout, every piece of
+        every step draws its own masks (from the model's
+        :meth:`~xlstm.training.LSTMModel.dropout_seed`), so steps differ from a single
+        process's.
     parameters, optimizer, opt_state, clip_norm
         Without a model: the notebook dict, an :class:`xlstm.training.Optimizer`, its state
         (``None``: fresh) and the global-norm clip (``None``: none).
@@ -436,14 +409,19 @@ class DataParallelTrainer:
         For the notebook dict (a model uses its own ``engine``).
     client : distributed.Client, optional
         Default: the active client, else dask's local scheduler.
+    pieces : int, optional
+        Pieces a batch in memory is cut into (fewer if it has fewer sequences).  Default:
+        the number of workers at the first step (one without a client).  The cut, not
+        the workers, decides the rounding: the same cut gives the same numbers on any
+        number of workers.
     split_every : int, default 8
-        Chunks added by one task of the gradient tree.
+        Dask-array batches: chunks added by one task of the gradient tree.
 
     Examples
     --------
     >>> trainer = DataParallelTrainer(model, client=client)        # doctest: +SKIP
     >>> state = None
-    >>> for ids, targets in batches:                                # dask arrays (m, T)
+    >>> for ids, targets in batches:                                # NumPy arrays (m, T)
     ...     loss, state = trainer.step(ids, targets, state=state)
     """
 
@@ -457,6 +435,7 @@ class DataParallelTrainer:
         clip_norm: float | None = None,
         engine: str = "auto",
         client: Any = None,
+        pieces: int | None = None,
         split_every: int = SPLIT_EVERY,
     ) -> None:
         if model is None and (parameters is None or optimizer is None):
@@ -466,6 +445,10 @@ class DataParallelTrainer:
         if model is None and not isinstance(optimizer, Optimizer):
             kind = type(optimizer).__name__
             raise TypeError(f"`optimizer` must be an xlstm.training Optimizer, got {kind}")
+        if pieces is not None and (
+            isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1
+        ):
+            raise ValueError(f"`pieces` = {pieces!r}; expected an int >= 1 or None")
         self.model = model
         self._parameters = None if parameters is None else dict(parameters)
         self.optimizer = optimizer
@@ -473,31 +456,83 @@ class DataParallelTrainer:
         self.clip_norm = clip_norm
         self.engine = engine
         self.client = client
+        self.pieces = pieces
         self.split_every = split_every
+        self._servers: _servers.ServerPool | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:
         """The current parameter dict (the model's, when there is one)."""
         return dict(self.model.parameters if self.model is not None else self._parameters)
 
-    def step(self, x: Any, targets: Any, *, mask: Any = None, state: Any = None):
-        """One update on a batch chunked along ``m``.
+    def step(self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state=None):
+        """One update on a batch (arrays in memory, or dask arrays chunked along ``m``).
 
         Returns ``(loss, state)``: the loss before the update (0-d array, on the client)
-        and the final ``(a, c)`` (dask arrays on the workers) to pass to the next step.
+        and the final ``(a, c)`` to pass to the next step of the same streams: arrays in
+        memory for a batch in memory, dask arrays on the workers for a dask batch.
+        ``lengths`` (one per sequence) needs a model and a batch in memory.
         """
-        model = self.model
-        if model is not None and hasattr(model, "loss_and_gradients"):
-            loss, grads, final = _model_gradients(
-                model, x, targets, mask, state, self.client, self.split_every
+        uses_model = self.model is not None and hasattr(self.model, "loss_and_gradients")
+        if lengths is not None and not uses_model:
+            raise TypeError("`lengths` needs a model with loss_and_gradients(..., lengths=)")
+        if isinstance(x, da.Array):
+            if lengths is not None:
+                raise TypeError("`lengths` takes a batch in memory, not dask arrays")
+            loss, grads, final = self._graph_gradients(x, targets, mask, state, uses_model)
+        else:
+            loss, grads, final = self._server_gradients(
+                x, targets, mask, lengths, state, uses_model
             )
-            model.apply_gradients(grads)
-            return loss, final
+        self._apply(grads, uses_model)
+        return loss, final
+
+    def _graph_gradients(self, x, targets, mask, state, uses_model):
+        if uses_model:
+            return _model_gradients(
+                self.model, x, targets, mask, state, self.client, self.split_every
+            )
         a0, c0 = _split_state(state)
-        loss, grads, final = loss_and_gradients(
+        return loss_and_gradients(
             x, targets, self.parameters, a0=a0, c0=c0, mask=mask, engine=self.engine,
             client=self.client, split_every=self.split_every,
         )  # fmt: skip
+
+    def _server_gradients(self, x, targets, mask, lengths, state, uses_model):
+        model = self.model
+        if uses_model:
+            m = _pieces.check(x, targets, mask, lengths, state, model.n_x)
+            seed = model.dropout_seed() if hasattr(model, "dropout_seed") else None
+            light = copy.copy(model)  # what a piece needs: the model without optimiser state
+            light.opt_state = None
+            function, payload = _sums.model_piece, light
+        else:
+            parameters = self.parameters
+            xp, sizes = _common.model_namespace(parameters)
+            m = _pieces.check(x, targets, mask, None, state, sizes.n_x)
+            _common.check_engine(self.engine, xp, parameters["Wf"].dtype)
+            seed, function, payload = None, _sums.dict_piece, (parameters, self.engine)
+        client = _common.default_client(self.client)
+        if client is not None and self._servers is None:
+            self._servers = _servers.ServerPool(client)
+        count = self.pieces
+        if count is None:
+            count = 1 if client is None else self._servers.start()
+            self.pieces = count
+        edges = _pieces.bounds(m, count)
+        pieces = _pieces.cut(x, targets, mask, lengths, state, seed, edges)
+        if client is None:
+            parts = [function(payload, *piece) for piece in pieces]
+        else:
+            parts = self._servers.run(function, payload, pieces, "gradient pass")
+        loss, grads, _ = _sums.mean(_sums.add(*parts))
+        return loss, grads, _pieces.join(parts)
+
+    def _apply(self, grads: dict[str, Any], uses_model: bool) -> None:
+        model = self.model
+        if uses_model:
+            model.apply_gradients(grads)
+            return
         owner = self if model is None else model
         new_parameters, owner.opt_state, _ = apply_gradients(
             self.parameters, grads, owner.optimizer, owner.opt_state, owner.clip_norm
@@ -506,7 +541,6 @@ class DataParallelTrainer:
             self._parameters = new_parameters
         else:
             model.parameters = new_parameters
-        return loss, final
 
 
 __all__ = ["DataParallelTrainer", "loss_and_gradients", "train_step"]

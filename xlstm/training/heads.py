@@ -102,6 +102,24 @@ def check_targets(head: str, targets: Any, mask: Any, x: Any, n_y: int, xp: Any)
     _check_targets(targets, mask, shape, n_y, xp, x)
 
 
+def weight_total(
+    head: str, mask: Any, lengths: Any, m: int, t_x: int, dtype: Any, xp: Any, device: Any
+) -> Any:
+    """What the head's mean cross-entropy divides by, before ``max(., 1)``: a 0-d array.
+
+    The sum of the weights of the positions that count (``mask``, and the steps inside
+    each sequence for the per-step head), or their number without weights.  A batch cut
+    into pieces has the mean ``sum_k L_k^sum / sum_k N_k``, with ``N_k`` this total of
+    piece ``k`` (the data-parallel trainer adds pieces so).
+    """
+    if head == "per_step":
+        mask = _combined_mask(mask, _valid_steps(lengths, m, t_x, xp, device), xp)
+    if mask is None:
+        positions = m * t_x if head == "per_step" else m
+        return xp.asarray(float(positions), dtype=dtype, device=device)
+    return xp.sum(xp.astype(mask, dtype))
+
+
 def loss(
     head: str, outputs: Any, a_n: Any, lengths: Any, Wy: Any, by: Any, targets: Any,
     mask: Any, directions: int, xp: Any,

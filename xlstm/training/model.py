@@ -409,17 +409,22 @@ class LSTMModel:
         return loss, self._final(final)
 
     def loss_and_gradients(
-        self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state: Any = None
-    ):
+        self, x: Any, targets: Any, *, mask: Any = None, lengths: Any = None, state: Any = None,
+        dropout_rng: Any = None,
+    ):  # fmt: skip
         """``(loss, grads, state)``: the batch's cross-entropy and every parameter's gradient.
 
         Gradients have the keys ``"d" + key`` of :attr:`parameters`.  A training pass:
-        dropout (if any) is on.  ``lengths`` (one per sequence, right-padded batch): steps
-        past each end add nothing (see :func:`xlstm.layers.multilayer_forward`).
+        dropout (if any) is on, its masks drawn from ``dropout_rng`` (a NumPy ``Generator``
+        or seed) when given, else from the model's own generator.  ``lengths`` (one per
+        sequence, right-padded batch): steps past each end add nothing (see
+        :func:`xlstm.layers.multilayer_forward`).
         """
         x = self.inputs(x)
         targets, mask = self._checked_targets(x, targets, mask)
-        outputs, final, cache = self.lstm.forward_train(x, lengths, self._state(state))
+        outputs, final, cache = self.lstm.forward_train(
+            x, lengths, self._state(state), rng=dropout_rng
+        )
         result = heads.loss_and_gradients(
             self.head, outputs, final[0], lengths, self._head["Wy"], self._head["by"],
             targets, mask, self.lstm.directions, self.xp,
@@ -428,6 +433,17 @@ class LSTMModel:
         grads = {"d" + key: grads["d" + key] for key in self.lstm.parameter_keys()}
         grads["dWy"], grads["dby"] = result.dWy, result.dby
         return result.loss, grads, self._final(final)
+
+    def dropout_seed(self) -> int | None:
+        """A seed for the dropout masks of one data-parallel step, or ``None`` without dropout.
+
+        Drawn from the model's own dropout generator, which advances: each step's pieces
+        of the batch draw new masks (``numpy.random.default_rng((seed, piece))``), and a
+        run is reproducible from the model's ``dropout_seed``.
+        """
+        if not self.lstm.dropout:
+            return None
+        return int(self.lstm.dropout_generator().integers(2**63))
 
     def apply_gradients(self, grads: Mapping[str, Any]) -> Any:
         """Clip (if ``clip_norm``) and take one optimiser step.  Returns the gradient norm
