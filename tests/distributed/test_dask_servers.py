@@ -165,3 +165,21 @@ def test_bad_batches_are_refused_before_anything_runs(thread_client):
         xd.DataParallelTrainer(model, pieces=0)
     assert model.step == 0
     assert trainer._servers is None
+
+
+def test_fit_with_the_trainer_gives_the_one_process_run(thread_client):
+    from xlstm.training import Batch, fit, majority_symbol_task
+
+    ids, lengths, labels = majority_symbol_task(48, seed=1)
+    batches = [
+        Batch(ids[k : k + 16], labels[k : k + 16], lengths=lengths[k : k + 16]) for k in (0, 16, 32)
+    ]
+    options = {"bidirectional": True, "head": "last", "dtype": "float64", "seed": 2}
+    alone, spread = LSTMModel(3, 6, 3, **options), LSTMModel(3, 6, 3, **options)
+    expected = fit(alone, batches, epochs=2, validation=batches[:1])
+    trainer = xd.DataParallelTrainer(spread, client=thread_client, pieces=3)
+    found = fit(spread, batches, epochs=2, validation=batches[:1], trainer=trainer)
+    assert spread.step == alone.step == 6
+    np.testing.assert_allclose(found["val_loss"], expected["val_loss"], rtol=1e-12)
+    for key, value in alone.parameters.items():
+        assert relative_error(spread.parameters[key], value) <= TOLERANCE, key
