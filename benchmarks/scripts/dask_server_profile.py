@@ -8,64 +8,81 @@ calls (and, inside it, the slower piece's own compute time, measured on its work
 and optimiser step on the client.
 """
 
+from __future__ import annotations
+
 import copy
 import time
 
 import numpy as np
-from distributed import Client, LocalCluster
 
-import xlstm.dask as xd
-from xlstm.dask import _pieces, _sums
-from xlstm.training import CharLSTM, default_corpus
+STEPS = 15
 
 
 def timed_piece(model, *piece):
-    import time as _t
+    """A piece's result and its compute time on the worker."""
+    from xlstm.dask import _sums
 
-    from xlstm.dask import _sums as s
-
-    start = _t.perf_counter()
-    out = s.model_piece(model, *piece)
-    return out, _t.perf_counter() - start
+    start = time.perf_counter()
+    result = _sums.model_piece(model, *piece)
+    return result, time.perf_counter() - start
 
 
-if __name__ == "__main__":
+def _median_ms(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] * 1e3
+
+
+def main() -> None:
+    from distributed import Client, LocalCluster
+
+    import xlstm.dask as xd
+    from xlstm.dask import _pieces, _sums
+    from xlstm.training import CharLSTM, default_corpus
+
     text = default_corpus()
     vocab = "".join(sorted(set(text)))
     ids = CharLSTM(vocab, 128).encode(text)
-    rng = np.random.default_rng(0)
-    starts = rng.integers(0, len(ids) - 65, 256)
-    w = starts[:, None] + np.arange(65)
-    inputs, targets = ids[w[:, :-1]], ids[w[:, 1:]]
+    starts = np.random.default_rng(0).integers(0, len(ids) - 65, 256)
+    window = starts[:, None] + np.arange(65)
+    inputs, targets = ids[window[:, :-1]], ids[window[:, 1:]]
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    )
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    )  # fmt: skip
     client = Client(cluster)
-    model = CharLSTM(vocab, 128, seed=0)
-    trainer = xd.DataParallelTrainer(model, client=client)
-    state = None
-    for _ in range(3):
-        state = trainer.step(inputs, targets, state=state)[1]
-    steps, calls, computes, applies = [], [], [], []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        light = copy.copy(model)
-        light.opt_state = None
-        pieces = _pieces.cut(inputs, targets, None, None, state, None, _pieces.bounds(256, 2))
-        t1 = time.perf_counter()
-        parts = trainer._servers.run(timed_piece, light, pieces, "gradient pass")
-        t2 = time.perf_counter()
-        loss, grads, _ = _sums.mean(_sums.add(*[p for p, _ in parts]))
-        state = _pieces.join([p for p, _ in parts])
-        model.apply_gradients(grads)
-        t3 = time.perf_counter()
-        steps.append(t3 - t0)
-        calls.append(t2 - t1)
-        computes.append(max(c for _, c in parts))
-        applies.append(t3 - t2)
-    med = lambda v: sorted(v)[len(v) // 2] * 1e3
+    try:
+        model = CharLSTM(vocab, 128, seed=0)
+        trainer = xd.DataParallelTrainer(model, client=client)
+        state = None
+        for _ in range(3):  # warm: servers, imports, compiled kernels
+            state = trainer.step(inputs, targets, state=state)[1]
+        times: dict[str, list[float]] = {"step": [], "calls": [], "piece": [], "apply": []}
+        for _ in range(STEPS):
+            started = time.perf_counter()
+            light = copy.copy(model)
+            light.opt_state = None
+            edges = _pieces.bounds(len(inputs), 2)
+            pieces = _pieces.cut(inputs, targets, None, None, state, None, edges)
+            sent = time.perf_counter()
+            found = trainer._servers.run(timed_piece, light, pieces, "gradient pass")
+            back = time.perf_counter()
+            parts = [part for part, _ in found]
+            _, grads, _ = _sums.mean(_sums.add(*parts))
+            state = _pieces.join(parts)
+            model.apply_gradients(grads)
+            done = time.perf_counter()
+            times["step"].append(done - started)
+            times["calls"].append(back - sent)
+            times["piece"].append(max(seconds for _, seconds in found))
+            times["apply"].append(done - back)
+    finally:
+        client.close(timeout=30)
+        cluster.close(timeout=30)
+    step, calls, piece, apply = (_median_ms(times[k]) for k in ("step", "calls", "piece", "apply"))
     print(
-        f"step {med(steps):.1f} ms = prepare {med(steps) - med(calls) - med(applies):.1f} + round trip {med(calls):.1f} (slower piece computing {med(computes):.1f}) + add/apply {med(applies):.1f}"
+        f"step {step:.1f} ms = prepare {step - calls - apply:.1f} + round trip {calls:.1f} "
+        f"(the slower piece computing {piece:.1f}) + add and apply {apply:.1f}"
     )
-    client.close()
-    cluster.close()
+
+
+if __name__ == "__main__":
+    main()
