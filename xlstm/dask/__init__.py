@@ -6,7 +6,9 @@ The same function names as the local API, taking dask arrays chunked along the b
 * :func:`lstm_forward` -- outputs ``(a, y, c)`` and final states as dask arrays;
 * :func:`loss_and_gradients` -- the mean loss and every gradient of a batch, summed over
   chunks in a tree; the final states stay on the workers;
-* :func:`train_step`, :class:`DataParallelTrainer` -- the optimiser on the client;
+* :func:`train_step`, :class:`DataParallelTrainer` -- the optimiser on the client; the
+  trainer sends batches in memory straight to a gradient server on each worker (a dask
+  actor: no scheduler in the step), and dask-array batches as one graph;
 * :func:`compute` -- ``dask.compute`` whose error names the chunk that kept killing workers;
 * ``python -m xlstm predict`` (:mod:`xlstm.cli.predict`).
 
