@@ -123,9 +123,9 @@ class _Call:
                 given = [v for v in self.given.values() if v is not None]
                 if not given or any(id(v) not in _HOST_COPIES for v in given):
                     raise
-                for key, value in self.given.items():
-                    if value is not None:
-                        self.pieces[key] = self._state(key, _HOST_COPIES[id(value)])
+                for key, lost in self.given.items():
+                    if lost is not None:
+                        self.pieces[key] = self._state(key, _HOST_COPIES[id(lost)])
                 return self._run(block, label, value, extra, indexed)
         except Exception as error:
             translated = _common.chunk_error(error)
