@@ -39,7 +39,8 @@ class ServerPool:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.servers: list[Any] = []
+        self.servers: list[Any] = []  # actor handles
+        self._futures: list[Any] = []  # the actors live while their futures do
 
     def start(self) -> int:
         """One server per worker now known to the scheduler; returns how many."""
@@ -48,7 +49,7 @@ class ServerPool:
         workers = sorted(client.nthreads())
         futures = [self._submit(address) for address in workers]
         self.servers = [future.result(timeout=CREATE_TIMEOUT) for future in futures]
-        self._futures = futures  # the actors live while their futures do
+        self._futures = futures
         return len(self.servers)
 
     def _submit(self, address: str) -> Any:
@@ -121,9 +122,6 @@ class ServerPool:
     def _allowed_failures(self) -> int:
         """The scheduler's ``allowed_failures``: how many workers a task may kill."""
         return int(self.client.run_on_scheduler(_scheduler_allowed_failures))
-
-    def close(self) -> None:
-        self.servers, self._futures = [], []
 
 
 def _scheduler_allowed_failures(dask_scheduler: Any) -> int:
