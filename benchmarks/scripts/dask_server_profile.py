@@ -10,6 +10,7 @@ and optimiser step on the client.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -32,9 +33,8 @@ def _median_ms(values: list[float]) -> float:
 
 
 def main() -> None:
-    from distributed import Client, LocalCluster
-
     import xlstm.dask as xd
+    from xlstm.cli.cluster import connect
     from xlstm.dask import _pieces, _sums
     from xlstm.training import CharLSTM, default_corpus
 
@@ -44,12 +44,8 @@ def main() -> None:
     starts = np.random.default_rng(0).integers(0, len(ids) - 65, 256)
     window = starts[:, None] + np.arange(65)
     inputs, targets = ids[window[:, :-1]], ids[window[:, 1:]]
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    )  # fmt: skip
-    client = Client(cluster)
-    try:
+    with contextlib.ExitStack() as stack:
+        client = connect(None, 2, stack)  # as `--workers 2`
         model = CharLSTM(vocab, 128, seed=0)
         trainer = xd.DataParallelTrainer(model, client=client)
         state = None
@@ -74,9 +70,6 @@ def main() -> None:
             times["calls"].append(back - sent)
             times["piece"].append(max(seconds for _, seconds in found))
             times["apply"].append(done - back)
-    finally:
-        client.close(timeout=30)
-        cluster.close(timeout=30)
     step, calls, piece, apply = (_median_ms(times[k]) for k in ("step", "calls", "piece", "apply"))
     print(
         f"step {step:.1f} ms = prepare {step - calls - apply:.1f} + round trip {calls:.1f} "

@@ -27,6 +27,7 @@ one thread is shown too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -40,18 +41,12 @@ def _blas_threads(count: int):
     return threadpool_limits(count)
 
 
-def _cluster():
-    from distributed import Client, LocalCluster
+def _cluster(stack: contextlib.ExitStack):
+    """The client of ``WORKERS`` local single-thread worker processes, as ``--workers``
+    starts them (closed by ``stack``)."""
+    from ..cli.cluster import connect
 
-    cluster = LocalCluster(
-        n_workers=WORKERS,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    )
-    return cluster, Client(cluster)
+    return connect(None, WORKERS, stack)
 
 
 def _best(run, repeat: int) -> float:
@@ -82,8 +77,8 @@ def predict(args: argparse.Namespace) -> None:
 
     local = {threads: whole_batch(threads) for threads in (2, 1)}
 
-    cluster, client = _cluster()
-    try:
+    with contextlib.ExitStack() as stack:
+        _cluster(stack)  # the active client of what follows
         chunks = (n, -(-m // (2 * WORKERS)), t_x)
         rng = da.random.default_rng(0)
         x_far = rng.standard_normal((n, m, t_x), chunks=chunks, dtype=np.float32).persist()
@@ -94,9 +89,6 @@ def predict(args: argparse.Namespace) -> None:
             wait(y)
 
         far = _best(spread, args.repeat)
-    finally:
-        client.close(timeout=30)
-        cluster.close(timeout=30)
     print(f"predict S3 features (n_x = n_a = n_y = {n}), m = {m}, T = {t_x}, float32")
     _report(local, far, "s", 1.0)
 
@@ -126,8 +118,8 @@ def train(args: argparse.Namespace) -> None:
                 lambda model=model: model.train_step(inputs, targets), args.repeat
             )
 
-    cluster, client = _cluster()
-    try:
+    with contextlib.ExitStack() as stack:
+        client = _cluster(stack)
         spread_model = CharLSTM(vocab, args.hidden, seed=0)
         trainer = xd.DataParallelTrainer(spread_model, client=client)
         state = [None]
@@ -141,9 +133,6 @@ def train(args: argparse.Namespace) -> None:
                 state[0] = trainer.step(inputs, targets, state=state[0])[1]
 
         far = _best(step, args.repeat)
-    finally:
-        client.close(timeout=30)
-        cluster.close(timeout=30)
     print(
         f"train CharLSTM n_a = {args.hidden}, vocabulary {len(vocab)}, "
         f"{args.batch} streams x {args.seq_len} steps, float32"

@@ -28,13 +28,6 @@ from ..training import loss as _loss
 from . import _common
 
 
-def _count(targets: Any, mask: Any, xp: Any, dtype: Any) -> Any:
-    """Unmasked positions of a piece (the sum of the weights), as ``reduction="mean"``."""
-    if mask is None:
-        return xp.asarray(float(targets.shape[0] * targets.shape[1]), dtype=dtype)
-    return xp.sum(xp.astype(mask, dtype))
-
-
 def gradient_block(x, targets, mask, a0, c0, parameters, engine):
     """One piece, notebook parameter dict: ``(loss_sum, grads_sum, count, a_T, c_T)``."""
     x = _common.inputs_block(x, parameters)
@@ -46,7 +39,9 @@ def gradient_block(x, targets, mask, a0, c0, parameters, engine):
     loss, grads, (a_t, c_t) = _loss.loss_and_gradients(
         x, targets, parameters, a0, c0, mask, engine=engine, reduction="sum"
     )
-    return loss, grads, _count(targets, mask, xp, x.dtype), a_t, c_t
+    m, t_x = (int(size) for size in targets.shape)
+    count = heads.weight_total("per_step", mask, None, m, t_x, x.dtype, xp, device)
+    return loss, grads, count, a_t, c_t
 
 
 def model_gradient_block(x, targets, mask, a0, c0, model, seed=None, index=None, lengths=None):
@@ -65,12 +60,12 @@ def model_gradient_block(x, targets, mask, a0, c0, model, seed=None, index=None,
         index = int(np.asarray(index).reshape(-1)[0])  # a graph task gets a chunk (1,)
         options["dropout_rng"] = np.random.default_rng((int(seed), index))
     loss, grads, (a_t, c_t) = model.loss_and_gradients(x, targets, **options)
-    count = _model_count(model, x, targets, mask, lengths, loss)
+    count = _model_count(model, x, mask, lengths, loss)
     # The model divides by max(count, 1); so does `mean` below: count * mean is the sum.
     return loss * count, {k: g * count for k, g in grads.items()}, count, a_t, c_t
 
 
-def _model_count(model: Any, x: Any, targets: Any, mask: Any, lengths: Any, loss: Any) -> Any:
+def _model_count(model: Any, x: Any, mask: Any, lengths: Any, loss: Any) -> Any:
     """What the model's mean divided by: its head's count, or every ``(m, T)`` position."""
     xp = array_api_compat.array_namespace(loss)
     device = array_api_compat.device(loss)
@@ -78,7 +73,7 @@ def _model_count(model: Any, x: Any, targets: Any, mask: Any, lengths: Any, loss
         mask = xp.asarray(mask, device=device)
     head = getattr(model, "head", None)
     if head not in heads.HEADS:  # a model of its own: targets (m, T), no lengths
-        return _count(targets, mask, xp, loss.dtype)
+        head, lengths = "per_step", None
     m, t_x = (int(s) for s in (x.shape if x.ndim == 2 else x.shape[1:]))
     return heads.weight_total(head, mask, lengths, m, t_x, loss.dtype, xp, device)
 
