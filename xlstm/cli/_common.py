@@ -59,12 +59,15 @@ def quiet_closed_stdout() -> None:
         pass  # no descriptor (a StringIO in tests): nothing will flush it at exit
 
 
-def run_command(prog: str, body: Callable[[], int], *, stderr: TextIO | None = None) -> int:
+def run_command(
+    prog: str, body: Callable[[], int], *, stderr: TextIO | None = None,
+    interrupted: str = "interrupted",
+) -> int:  # fmt: skip
     """``body()``'s exit status, with what ends every command handled the same way.
 
     A :class:`UsageError` is one line ``prog: error: ...`` and :data:`EXIT_USAGE`;
     ``--help`` (argparse's ``SystemExit``) its own status; Ctrl-C one line
-    ``prog: interrupted`` and :data:`EXIT_INTERRUPTED`; a closed standard output
+    ``prog: <interrupted>`` and :data:`EXIT_INTERRUPTED`; a closed standard output
     (``... | head``) ends quietly with status 0.
     """
     stream = sys.stderr if stderr is None else stderr
@@ -79,7 +82,7 @@ def run_command(prog: str, body: Callable[[], int], *, stderr: TextIO | None = N
         print(f"{prog}: error: {error}", file=stream)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=stream)
+        print(f"{prog}: {interrupted}", file=stream)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         quiet_closed_stdout()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import _atomic
-from ._common import Parser, UsageError, report
+from ._common import Parser, UsageError, report, run_command
 
 PROG = "python -m xlstm export"
 _INSTALL = "pip install -e '.[onnx]' from a clone"
@@ -83,14 +83,18 @@ def main(
     """Entry point of ``python -m xlstm export``; returns the exit status."""
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    return run_command(PROG, lambda: _export(argv, stdout, stderr), stderr=stderr)
+
+
+def _export(argv: list[str] | None, stdout: TextIO, stderr: TextIO) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        args = build_parser().parse_args(argv)
-        try:
-            import onnx  # noqa: F401 (only to fail early, before reading the checkpoint)
-        except ImportError:
-            raise UsageError(f"the onnx package is not installed: {_INSTALL}") from None
-        if args.onnx.is_dir():
-            raise UsageError(f"--onnx {str(args.onnx)!r} is a directory")
+        import onnx  # noqa: F401 (only to fail early, before reading the checkpoint)
+    except ImportError:
+        raise UsageError(f"the onnx package is not installed: {_INSTALL}") from None
+    if args.onnx.is_dir():
+        raise UsageError(f"--onnx {str(args.onnx)!r} is a directory")
+    try:
         model = load_checkpoint(args.checkpoint)
         from ..convert import to_onnx
 
@@ -104,11 +108,6 @@ def main(
         args.onnx.parent.mkdir(parents=True, exist_ok=True)
         with _atomic.replacing(args.onnx) as file:
             file.write(proto.SerializeToString())
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=stderr)
-        return 2
     except OSError as error:
         print(f"{PROG}: error: {error}", file=stderr)
         return 1

@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import _atomic
 from .. import dask as _needs_dask  # noqa: F401  (without the `dask` extra: one ImportError here)
-from ._common import Parser, UsageError, positive_int, report
+from ._common import Parser, UsageError, positive_int, report, run_command
 from .cluster import connect
 
 PROG = "python -m xlstm predict"
@@ -542,21 +542,20 @@ def main(
     argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Entry point of ``python -m xlstm predict``; returns the exit status."""
-    from ..dask._common import chunk_error
-
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    body = lambda: _run(argv, stdout, stderr)  # noqa: E731
+    return run_command(PROG, body, stderr=stderr, interrupted="interrupted; no output written")
+
+
+def _run(argv: list[str] | None, stdout: TextIO, stderr: TextIO) -> int:
+    from ..dask._common import chunk_error
+
+    args = build_parser().parse_args(argv)
     try:
-        args = build_parser().parse_args(argv)
         return _predict(args, stdout, stderr)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output written", file=stderr)
-        return 130
+    except UsageError:
+        raise
     except RunError as error:
         print(f"{PROG}: error: {error}", file=stderr)
         return 1
