@@ -43,14 +43,21 @@ def check(x: Any, targets: Any, mask: Any, lengths: Any, state: Any, n_x: int) -
     if not np.issubdtype(np.dtype(str(targets.dtype)), np.integer):
         raise TypeError(f"`targets` has dtype {targets.dtype}; expected an integer dtype")
     if state is not None:
-        if not (isinstance(state, tuple) and len(state) == 2):
-            raise TypeError("`state` must be None or the (a, c) tuple a previous step returned")
-        for name, value in zip(("a", "c"), state, strict=True):
+        for name, value in zip(("a", "c"), split_state(state), strict=True):
             if not array_api_compat.is_array_api_obj(value) or int(value.shape[-1]) != m:
                 shape = tuple(getattr(value, "shape", ()))
                 msg = f"`state` {name} has shape {shape}; expected (..., n_a, m) with m = {m}"
                 raise ValueError(msg)
     return m
+
+
+def split_state(state: Any) -> tuple[Any, Any]:
+    """``(a, c)`` of a step's ``state`` (``None``: ``(None, None)``)."""
+    if state is None:
+        return None, None
+    if not (isinstance(state, tuple) and len(state) == 2):
+        raise TypeError("`state` must be None or the (a, c) tuple a previous step returned")
+    return state
 
 
 def bounds(m: int, count: int) -> list[int]:
@@ -62,7 +69,7 @@ def bounds(m: int, count: int) -> list[int]:
 
 def cut(x, targets, mask, lengths, state, seed, edges: list[int]) -> list[tuple]:
     """The pieces ``(x, targets, mask, a0, c0, seed, index, lengths)`` between ``edges``."""
-    a0, c0 = (None, None) if state is None else state
+    a0, c0 = split_state(state)
     rows = lambda value, lo, hi: None if value is None else value[lo:hi, ...]  # noqa: E731
     last = lambda value, lo, hi: None if value is None else value[..., lo:hi]  # noqa: E731
     pieces = []

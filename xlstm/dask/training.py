@@ -300,7 +300,7 @@ def _model_gradients(
         namespace_of({"x": x._meta, "parameters": reference})
     layers = int(getattr(model, "num_layers", 1))
     rows = (model.n_a,) if layers == 1 else (layers, model.n_a)
-    a0, c0 = _split_state(state)
+    a0, c0 = _pieces.split_state(state)
     client = _common.default_client(client)
     call = _Call(x, targets, mask, a0, c0, rows, reference.dtype, split_every, client)
     call.check_states(reference)
@@ -355,7 +355,7 @@ def train_step(
     if not isinstance(optimizer, Optimizer):
         msg = f"`optimizer` must be an xlstm.training Optimizer, got {type(optimizer).__name__}"
         raise TypeError(msg)
-    a0, c0 = _split_state(state)
+    a0, c0 = _pieces.split_state(state)
     loss, grads, final = loss_and_gradients(
         x, targets, parameters, a0=a0, c0=c0, mask=mask, engine=engine, client=client
     )
@@ -363,14 +363,6 @@ def train_step(
         parameters, grads, optimizer, opt_state, clip_norm
     )
     return new_parameters, new_state, loss, final
-
-
-def _split_state(state: Any) -> tuple[Any, Any]:
-    if state is None:
-        return None, None
-    if not (isinstance(state, tuple) and len(state) == 2):
-        raise TypeError("`state` must be None or the (a, c) tuple a previous step returned")
-    return state
 
 
 class DataParallelTrainer:
@@ -492,7 +484,7 @@ class DataParallelTrainer:
             return _model_gradients(
                 self.model, x, targets, mask, state, self.client, self.split_every
             )
-        a0, c0 = _split_state(state)
+        a0, c0 = _pieces.split_state(state)
         return loss_and_gradients(
             x, targets, self.parameters, a0=a0, c0=c0, mask=mask, engine=self.engine,
             client=self.client, split_every=self.split_every,
